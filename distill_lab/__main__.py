@@ -1,0 +1,94 @@
+"""Command line: ``python -m distill_lab {tour,bench} ...``; ``--help`` on each."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .scale import ENV_VAR, SCALES
+
+BENCH_TRACKS = ("toy2d",)
+
+
+def _common(p):
+    p.add_argument("--scale", choices=SCALES, default=None,
+                   help=f"experiment size (default: ${ENV_VAR}, else 'default')")
+    p.add_argument("--data", default="checkerboard",
+                   help="toy dataset name, or module:function naming a callable n -> Tensor[n, 2]")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--quiet", action="store_true", help="hide progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m distill_lab", description=__doc__)
+    sub = ap.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("tour", help="teacher + four one-step students: a table and a figure")
+    _common(t)
+    t.add_argument("--out", default="out", help="folder for tour.png, tour_nfe.png, tour.json")
+    b = sub.add_parser("bench", help="run every method of a track and print one table")
+    b.add_argument("track", help=f"one of: {', '.join(BENCH_TRACKS)}")
+    _common(b)
+    b.add_argument("--methods", default=None, help="comma-separated subset of methods (default: all)")
+    b.add_argument("--metric", default="sliced_w2", choices=("sliced_w2", "energy"))
+    b.add_argument("--json", default=None, help="write the rows to this JSON file")
+    b.add_argument("--list", action="store_true", help="list the track's methods and exit")
+    return ap
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from .scale import get_scale
+
+    try:
+        scale = get_scale(args.scale, device=args.device)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.command == "tour":
+        from .bench import resolve_data
+        from .tour import run_tour
+
+        try:
+            data = resolve_data(args.data)
+        except ValueError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        res = run_tour(data, scale=scale, out=args.out, seed=args.seed, progress=not args.quiet)
+        return 1 if any(r.get("error") for r in res["rows"]) else 0
+    if args.track not in BENCH_TRACKS:
+        print(f"error: unknown bench track {args.track!r}; choose one of {', '.join(BENCH_TRACKS)}", file=sys.stderr)
+        return 2
+    from .bench import format_table, resolve_data, run_toy2d, write_json
+    from .registry import all_recipes
+
+    if args.list:
+        for r in all_recipes():
+            print(f"{r.name:22s} {r.family:24s} nfe {','.join(map(str, r.nfes)):8s} {r.paper}")
+        return 0
+    try:
+        data = resolve_data(args.data)
+        methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
+        if methods:
+            from .registry import get_recipe
+            for m in methods:
+                get_recipe(m)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"bench toy2d: data={args.data} scale={scale.name} device={scale.device} seed={args.seed}")
+    rows = run_toy2d(data, scale=scale, methods=methods, seed=args.seed, metric=args.metric,
+                     progress=not args.quiet)
+    print(format_table(rows))
+    if args.json:
+        write_json(rows, args.json)
+        print(f"wrote {args.json}")
+    failed = [r["method"] for r in rows if r.get("error")]
+    if failed:
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""Pictures the labs, the tour and the bench share: sample grids and quality-versus-NFE curves."""
+
+from __future__ import annotations
+
+import matplotlib
+
+import matplotlib.pyplot as plt
+import torch
+
+
+def scatter_panels(panels: dict[str, torch.Tensor], lim: float = 2.6, size: float = 2.6, n: int = 3000,
+                   cols: int | None = None, s: float = 0.6, color: str = "C0"):
+    """One scatter plot per ``{title: Tensor[n, 2]}``, on a shared square window. Returns the figure."""
+    k = len(panels)
+    cols = cols or k
+    rows = (k + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(size * cols, size * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    for ax, (title, x) in zip(axes.flat, panels.items()):
+        x = x[:n].detach().cpu()
+        ax.scatter(x[:, 0], x[:, 1], s=s, color=color, alpha=0.6, linewidths=0)
+        ax.set_xlim(-lim, lim)
+        ax.set_ylim(-lim, lim)
+        ax.set_aspect("equal")
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def nfe_curve(curves: dict[str, dict[int, float]], floor: float | None = None, ax=None,
+              ylabel: str = "sliced W2 to held-out data"):
+    """Plot ``{label: {nfe: value}}`` on log-log axes with the noise floor as a dashed line."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(4.5, 3.2))
+    for label, c in curves.items():
+        ks = sorted(c)
+        ax.plot(ks, [c[k] for k in ks], "o-", label=label, ms=4)
+    if floor is not None:
+        ax.axhline(floor, color="k", ls="--", lw=1, label="noise floor")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("function evaluations (NFE)")
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8)
+    return ax
+
+
+def use_headless_backend() -> None:
+    """Switch matplotlib to the file-only Agg backend (for the command line)."""
+    matplotlib.use("Agg")
