@@ -9,7 +9,7 @@ import torch
 
 
 def scatter_panels(panels: dict[str, torch.Tensor], lim: float = 2.6, size: float = 2.6, n: int = 3000,
-                   cols: int | None = None, s: float = 0.6, color: str = "C0"):
+                   cols: int | None = None, s: float = 2.0, color: str = "C0"):
     """One scatter plot per ``{title: Tensor[n, 2]}``, on a shared square window. Returns the figure."""
     k = len(panels)
     cols = cols or k
@@ -19,7 +19,7 @@ def scatter_panels(panels: dict[str, torch.Tensor], lim: float = 2.6, size: floa
         ax.set_axis_off()
     for ax, (title, x) in zip(axes.flat, panels.items()):
         x = x[:n].detach().cpu()
-        ax.scatter(x[:, 0], x[:, 1], s=s, color=color, alpha=0.6, linewidths=0)
+        ax.scatter(x[:, 0], x[:, 1], s=s, color=color, alpha=0.5, linewidths=0)
         ax.set_xlim(-lim, lim)
         ax.set_ylim(-lim, lim)
         ax.set_aspect("equal")

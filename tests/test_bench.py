@@ -1,0 +1,91 @@
+"""The bench, the registry and the command line, on a tiny experiment."""
+
+import json
+
+import pytest
+import torch
+
+from distill_lab import registry
+from distill_lab.__main__ import main
+from distill_lab.bench import ROW_KEYS, format_table, resolve_data, run_toy2d, write_json
+from distill_lab.experiment import Toy2D
+from distill_lab.models import VelocityStudent, clone_frozen
+from distill_lab.scale import Scale
+
+# every method the toy-2D track promises (issue: trajectory, consistency, flow-map, DM, reward families)
+EXPECTED = {"trajectory", "progressive", "cd", "ct", "scm", "tbcm", "hypersd", "ctm", "lagrangian",
+            "eulerian", "progressive_flow_map", "lsd_self", "anyflow", "dmd", "dmd2", "adm", "cdm", "rcm",
+            "rtdmd"}
+
+TINY = Scale("ci", teacher_steps=150, width=32, depth=2, batch=256, student_steps=10, eval_n=600, n_proj=64,
+             device="cpu")
+
+
+@pytest.fixture(scope="module")
+def tiny_exp():
+    return Toy2D("moons", scale=TINY, cache=False, progress=False)
+
+
+def test_every_method_of_the_track_is_registered():
+    names = {r.name for r in registry.all_recipes()}
+    assert EXPECTED <= names, f"missing: {sorted(EXPECTED - names)}"
+    for r in registry.all_recipes():
+        assert r.paper, f"recipe {r.name} names no paper"
+        assert r.nfes and all(n >= 1 for n in r.nfes)
+
+
+def test_unknown_method_error_lists_the_known_ones():
+    with pytest.raises(ValueError, match="unknown method 'nope'; known methods: .*dmd"):
+        registry.get_recipe("nope")
+
+
+def test_bench_rows_are_measured_against_the_teacher(tiny_exp, monkeypatch, tmp_path):
+    # a "student" that is the teacher itself, sampled with Euler, must reproduce the teacher's row
+    def copy_teacher(exp):
+        return VelocityStudent(clone_frozen(exp.teacher))
+
+    monkeypatch.setitem(registry.RECIPES, "copy-teacher",
+                        registry.Recipe("copy-teacher", "test", copy_teacher, (1, 2), "none"))
+
+    def broken(exp):
+        raise RuntimeError("boom")
+
+    monkeypatch.setitem(registry.RECIPES, "broken", registry.Recipe("broken", "test", broken, (1,), "none"))
+    rows = run_toy2d(exp=tiny_exp, methods=["copy-teacher", "broken"], progress=False)
+    teacher = {r["nfe"]: r for r in rows if r["method"] == "teacher (euler)"}
+    copies = {r["nfe"]: r for r in rows if r["method"] == "copy-teacher"}
+    for n in (1, 2):
+        assert copies[n]["value"] == pytest.approx(teacher[n]["value"], rel=1e-6)
+        assert copies[n]["teacher_same_nfe"] == pytest.approx(teacher[n]["value"], rel=1e-6)
+        assert copies[n]["floor"] == tiny_exp.floor
+    assert teacher[1]["value"] > teacher[64]["value"]
+    assert all(r["teacher_best"] <= r["teacher_same_nfe"] + 1e-12 for r in rows)
+    failed = [r for r in rows if r["method"] == "broken"]
+    assert failed[0]["value"] is None and "boom" in failed[0]["error"]
+    table = format_table(rows)
+    assert "copy-teacher" in table and "boom" in table
+    write_json(rows, tmp_path / "b.json")
+    loaded = json.loads((tmp_path / "b.json").read_text())
+    assert [set(r) for r in loaded] == [set(ROW_KEYS)] * len(rows)
+
+
+def test_data_can_be_named_by_module_and_function():
+    fn = resolve_data("distill_lab.toy2d:spirals")
+    assert callable(fn) and fn(10).shape == (10, 2)
+    with pytest.raises(ValueError, match="could not load the data sampler"):
+        resolve_data("distill_lab.toy2d:nothing_here")
+
+
+def test_cli_reports_bad_input_with_exit_code_2(capsys):
+    assert main(["bench", "cifar-9", "--scale", "ci"]) == 2
+    assert "unknown bench track 'cifar-9'" in capsys.readouterr().err
+    assert main(["bench", "toy2d", "--scale", "ci", "--data", "nope"]) == 2
+    assert "unknown toy dataset 'nope'" in capsys.readouterr().err
+    assert main(["bench", "toy2d", "--scale", "ci", "--methods", "dmd,nope"]) == 2
+    assert "unknown method 'nope'" in capsys.readouterr().err
+
+
+def test_cli_lists_the_methods(capsys):
+    assert main(["bench", "toy2d", "--list"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in ("trajectory", "dmd"))
