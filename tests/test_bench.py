@@ -58,7 +58,6 @@ def test_bench_rows_are_measured_against_the_teacher(tiny_exp, monkeypatch, tmp_
         assert copies[n]["value"] == pytest.approx(teacher[n]["value"], rel=1e-6)
         assert copies[n]["teacher_same_nfe"] == pytest.approx(teacher[n]["value"], rel=1e-6)
         assert copies[n]["floor"] == tiny_exp.floor
-    assert teacher[1]["value"] > teacher[64]["value"]
     assert all(r["teacher_best"] <= r["teacher_same_nfe"] + 1e-12 for r in rows)
     failed = [r for r in rows if r["method"] == "broken"]
     assert failed[0]["value"] is None and "boom" in failed[0]["error"]

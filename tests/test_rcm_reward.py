@@ -76,7 +76,7 @@ def test_tilted_velocity_works_under_no_grad_and_rejects_bad_input():
     with torch.no_grad():
         out = vt(x, t)
     assert out.shape == x.shape and not out.requires_grad
-    assert tilted_velocity(flow.velocity, reward_right, math.inf) is flow.velocity
+    assert tilted_velocity(flow.velocity, reward_right, math.inf) == flow.velocity  # no tilt: the same callable
     with pytest.raises(ValueError, match=r"\(0, 1\]"):
         vt(x, torch.zeros(8))
     for bad in (0.0, -1.0, float("nan")):
@@ -180,9 +180,11 @@ def test_rcm_vanishes_at_the_exact_consistency_function(shape):
     z = torch.randn(B, *shape)
     loss, info = rcm_losses(f, v, v, x_t, t, z, 0.0, lam=1.0)
     assert loss.item() < 1e-9 and info["dmd"] < 1e-9
-    # perturbed consistency function: both terms come alive
+    # perturbed consistency function (its one-step samples are N(mu, (sigma + 0.1)^2 I), whose exact
+    # velocity is the fake velocity): both terms come alive
     fp = lambda x, tt: f(x, tt) + 0.1 * x  # noqa: E731
-    loss_p, info_p = rcm_losses(fp, v, v, x_t, t, z, 0.0, lam=1.0)
+    fake_p = GaussianLinearFlow(flow.mu, flow.sigma + 0.1).velocity
+    loss_p, info_p = rcm_losses(fp, v, fake_p, x_t, t, z, 0.0, lam=1.0)
     assert info_p["scm"] > 1e-3 and info_p["dmd"] > 1e-4
 
 
