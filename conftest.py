@@ -7,4 +7,3 @@ kernels that nbval starts inherit these variables.
 import os
 
 os.environ.setdefault("DISTILL_LAB_SCALE", "ci")
-os.environ.setdefault("MPLBACKEND", "Agg")
