@@ -19,6 +19,15 @@ from distill_lab.scale import Scale
 SHAPES = [(2,), (3, 8, 8)]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """These nets are tiny: one thread is faster, and kinder to a shared CPU. Restored afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _flow(shape, mu=0.7, sigma=0.5):
     return GaussianLinearFlow(torch.full(shape, mu), sigma)
 
@@ -270,6 +279,10 @@ def test_rtdmd_recipe_and_sweep_smoke(tiny_exp):
     assert rows[1]["target_reward"] > rows[0]["target_reward"]  # the tilted target's own reward rises
     with pytest.raises(ValueError, match="unknown overrides"):
         train_rtdmd(tiny_exp, steps=1, base=base, wrong=1)
+    with pytest.raises(ValueError, match="fake_updates"):
+        train_rtdmd(tiny_exp, steps=1, base=base, fake_updates=0)
+    full = train_rtdmd(tiny_exp, steps=2, stage1_steps=2, batch=32, t_min=0.3)  # both stages from scratch
+    assert full.stage1_history is not None and torch.isfinite(full.sample(tiny_exp.eval_noise, 1)).all()
 
 
 def test_rcm_recipe_smoke(tiny_exp):
@@ -280,5 +293,7 @@ def test_rcm_recipe_smoke(tiny_exp):
         x = f.sample(tiny_exp.eval_noise, nfe)
         assert x.shape == tiny_exp.eval_noise.shape and torch.isfinite(x).all()
     assert "dmd" in f.history and hasattr(f, "fake")
+    f0 = train_rcm(tiny_exp, steps=3, batch=32, lam=0.0)  # the ablation: plain sCM on this schedule
+    assert "dmd" not in f0.history and "dfdt_rms" in f0.history
     with pytest.raises(ValueError, match="unknown option"):
         train_rcm(tiny_exp, steps=1, nope=3)

@@ -158,8 +158,9 @@ def train_cd(exp, steps=None, **overrides):
     ``teacher_step``.
     """
     sc = exp.scale
-    o = dict(steps=steps or sc.pick(ci=1200, default=4000, gpu=20000), lr=sc.pick(ci=3e-4, default=2e-4, gpu=1e-4),
-             batch=sc.batch, N0=8, N1=sc.pick(ci=32, default=64, gpu=128), ema=0.99, teacher_step="heun")
+    o = dict(steps=steps or sc.pick(ci=400, default=2000, gpu=10000), lr=sc.pick(ci=1e-3, default=5e-4, gpu=2e-4),
+             batch=sc.batch, N0=4, N1=sc.pick(ci=16, default=32, gpu=64), ema=sc.pick(ci=0.95, default=0.98, gpu=0.99),
+             teacher_step="heun")
     o.update(overrides)
     f = ConsistencyFunction(exp.student_net())
     f_ema = clone_frozen(f)
@@ -234,8 +235,9 @@ def train_ct(exp, steps=None, **overrides):
     ``N1``, ``ema``, ``init``.
     """
     sc = exp.scale
-    o = dict(steps=steps or sc.pick(ci=1200, default=4000, gpu=20000), lr=sc.pick(ci=3e-4, default=2e-4, gpu=1e-4),
-             batch=sc.batch, N0=8, N1=sc.pick(ci=32, default=64, gpu=128), ema=0.99, init="teacher")
+    o = dict(steps=steps or sc.pick(ci=400, default=2000, gpu=10000), lr=sc.pick(ci=1e-3, default=5e-4, gpu=2e-4),
+             batch=sc.batch, N0=4, N1=sc.pick(ci=16, default=32, gpu=64), ema=sc.pick(ci=0.95, default=0.98, gpu=0.99),
+             init="teacher")
     o.update(overrides)
     if o["init"] not in ("teacher", "scratch"):
         raise ValueError(f"init must be 'teacher' or 'scratch', got {o['init']!r}")
@@ -516,8 +518,9 @@ def train_hypersd(exp, steps=None, **overrides):
     Overrides: ``lr``, ``batch``, ``N``, ``ema``, ``segments``.
     """
     sc = exp.scale
-    o = dict(steps=steps or sc.pick(ci=1600, default=6000, gpu=30000), lr=sc.pick(ci=3e-4, default=2e-4, gpu=1e-4),
-             batch=sc.batch, N=sc.pick(ci=32, default=64, gpu=128), ema=0.99, segments=(8, 4, 2, 1))
+    o = dict(steps=steps or sc.pick(ci=800, default=3000, gpu=12000), lr=sc.pick(ci=1e-3, default=5e-4, gpu=2e-4),
+             batch=sc.batch, N=sc.pick(ci=16, default=32, gpu=64), ema=sc.pick(ci=0.95, default=0.98, gpu=0.99),
+             segments=(8, 4, 2, 1))
     o.update(overrides)
     segs = tuple(int(k) for k in o["segments"])
     if any(o["N"] % k for k in segs):
@@ -630,8 +633,9 @@ def train_ctm(exp, steps=None, **overrides):
     (``"data"`` as in CTM, or ``"teacher"``).
     """
     sc = exp.scale
-    o = dict(steps=steps or sc.pick(ci=1500, default=5000, gpu=30000), lr=sc.pick(ci=3e-4, default=2e-4, gpu=1e-4),
-             batch=sc.batch, N=sc.pick(ci=32, default=64, gpu=128), ema=0.99, max_k=4, p_one=0.5, lam=1.0,
+    o = dict(steps=steps or sc.pick(ci=600, default=3000, gpu=12000), lr=sc.pick(ci=1e-3, default=5e-4, gpu=2e-4),
+             batch=sc.batch, N=sc.pick(ci=16, default=32, gpu=64), ema=sc.pick(ci=0.95, default=0.98, gpu=0.99),
+             max_k=4, p_one=0.5, lam=1.0,
              diag_target="data")
     o.update(overrides)
     if o["diag_target"] not in ("data", "teacher"):

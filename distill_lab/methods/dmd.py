@@ -389,13 +389,13 @@ def _dmd_family(exp, steps, name, gan_weight=0.0, adm=False, **kw):
     """The shared update schedule: ``critic_updates`` critic steps, then one generator step."""
     sc = exp.scale
     cfg = dict(gen_lr=1e-4, fake_lr=sc.pick(ci=4e-4, default=4e-4, gpu=2e-4), disc_lr=2e-4,
-               critic_updates=5, batch=sc.pick(ci=512, default=1024, gpu=4096),
+               critic_updates=5, batch=sc.pick(ci=256, default=1024, gpu=4096),
                gan_weight=gan_weight, reg_weight=0.0, t_min=T_MIN, t_max=T_MAX)
     unknown = set(kw) - set(cfg)
     if unknown:
         raise ValueError(f"unknown option(s) {sorted(unknown)} for {name}; known: {sorted(cfg)}")
     cfg.update(kw)
-    steps = steps or sc.pick(ci=600, default=2000, gpu=6000)
+    steps = steps or sc.pick(ci=800, default=2000, gpu=6000)
     gen = OneStepGenerator(exp.student_net(1))
     fake = exp.student_net(1)
     g_opt, f_opt = _adam(gen.parameters(), cfg["gen_lr"]), _adam(fake.parameters(), cfg["fake_lr"])
@@ -493,12 +493,12 @@ def train_cdm(exp, steps=None, **overrides):
     to the extrapolated predictions; ``critic_updates`` fake updates per student update."""
     sc = exp.scale
     cfg = dict(gen_lr=1e-4, fake_lr=4e-4, critic_updates=5, k_max=4,
-               batch=sc.pick(ci=512, default=1024, gpu=4096))
+               batch=sc.pick(ci=256, default=1024, gpu=4096))
     unknown = set(overrides) - set(cfg)
     if unknown:
         raise ValueError(f"unknown option(s) {sorted(unknown)} for cdm; known: {sorted(cfg)}")
     cfg.update(overrides)
-    steps = steps or sc.pick(ci=600, default=2000, gpu=6000)
+    steps = steps or sc.pick(ci=800, default=2000, gpu=6000)
     student = VelocityStudent(exp.student_net(1))
     fake = exp.student_net(1)
     g_opt, f_opt = _adam(student.parameters(), cfg["gen_lr"]), _adam(fake.parameters(), cfg["fake_lr"])

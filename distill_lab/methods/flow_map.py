@@ -259,7 +259,7 @@ def anyflow_sample(flow_map: FlowMapFn, z: torch.Tensor, nfe: int,
 
 def anyflow_onpolicy_loss(flow_map: FlowMapFn, velocity: Velocity, z: torch.Tensor, nfe: int, k: int,
                           schedule: str | Sequence[float] | torch.Tensor = "uniform",
-                          teacher_nfe: int = 8):
+                          teacher_nfe: int = 16):
     """On-policy transition loss: ``|X_{t_k, t_{k+1}}(x_k) - sg[Phi^teacher_{t_k -> t_{k+1}}(x_k)]|^2``.
 
     Gu et al. (2026), AnyFlow, on-policy flow-map distillation with "flow map backward simulation":
@@ -269,8 +269,9 @@ def anyflow_onpolicy_loss(flow_map: FlowMapFn, velocity: Velocity, z: torch.Tens
 
     Simplification (documented, deliberate): AnyFlow scores the rollout with a distribution-matching
     (DMD) gradient, which needs a second "fake" velocity network; here the on-policy target is
-    instead the *teacher's* ODE solution from the same visited state ``x_k`` (``teacher_nfe``
-    midpoint evaluations), i.e. a coupled, per-sample target on on-policy states.
+    instead the *teacher's* ODE solution from the same visited state ``x_k``, i.e. a coupled,
+    per-sample target on on-policy states. ``teacher_nfe`` is the midpoint budget for the whole of
+    ``[0, 1]``; a jump gets its share ``teacher_nfe * (t_{k+1} - t_k)`` (even, at least 2).
 
     Teacher: ``velocity(x, t)`` integrated from ``t_k`` to ``t_{k+1}``.
     Stop-gradient: the rollout ``x_k`` and the teacher target (both under ``torch.no_grad``);
@@ -281,13 +282,15 @@ def anyflow_onpolicy_loss(flow_map: FlowMapFn, velocity: Velocity, z: torch.Tens
     if not 0 <= k < nfe:
         raise ValueError(f"k is the index of the trained jump and must satisfy 0 <= k < nfe={nfe}, got {k}")
     if teacher_nfe < 2 or teacher_nfe % 2:
-        raise ValueError(f"teacher_nfe counts midpoint evaluations and must be even and >= 2, got {teacher_nfe}")
+        raise ValueError(f"teacher_nfe counts midpoint evaluations over [0, 1] and must be even and >= 2, "
+                         f"got {teacher_nfe}")
+    jump_nfe = max(2, 2 * round(teacher_nfe * float(ts[k + 1] - ts[k]) / 2))
     with torch.no_grad():
         x = z
         for i in range(k):
             x = flow_map(x, batch_t(ts[i], x), batch_t(ts[i + 1], x))
         x = x.detach()
-        target = sample_ode(velocity, x, teacher_nfe, "midpoint", float(ts[k]), float(ts[k + 1]))
+        target = sample_ode(velocity, x, jump_nfe, "midpoint", float(ts[k]), float(ts[k + 1]))
     pred = flow_map(x, batch_t(ts[k], x), batch_t(ts[k + 1], x))
     per = _sq(pred - target.detach())
     loss = per.mean()
@@ -374,7 +377,7 @@ def train_lagrangian(exp, steps=None, **overrides):
     """
     o = _defaults(exp, overrides, lr=exp.scale.pick(ci=1e-3, default=1e-3, gpu=5e-4), w_diag=0.1,
                   p_endpoints=0.25, p_from_noise=0.25, gap_power=0.5)
-    steps = steps or exp.scale.pick(ci=2500, default=6000, gpu=20000)
+    steps = steps or exp.scale.pick(ci=800, default=3000, gpu=20000)
     student = FlowMap(exp.student_net(n_times=2))
 
     def terms(i):
@@ -386,3 +389,96 @@ def train_lagrangian(exp, steps=None, **overrides):
         return lag + o["w_diag"] * diag, {**info, **dinfo}
 
     return _train_flow_map(exp, student, steps, o["lr"], "lagrangian flow map", terms)
+
+
+@recipe("lsd_self", family="flow map", nfes=(1, 2, 4), paper=PAPER + " (LSD)")
+def train_lsd_self(exp, steps=None, **overrides):
+    """Lagrangian *self*-distillation: the target velocity is the map's own diagonal ``V(x, t, t)``.
+
+    The teacher is used only for the warm start; the diagonal is then trained by flow matching on
+    data (:func:`diagonal_loss`, weight ``w_diag``) and the off-diagonal by :func:`lagrangian_loss`
+    with ``velocity = student.velocity`` (under stop-gradient), as LSD in the paper.
+    """
+    o = _defaults(exp, overrides, lr=exp.scale.pick(ci=1e-3, default=1e-3, gpu=5e-4), w_diag=1.0,
+                  p_endpoints=0.25, p_from_noise=0.25, gap_power=0.5)
+    steps = steps or exp.scale.pick(ci=400, default=3000, gpu=20000)
+    student = FlowMap(exp.student_net(n_times=2))
+
+    def terms(i):
+        s, t = sample_pairs(exp.scale.batch, exp.device, o["p_endpoints"], o["p_from_noise"], o["gap_power"])
+        x, x1 = _interp_batch(exp, s)
+        lag, info = lagrangian_loss(student, student.velocity, x, s, t)
+        diag, dinfo = diagonal_loss(student, x1)
+        return lag + o["w_diag"] * diag, {**info, **dinfo}
+
+    return _train_flow_map(exp, student, steps, o["lr"], "LSD (self) flow map", terms)
+
+
+@recipe("eulerian", family="flow map", nfes=(1, 2, 4), paper=PAPER + " (EMD)")
+def train_eulerian(exp, steps=None, **overrides):
+    """Eulerian map distillation: :func:`eulerian_loss` with the teacher as the tangent ``b(x, s)``,
+    plus ``w_diag`` times :func:`diagonal_loss`. Warm-started from the teacher like the others."""
+    o = _defaults(exp, overrides, lr=exp.scale.pick(ci=5e-4, default=5e-4, gpu=2e-4), w_diag=0.1,
+                  p_endpoints=0.25, p_from_noise=0.0, gap_power=0.5)
+    steps = steps or exp.scale.pick(ci=300, default=3000, gpu=20000)
+    student = FlowMap(exp.student_net(n_times=2))
+
+    def terms(i):
+        s, t = sample_pairs(exp.scale.batch, exp.device, o["p_endpoints"], o["p_from_noise"], o["gap_power"])
+        x, x1 = _interp_batch(exp, s)
+        eul, info = eulerian_loss(student, exp.velocity, x, s, t)
+        diag, dinfo = diagonal_loss(student, x1)
+        return eul + o["w_diag"] * diag, {**info, **dinfo}
+
+    return _train_flow_map(exp, student, steps, o["lr"], "eulerian flow map", terms)
+
+
+@recipe("progressive_flow_map", family="flow map", nfes=(1, 2, 4), paper=PAPER + " (PSD)")
+def train_progressive_flow_map(exp, steps=None, **overrides):
+    """Progressive self-distillation: :func:`progressive_flow_map_loss` with ``u`` uniform in
+    ``[s, t]`` plus :func:`diagonal_loss` (weight ``w_diag``) on data; the teacher is used only for
+    the warm start."""
+    o = _defaults(exp, overrides, lr=exp.scale.pick(ci=1e-3, default=1e-3, gpu=5e-4), w_diag=1.0,
+                  p_endpoints=0.25, p_from_noise=0.25, gap_power=0.5)
+    steps = steps or exp.scale.pick(ci=600, default=4000, gpu=20000)
+    student = FlowMap(exp.student_net(n_times=2))
+
+    def terms(i):
+        s, t = sample_pairs(exp.scale.batch, exp.device, o["p_endpoints"], o["p_from_noise"], o["gap_power"])
+        u = s + (t - s) * torch.rand_like(s)
+        x, x1 = _interp_batch(exp, s)
+        prog, info = progressive_flow_map_loss(student, x, s, u, t)
+        diag, dinfo = diagonal_loss(student, x1)
+        return prog + o["w_diag"] * diag, {**info, **dinfo}
+
+    return _train_flow_map(exp, student, steps, o["lr"], "progressive flow map", terms)
+
+
+@recipe("anyflow", family="flow map", nfes=(1, 2, 4), paper=ANYFLOW_PAPER)
+def train_anyflow(exp, steps=None, **overrides):
+    """AnyFlow-style two stages on one map: forward flow-map training (Lagrangian distillation, as
+    ``lagrangian``) for a share ``1 - onpolicy_frac`` of the steps, then the same loss plus the
+    on-policy term :func:`anyflow_onpolicy_loss` (weight ``w_onpolicy``) with the step count drawn
+    from ``nfes`` and the trained jump ``k`` drawn uniformly each step. Samples on ``schedule``."""
+    o = _defaults(exp, overrides, lr=exp.scale.pick(ci=1e-3, default=1e-3, gpu=5e-4), w_diag=0.1,
+                  p_endpoints=0.25, p_from_noise=0.25, gap_power=0.5, onpolicy_frac=0.5,
+                  w_onpolicy=1.0, nfes=(1, 2, 4), schedule="uniform", teacher_nfe=16)
+    steps = steps or exp.scale.pick(ci=700, default=3000, gpu=20000)
+    student = AnyStepFlowMap(exp.student_net(n_times=2), schedule=o["schedule"])
+    start = int(steps * (1 - o["onpolicy_frac"]))
+
+    def terms(i):
+        s, t = sample_pairs(exp.scale.batch, exp.device, o["p_endpoints"], o["p_from_noise"], o["gap_power"])
+        x, x1 = _interp_batch(exp, s)
+        lag, info = lagrangian_loss(student, exp.velocity, x, s, t)
+        diag, dinfo = diagonal_loss(student, x1)
+        loss, info = lag + o["w_diag"] * diag, {**info, **dinfo}
+        if i >= start:
+            nfe = o["nfes"][int(torch.randint(len(o["nfes"]), (1,)))]
+            k = int(torch.randint(nfe, (1,)))
+            on, oinfo = anyflow_onpolicy_loss(student, exp.velocity, exp.noise_batch(), nfe, k,
+                                              o["schedule"], o["teacher_nfe"])
+            loss, info = loss + o["w_onpolicy"] * on, {**info, **oinfo}
+        return loss, info
+
+    return _train_flow_map(exp, student, steps, o["lr"], "AnyFlow flow map", terms)
