@@ -100,6 +100,7 @@ def load_cifar10(root: str | os.PathLike | None = None, download: bool | None = 
             # small subset never reads the rest of the file.
             data = torch.load(cache, map_location="cpu", weights_only=True, mmap=True)
             _check(data, str(cache))
+            data["source"] = f"{kind} {path} ({origin}; cached in {cache.name})"
             return data
         except Exception as err:  # a corrupt or stale cache: say so and decode again
             print(f"could not use the cached CIFAR-10 {cache} ({err}); decoding again")
@@ -108,7 +109,7 @@ def load_cifar10(root: str | os.PathLike | None = None, download: bool | None = 
     data = reader(path, verbose)
     data["source"] = f"{kind} {path} ({origin})"
     _check(data, str(path))
-    tmp = cache.with_suffix(".pt.tmp")
+    tmp = cache.with_suffix(f".{os.getpid()}.tmp")  # several processes (nbval) may decode at once
     torch.save(data, tmp)
     tmp.replace(cache)
     if verbose:

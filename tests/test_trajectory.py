@@ -182,9 +182,14 @@ class TinyExp:
         return self._fit(step, n_steps, desc=desc, progress=False)
 
 
-def test_trajectory_recipe_smoke():
+@pytest.fixture
+def tiny_exp():
     torch.manual_seed(0)
-    exp = TinyExp()
+    return TinyExp()
+
+
+def test_trajectory_recipe_smoke(tiny_exp):
+    exp = tiny_exp
     student = train_trajectory(exp, steps=5, pool=128, batch=32)
     z = torch.randn(10, 2)
     assert student.sample(z, 1).shape == (10, 2)
@@ -193,9 +198,8 @@ def test_trajectory_recipe_smoke():
         train_trajectory(exp, steps=5, bogus=1)
 
 
-def test_progressive_recipe_smoke():
-    torch.manual_seed(0)
-    exp = TinyExp()
+def test_progressive_recipe_smoke(tiny_exp):
+    exp = tiny_exp
     student = train_progressive(exp, steps=12, start=8, batch=32)
     assert isinstance(student, ProgressiveStudent)
     assert student.nfes == [1, 2, 4]

@@ -33,11 +33,12 @@ __all__ = [
 
 # --------------------------------------------------------------------------- direct distillation
 def trajectory_loss(student_x: torch.Tensor, teacher_x: torch.Tensor):
-    """Direct trajectory-distillation loss, Luhman & Luhman (2021), eq. (5).
+    """Direct trajectory-distillation loss, Luhman & Luhman (2021), the student objective of Sec. 3.
 
     Luhman & Luhman, "Knowledge distillation in iterative generative models for improved sampling
-    speed" (2021), eq. (5): ``L = E_z || G(z) - ODE_teacher(z) ||^2`` (they weight it per
-    dimension; we take the plain mean squared error over all entries).
+    speed" (2021), Section 3, the "Denoising Student" loss (a KL to the teacher's deterministic DDIM
+    map that reduces to a squared error): ``L = E_z || G(z) - ODE_teacher(z) ||^2``, here as the
+    mean squared error over all entries.
 
     Parameters
     ----------
