@@ -336,7 +336,8 @@ class AnyStepFlowMap(FlowMap):
 
 # ----------------------------------------------------------------------------- recipes
 def _train_flow_map(exp, student, steps, lr, desc, terms, weight_decay=0.0):
-    """Shared loop: Adam with cosine decay over ``steps``; ``terms(i) -> (loss, info)``."""
+    """Shared loop: Adam with cosine decay over ``steps`` and gradient-norm clipping at 1;
+    ``terms(i) -> (loss, info)``."""
     opt = torch.optim.Adam(student.parameters(), lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
 
@@ -355,7 +356,7 @@ def _train_flow_map(exp, student, steps, lr, desc, terms, weight_decay=0.0):
 
 def _interp_batch(exp, s):
     """A batch at time ``s`` on the linear interpolant ``I_s = (1 - s) x0 + s x1`` (fresh draws)."""
-    x1 = exp.data_batch()
+    x1 = exp.data_batch(s.shape[0])
     x0 = torch.randn_like(x1)
     return interpolate(x0, x1, s), x1
 
@@ -369,7 +370,7 @@ def _defaults(exp, overrides, **kw):
 
 @recipe("lagrangian", family="flow map", nfes=(1, 2, 4), paper=PAPER + " (LMD)")
 def train_lagrangian(exp, steps=None, **overrides):
-    """Lagrangian map distillation from the teacher velocity, plus the diagonal kept on the teacher.
+    """Lagrangian map distillation from the teacher velocity, plus a light flow-matching diagonal term.
 
     Warm start ``V(x, s, t) = v_teacher(x, s)`` (:meth:`Toy2D.student_net`), so the map starts as
     the teacher's Euler step. Each step: :func:`lagrangian_loss` with the teacher on
@@ -418,9 +419,9 @@ def train_lsd_self(exp, steps=None, **overrides):
 def train_eulerian(exp, steps=None, **overrides):
     """Eulerian map distillation: :func:`eulerian_loss` with the teacher as the tangent ``b(x, s)``,
     plus ``w_diag`` times :func:`diagonal_loss`. Warm-started from the teacher like the others."""
-    o = _defaults(exp, overrides, lr=exp.scale.pick(ci=5e-4, default=5e-4, gpu=2e-4), w_diag=0.1,
+    o = _defaults(exp, overrides, lr=exp.scale.pick(ci=1e-3, default=1e-3, gpu=5e-4), w_diag=0.1,
                   p_endpoints=0.25, p_from_noise=0.0, gap_power=0.5)
-    steps = steps or exp.scale.pick(ci=300, default=3000, gpu=20000)
+    steps = steps or exp.scale.pick(ci=600, default=3000, gpu=20000)
     student = FlowMap(exp.student_net(n_times=2))
 
     def terms(i):
@@ -438,9 +439,9 @@ def train_progressive_flow_map(exp, steps=None, **overrides):
     """Progressive self-distillation: :func:`progressive_flow_map_loss` with ``u`` uniform in
     ``[s, t]`` plus :func:`diagonal_loss` (weight ``w_diag``) on data; the teacher is used only for
     the warm start."""
-    o = _defaults(exp, overrides, lr=exp.scale.pick(ci=1e-3, default=1e-3, gpu=5e-4), w_diag=1.0,
+    o = _defaults(exp, overrides, lr=exp.scale.pick(ci=1e-3, default=1e-3, gpu=5e-4), w_diag=0.3,
                   p_endpoints=0.25, p_from_noise=0.25, gap_power=0.5)
-    steps = steps or exp.scale.pick(ci=600, default=4000, gpu=20000)
+    steps = steps or exp.scale.pick(ci=1000, default=4000, gpu=20000)
     student = FlowMap(exp.student_net(n_times=2))
 
     def terms(i):
