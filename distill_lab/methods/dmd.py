@@ -481,18 +481,20 @@ def train_dmd2(exp, steps=None, **overrides):
         paper="Lu et al. 2025, Adversarial Distribution Matching for Diffusion Distillation")
 def train_adm(exp, steps=None, **overrides):
     """ADM: the reverse-KL gradient is replaced by a hinge GAN whose discriminator compares the
-    teacher's and the fake score's predictions from the same noised generator sample."""
+    teacher's and the fake score's predictions from the same noised generator sample. The
+    discriminator learns faster here (``disc_lr`` 1e-3: 1-step ratio 2.2 vs 4.3 at 2e-4, ci, 800 steps)."""
+    overrides.setdefault("disc_lr", 1e-3)
     return _dmd_family(exp, steps, "adm", adm=True, **overrides)
 
 
-@recipe("cdm", family="distribution matching", nfes=(1, 2, 4),
+@recipe("cdm", family="distribution matching", nfes=(1, 2),
         paper="Liu et al. 2026, Continuous-Time Distribution Matching for Few-Step Diffusion Distillation")
 def train_cdm(exp, steps=None, **overrides):
     """CDM: a few-step velocity student (Euler sampling on any grid) trained by :func:`cdm_loss` from
     points of random-length continuous schedules (at most ``k_max`` steps), with a fake score fitted
     to the extrapolated predictions; ``critic_updates`` fake updates per student update."""
     sc = exp.scale
-    cfg = dict(gen_lr=1e-4, fake_lr=4e-4, critic_updates=5, k_max=4,
+    cfg = dict(gen_lr=1e-4, fake_lr=4e-4, critic_updates=5, k_max=2,
                batch=sc.pick(ci=256, default=1024, gpu=4096))
     unknown = set(overrides) - set(cfg)
     if unknown:
