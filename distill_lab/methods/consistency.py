@@ -294,8 +294,8 @@ def scm_loss(f: Callable, velocity: Velocity, x_t: Tensor, t: Tensor, *, f_targe
     """Continuous-time consistency loss with tangent normalisation (sCM).
 
     Lu & Song (2024), "Simplifying, Stabilizing and Scaling Continuous-Time Consistency Models",
-    the continuous-time CM gradient (their eq. 8, the ``Delta t -> 0`` limit of the discrete CM loss)
-    with tangent normalisation and tangent warmup (Sec. 4.2). The teacher provides ``v(x_t, t)``,
+    the continuous-time consistency-model gradient (Sec. 4: the ``Delta t -> 0`` limit of the
+    discrete CM loss) with tangent normalisation and tangent warmup (Sec. 4.2). The teacher provides ``v(x_t, t)``,
     the ODE direction along which ``f`` must stay constant.
 
     Sign convention in this lab's time direction (``t`` grows towards data). The discrete target is
@@ -339,7 +339,7 @@ def scm_loss(f: Callable, velocity: Velocity, x_t: Tensor, t: Tensor, *, f_targe
 def _train_scm_like(exp, name: str, sample_xt, steps, overrides):
     """Shared loop of sCM and TBCM: only ``sample_xt(batch, i) -> (x_t, t)`` differs."""
     sc = exp.scale
-    o = dict(steps=steps or sc.pick(ci=1000, default=4000, gpu=20000), lr=sc.pick(ci=2e-4, default=1e-4, gpu=1e-4),
+    o = dict(steps=steps or sc.pick(ci=800, default=3000, gpu=12000), lr=sc.pick(ci=2e-5, default=2e-5, gpu=2e-5),
              batch=sc.batch, warmup=0.2, norm_const=0.1)
     o.update(overrides)
     f = ConsistencyFunction(exp.student_net())
@@ -359,10 +359,9 @@ def _train_scm_like(exp, name: str, sample_xt, steps, overrides):
     return f.eval()
 
 
-def _t_uniform_noise_heavy(n: int, device, p_zero: float = 0.0) -> Tensor:
-    """``t ~ U[0, 1)`` (the one-step sampler is queried at ``t = 0``, so it matters most)."""
-    t = torch.rand(n, device=device) * 0.999
-    return t
+def _t_uniform(n: int, device) -> Tensor:
+    """``t ~ U[0, 0.999)``: away from ``t = 1``, where ``f(x, 1) = x`` holds by construction."""
+    return torch.rand(n, device=device) * 0.999
 
 
 @recipe("scm", family="consistency", nfes=(1, 2),
@@ -376,7 +375,7 @@ def train_scm(exp, steps=None, **overrides):
     """
     def sample_xt(b, i):
         x1, x0 = exp.data_batch(b), exp.noise_batch(b)
-        t = _t_uniform_noise_heavy(b, x1.device)
+        t = _t_uniform(b, x1.device)
         return interpolate(x0, x1, t), t
 
     return _train_scm_like(exp, "scm", sample_xt, steps, overrides)
@@ -433,15 +432,23 @@ def train_tbcm(exp, steps=None, **overrides):
 
     Identical to ``scm`` except for where ``(x_t, t)`` come from (:func:`trajectory_pairs`): noise
     ``z`` integrated by the teacher (``traj_steps`` Heun steps). ``exp.data_batch`` is never called.
-    Overrides: those of ``scm`` plus ``traj_steps``, ``mode``.
+    To save teacher calls, a pool of ``pool`` batches of points is drawn every ``refresh`` steps and
+    batches are resampled from it (each point is reused about ``refresh / pool`` times). Overrides:
+    those of ``scm`` plus ``traj_steps``, ``mode``, ``refresh``, ``pool``.
     """
-    o = dict(traj_steps=exp.scale.pick(ci=8, default=16, gpu=32), mode="trajectory")
+    o = dict(traj_steps=exp.scale.pick(ci=8, default=16, gpu=32), mode="trajectory", refresh=8, pool=2)
     for k in list(o):
         if k in overrides:
             o[k] = overrides.pop(k)
+    pool = {}
 
     def sample_xt(b, i):
-        return trajectory_pairs(exp.velocity, exp.noise_batch(b), o["traj_steps"], "heun", o["mode"])
+        # a pool of ``pool`` batches of trajectory points, regenerated every ``refresh`` steps
+        if i % o["refresh"] == 0 or "x" not in pool:
+            pool["x"], pool["t"] = trajectory_pairs(exp.velocity, exp.noise_batch(b * o["pool"]),
+                                                    o["traj_steps"], "heun", o["mode"])
+        idx = torch.randint(0, pool["x"].shape[0], (b,), device=pool["x"].device)
+        return pool["x"][idx], pool["t"][idx]
 
     return _train_scm_like(exp, "tbcm", sample_xt, steps, overrides)
 
@@ -462,7 +469,7 @@ def tscd_loss(X: Callable, X_target: Callable, velocity: Velocity | None, x_t: T
     """Trajectory-segmented consistency distillation: consistency to each segment's end.
 
     Ren et al. (2024), "Hyper-SD: Trajectory Segmented Consistency Model for Efficient Image
-    Synthesis", TSCD (Sec. 3.1): CD's loss with the jump landing on the segment end ``e`` instead of
+    Synthesis", trajectory segmented consistency distillation (TSCD, Sec. 3): CD's loss with the jump landing on the segment end ``e`` instead of
     on data,
 
     ``L = E || X_theta(x_t, t, e) - sg[ X_ema(x_hat_{t_next}, t_next, e) ] ||^2``,
@@ -528,7 +535,7 @@ def train_hypersd(exp, steps=None, **overrides):
     X = FlowMap(exp.student_net(n_times=2))
     stages, hist = {}, {"step": [], "loss": [], "segments": []}
     per_stage = max(1, o["steps"] // len(segs))
-    offset = 0
+    offset, seconds = 0, 0.0
     for k in segs:
         X_ema = clone_frozen(X)
         opt = torch.optim.Adam(X.parameters(), lr=o["lr"])
@@ -546,6 +553,7 @@ def train_hypersd(exp, steps=None, **overrides):
             return loss
 
         h = exp.fit(step, per_stage, desc=f"hypersd k={k}")
+        seconds += h["seconds"]
         hist["step"] += [s + offset for s in h["step"]]
         hist["loss"] += h["loss"]
         hist["segments"] += [k] * len(h["step"])
@@ -553,7 +561,7 @@ def train_hypersd(exp, steps=None, **overrides):
         stages[k] = copy.deepcopy(X_ema).eval()
         X.load_state_dict(X_ema.state_dict())  # the next stage starts from this stage's EMA
     student = SegmentedStudent(stages)
-    hist["seconds"] = None
+    hist["seconds"] = seconds
     student.history = hist
     return student.eval()
 
