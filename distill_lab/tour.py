@@ -18,7 +18,7 @@ from .bench import format_table, run_toy2d, write_json
 from .experiment import Toy2D
 from .flows import sample_ode
 
-TOUR_METHODS = ("trajectory", "scm", "lagrangian", "dmd")
+TOUR_METHODS = ("trajectory", "cd", "lagrangian", "dmd")
 
 
 def run_tour(data="checkerboard", scale=None, out="out", seed: int = 0, methods=TOUR_METHODS,
