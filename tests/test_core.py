@@ -179,9 +179,9 @@ def test_network_rejects_wrong_input_size_and_time_count():
 
 # ------------------------------------------------------------------ metrics
 def test_sliced_w2_of_a_shift_matches_closed_form():
-    x = torch.randn(20000, 2, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(5000, 2, generator=torch.Generator().manual_seed(0))
     a = torch.tensor([0.6, 0.8])  # |a| = 1; mean over directions of (a . theta)^2 = |a|^2 / 2 in 2D
-    d = metrics.sliced_w2(x + a, x, n_proj=2000)
+    d = metrics.sliced_w2(x + a, x, n_proj=1000)  # Monte Carlo error over directions ~0.008
     assert abs(d - 1 / math.sqrt(2)) < 0.03
     assert metrics.sliced_w2(x, x) == 0.0
 
