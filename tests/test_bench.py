@@ -88,3 +88,15 @@ def test_cli_lists_the_methods(capsys):
     assert main(["bench", "toy2d", "--list"]) == 0
     out = capsys.readouterr().out
     assert all(name in out for name in ("trajectory", "dmd"))
+
+
+def test_tour_writes_its_table_and_figures(tmp_path, monkeypatch):
+    from distill_lab.tour import run_tour
+
+    monkeypatch.setenv("DISTILL_LAB_CACHE", str(tmp_path / "cache"))
+    res = run_tour("moons", scale=TINY, out=tmp_path / "out", methods=("trajectory",), progress=False)
+    for name in ("tour.png", "tour_nfe.png", "tour.json"):
+        assert (tmp_path / "out" / name).stat().st_size > 1000
+    rows = json.loads((tmp_path / "out" / "tour.json").read_text())
+    assert {r["method"] for r in rows} == {"teacher (euler)", "trajectory"}
+    assert res["rows"][-1]["method"] == "trajectory" and res["rows"][-1]["value"] > 0
