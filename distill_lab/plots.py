@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import matplotlib
-
 import matplotlib.pyplot as plt
 import torch
 
@@ -45,7 +43,3 @@ def nfe_curve(curves: dict[str, dict[int, float]], floor: float | None = None, a
     ax.legend(fontsize=8)
     return ax
 
-
-def use_headless_backend() -> None:
-    """Switch matplotlib to the file-only Agg backend (for the command line)."""
-    matplotlib.use("Agg")
