@@ -436,25 +436,31 @@ class GpuLoader:
         n = len(self.x)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
-    def __iter__(self):
+    def batches_with_index(self):
+        """Yield ``(x, y, idx, flipped)``: a batch, each image's position in ``self.x`` (int64 ``[B]``)
+        and whether it was mirrored (bool ``[B]``), so per-image teacher logits can be looked up."""
         n, bs = len(self.x), self.batch_size
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         self.epoch += 1
         order = torch.randperm(n, generator=g).to(self.device) if self.train else None
         for i in range(len(self)):
             sl = slice(i * bs, min((i + 1) * bs, n))
-            if order is None:
-                xb, yb = self.x[sl], self.y[sl]  # [B, 3, 32, 32] uint8, [B]
-            else:
-                xb, yb = self.x.index_select(0, order[sl]), self.y.index_select(0, order[sl])
+            idx = torch.arange(sl.start, sl.stop, device=self.device) if order is None else order[sl]
+            xb, yb = self.x.index_select(0, idx), self.y.index_select(0, idx)  # [B, 3, 32, 32] uint8, [B]
+            flipped = torch.zeros(len(idx), dtype=torch.bool, device=self.device)
             if self.train:
                 b = len(xb)
                 if self.crop_pad > 0:
                     dy, dx = torch.randint(0, 2 * self.crop_pad + 1, (2, b), generator=g).to(self.device)
                     xb = batch_crop(xb, dy, dx, self.crop_pad, self.pad_mode)
                 if self.flip:
-                    xb = batch_flip(xb, (torch.rand(b, generator=g) < 0.5).to(self.device))
-            yield (normalize(xb, self.dtype) if self.normalized else xb), yb
+                    flipped = (torch.rand(b, generator=g) < 0.5).to(self.device)
+                    xb = batch_flip(xb, flipped)
+            yield (normalize(xb, self.dtype) if self.normalized else xb), yb, idx, flipped
+
+    def __iter__(self):
+        for xb, yb, _, _ in self.batches_with_index():
+            yield xb, yb
 
 
 def make_loaders(data: dict, batch_size: int = 512, seed: int = 0, device=None,

@@ -49,28 +49,12 @@ class IndexedLoader(GpuLoader):
     ``idx`` int64 ``[B]``: each image's position in ``self.x``; ``flipped`` bool ``[B]``: whether it
     was mirrored. The random draws are ``GpuLoader``'s, in the same order (permutation, then per batch
     the crop offsets, then the flips), so both loaders give the same images for the same seed and
-    epoch. (``cifar.GpuLoader`` yields only ``(x, y)``; this subclass leaves it unchanged.)
+    epoch: both iterate :meth:`~distill_lab.cifar.GpuLoader.batches_with_index`, and ``GpuLoader``
+    drops the last two entries.
     """
 
     def __iter__(self):
-        n, bs = len(self.x), self.batch_size
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        self.epoch += 1
-        order = torch.randperm(n, generator=g).to(self.device) if self.train else None
-        for i in range(len(self)):
-            sl = slice(i * bs, min((i + 1) * bs, n))
-            idx = torch.arange(sl.start, sl.stop, device=self.device) if order is None else order[sl]
-            xb, yb = self.x.index_select(0, idx), self.y.index_select(0, idx)
-            flipped = torch.zeros(len(idx), dtype=torch.bool, device=self.device)
-            if self.train:
-                b = len(xb)
-                if self.crop_pad > 0:
-                    dy, dx = torch.randint(0, 2 * self.crop_pad + 1, (2, b), generator=g).to(self.device)
-                    xb = batch_crop(xb, dy, dx, self.crop_pad, self.pad_mode)
-                if self.flip:
-                    flipped = (torch.rand(b, generator=g) < 0.5).to(self.device)
-                    xb = batch_flip(xb, flipped)
-            yield (normalize(xb, self.dtype) if self.normalized else xb), yb, idx, flipped
+        return self.batches_with_index()
 
 
 def stratified_indices(y: torch.Tensor, n_per_class: int, seed: int = 0) -> torch.Tensor:
