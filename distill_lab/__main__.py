@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 
 from .scale import ENV_VAR, SCALES
 
@@ -38,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    # torch's forward-mode AD (used by torch.func.jvp) warns about its own internal use of jit.script
+    warnings.filterwarnings("ignore", message=".*torch.jit.script.* is deprecated", category=FutureWarning)
     from .scale import get_scale
 
     try:
