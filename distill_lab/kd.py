@@ -127,6 +127,19 @@ def _soft_ce_kl(student_logits, target_probs, T):
 
 
 # ============================================================================ 1. Hinton KD
+
+def _mix_with_labels(kd: torch.Tensor, student_logits: torch.Tensor, labels, alpha: float):
+    """``alpha * kd + (1 - alpha) * CE(student, labels)``; returns ``(loss, ce)`` (``ce`` is NaN, and
+    only the KD term counts, when no labels are given)."""
+    loss = alpha * kd
+    ce = torch.full((), float("nan"))
+    if labels is not None:
+        labels = _check_labels(labels, student_logits)
+        ce = F.cross_entropy(student_logits.reshape(-1, student_logits.shape[-1]), labels.reshape(-1))
+        if alpha < 1.0:
+            loss = loss + (1.0 - alpha) * ce
+    return loss, ce
+
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: float = 4.0,
             alpha: float = 0.9, labels: torch.Tensor | None = None):
     """Hinton knowledge distillation, Hinton, Vinyals & Dean (2015), Sec. 2 (soft targets at
@@ -164,13 +177,7 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: float
                          "computed: pass labels, or alpha=1 for pure distillation")
     t = teacher_logits.detach()  # stop-gradient: the teacher is fixed
     kd = (T * T) * kl_per_example(t, student_logits, T).mean()
-    loss = alpha * kd
-    ce = torch.full((), float("nan"))
-    if labels is not None:
-        labels = _check_labels(labels, student_logits)
-        ce = F.cross_entropy(student_logits.reshape(-1, student_logits.shape[-1]), labels.reshape(-1))
-        if alpha < 1.0:
-            loss = loss + (1.0 - alpha) * ce
+    loss, ce = _mix_with_labels(kd, student_logits, labels, alpha)
     info = {"loss": loss.detach(), "kd": kd.detach(), "ce": ce.detach(),
             "agreement": torch.tensor(agreement(student_logits.detach(), t))}
     return loss, info
@@ -796,13 +803,7 @@ def consensus_loss(student_logits: torch.Tensor, teacher_logits_list, T: float =
         raise ValueError("without labels pass alpha=1 (the CE term needs labels)")
     w = w.to(student_logits.dtype)
     kd = (T * T) * (w * _soft_ce_kl(student_logits, p_bar, T)).sum() / w.sum().clamp_min(1e-12)
-    loss = alpha * kd
-    ce = torch.full((), float("nan"))
-    if labels is not None:
-        labels = _check_labels(labels, student_logits)
-        ce = F.cross_entropy(student_logits.reshape(-1, student_logits.shape[-1]), labels.reshape(-1))
-        if alpha < 1.0:
-            loss = loss + (1.0 - alpha) * ce
+    loss, ce = _mix_with_labels(kd, student_logits, labels, alpha)
     return loss, {"loss": loss.detach(), "kd": kd.detach(), "ce": ce.detach(), "mean_agreement": w.mean()}
 
 
