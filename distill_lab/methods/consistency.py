@@ -163,6 +163,17 @@ def train_cd(exp, steps=None, **overrides):
              teacher_step="heun")
     o.update(overrides)
     f = ConsistencyFunction(exp.student_net())
+
+    def pair_loss(f, f_ema, x0, x1, t, t_next):
+        return cd_loss(f, f_ema, exp.velocity, interpolate(x0, x1, t), t, t_next, o["teacher_step"])
+
+    return _train_on_grid(exp, f, o, "cd", pair_loss)
+
+
+def _train_on_grid(exp, f, o, desc, pair_loss):
+    """The loop CD and CT share: grid ``t_n = n / N`` with ``N`` growing from ``o["N0"]`` to
+    ``o["N1"]``, ``pair_loss(f, f_ema, x0, x1, t_n, t_{n+1})`` on fresh data and noise, Adam on ``f``,
+    EMA update of the target. Returns the EMA network, the sampler, as in the paper."""
     f_ema = clone_frozen(f)
     opt = torch.optim.Adam(f.parameters(), lr=o["lr"])
 
@@ -170,17 +181,15 @@ def train_cd(exp, steps=None, **overrides):
         N = _grid_size(i, o["steps"], o["N0"], o["N1"])
         x1, x0 = exp.data_batch(o["batch"]), exp.noise_batch(o["batch"])
         n = torch.randint(0, N, (x1.shape[0],), device=x1.device)
-        t, t_next = n / N, (n + 1) / N
-        loss, info = cd_loss(f, f_ema, exp.velocity, interpolate(x0, x1, t), t, t_next, o["teacher_step"])
+        loss, _ = pair_loss(f, f_ema, x0, x1, n / N, (n + 1) / N)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         ema_update(f_ema, f, o["ema"])
         return {"loss": loss, "N": N}
 
-    hist = exp.fit(step, o["steps"], desc="cd")
-    f_ema.history = hist
-    return f_ema.eval()  # the EMA network is the sampler, as in the paper
+    f_ema.history = exp.fit(step, o["steps"], desc=desc)
+    return f_ema.eval()
 
 
 def _grid_size(i: int, steps: int, n0: int, n1: int) -> int:
@@ -242,23 +251,7 @@ def train_ct(exp, steps=None, **overrides):
     if o["init"] not in ("teacher", "scratch"):
         raise ValueError(f"init must be 'teacher' or 'scratch', got {o['init']!r}")
     f = ConsistencyFunction(exp.student_net() if o["init"] == "teacher" else exp.new_net())
-    f_ema = clone_frozen(f)
-    opt = torch.optim.Adam(f.parameters(), lr=o["lr"])
-
-    def step(i):
-        N = _grid_size(i, o["steps"], o["N0"], o["N1"])
-        x1, x0 = exp.data_batch(o["batch"]), exp.noise_batch(o["batch"])
-        n = torch.randint(0, N, (x1.shape[0],), device=x1.device)
-        loss, info = ct_loss(f, f_ema, x0, x1, n / N, (n + 1) / N)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        ema_update(f_ema, f, o["ema"])
-        return {"loss": loss, "N": N}
-
-    hist = exp.fit(step, o["steps"], desc="ct")
-    f_ema.history = hist
-    return f_ema.eval()
+    return _train_on_grid(exp, f, o, "ct", ct_loss)
 
 
 # ------------------------------------------------------------------ 3. continuous-time CM (sCM)
