@@ -8,7 +8,7 @@ import warnings
 
 from .scale import ENV_VAR, SCALES
 
-BENCH_TRACKS = ("toy2d",)
+BENCH_TRACKS = ("toy2d", "cifar")
 
 
 def _common(p):
@@ -34,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--metric", default="sliced_w2", choices=("sliced_w2", "energy"))
     b.add_argument("--json", default=None, help="write the rows to this JSON file")
     b.add_argument("--list", action="store_true", help="list the track's methods and exit")
+    b.add_argument("--seeds", type=int, nargs="+", default=None,
+                   help="cifar: seeds to average over (default: the scale's, 0 1 2)")
+    b.add_argument("--epochs", type=float, default=None, help="cifar: override the scale's epochs (smoke tests)")
     return ap
 
 
@@ -62,6 +65,8 @@ def main(argv=None) -> int:
     if args.track not in BENCH_TRACKS:
         print(f"error: unknown bench track {args.track!r}; choose one of {', '.join(BENCH_TRACKS)}", file=sys.stderr)
         return 2
+    if args.track == "cifar":
+        return _bench_cifar(args, scale)
     from .bench import format_table, resolve_data, run_toy2d, write_json
     from .registry import all_recipes
 
@@ -90,6 +95,33 @@ def main(argv=None) -> int:
     if failed:
         print(f"failed: {', '.join(failed)}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _bench_cifar(args, scale) -> int:
+    from .kd_track import (KD_BENCH_METHODS, CifarKD, format_cifar_table, get_kd_recipe, run_cifar,
+                           write_cifar_json)
+
+    if args.list:
+        for name in KD_BENCH_METHODS:
+            r = get_kd_recipe(name)
+            print(f"{r.name:22s} {r.family:30s} {r.metric:10s} {r.paper}")
+        return 0
+    try:
+        methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
+        for m in methods or ():
+            get_kd_recipe(m)
+        overrides = {} if args.epochs is None else {"epochs": args.epochs}
+        exp = CifarKD(scale, progress=not args.quiet, **overrides)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"bench cifar: {exp} device={scale.device}")
+    rows = run_cifar(methods=methods, seeds=args.seeds, exp=exp)
+    print(format_cifar_table(rows))
+    if args.json:
+        write_cifar_json(rows, args.json)
+        print(f"wrote {args.json}")
     return 0
 
 

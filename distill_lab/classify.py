@@ -112,7 +112,8 @@ def train_classifier(model: nn.Module, data, steps: int | None = None, epochs: f
                      weight_decay: float = 5e-4, warmup: float = 0.15,
                      loss_fn: Callable | None = None, teacher_logits: torch.Tensor | None = None,
                      label_smoothing: float = 0.0, seed: int = 0, progress: bool = True,
-                     channels_last: bool = True, desc: str = "classifier") -> dict:
+                     channels_last: bool = True, desc: str = "classifier",
+                     batch_loss: Callable | None = None, after_step: Callable | None = None) -> dict:
     """Train ``model`` in place; return :func:`~distill_lab.train.fit`'s history (``"seconds"`` included).
 
     Parameters
@@ -126,9 +127,14 @@ def train_classifier(model: nn.Module, data, steps: int | None = None, epochs: f
         one-cycle schedule of :func:`one_cycle`.
     loss_fn : ``loss_fn(logits [B, C], labels [B], teacher [B, C] or None) -> loss`` or
         ``(loss, info)``. Default: cross-entropy with ``label_smoothing``.
-    teacher_logits : ``[2, N, C]``, the teacher's logits on the loader's ``N`` images, unaugmented
-        (``[0]``) and mirrored (``[1]``); each batch gets ``teacher_logits[flipped, idx]`` as float32.
-        Requires a ``loss_fn`` that uses it (e.g. :func:`kd`).
+    teacher_logits : ``[2, N, ...]``, the teacher's logits on the loader's ``N`` images, unaugmented
+        (``[0]``) and mirrored (``[1]``), usually ``[2, N, C]`` (several teachers: ``[2, N, M, C]``);
+        each batch gets ``teacher_logits[flipped, idx]`` as float32. Requires a ``loss_fn`` (or
+        ``batch_loss``) that uses it (e.g. :func:`kd`).
+    batch_loss : for methods that need more than the logits of one view (rotated copies, a second
+        view, a projection head): ``batch_loss(model, x, labels, teacher) -> loss | (loss, info)``
+        replaces ``loss_fn(model(x), labels, teacher)``.
+    after_step : called as ``after_step(i)`` after each optimiser step (e.g. an EMA teacher update).
     seed : seeds torch, NumPy and Python (:func:`~distill_lab.train.seed_everything`) and, for data
         given as tensors, the loader's shuffling and augmentation. Seed before building the model to
         fix its initialisation too.
@@ -136,7 +142,7 @@ def train_classifier(model: nn.Module, data, steps: int | None = None, epochs: f
     """
     if (steps is None) == (epochs is None):
         raise ValueError("train_classifier: give exactly one of steps= and epochs=")
-    if teacher_logits is not None and loss_fn is None:
+    if teacher_logits is not None and loss_fn is None and batch_loss is None:
         raise ValueError("train_classifier: teacher_logits given but no loss_fn to use them; "
                          "pass e.g. loss_fn=kd(T=4, alpha=0.9)")
     seed_everything(seed)
@@ -145,8 +151,8 @@ def train_classifier(model: nn.Module, data, steps: int | None = None, epochs: f
         raise ValueError(f"train_classifier: {len(loader.x)} images make no full batch of "
                          f"{loader.batch_size}; lower batch_size")
     if teacher_logits is not None:
-        if teacher_logits.ndim != 3 or teacher_logits.shape[:2] != (2, len(loader.x)):
-            raise ValueError(f"teacher_logits must be [2, {len(loader.x)}, C] (plain, flipped) for the "
+        if teacher_logits.ndim < 3 or teacher_logits.shape[:2] != (2, len(loader.x)):
+            raise ValueError(f"teacher_logits must be [2, {len(loader.x)}, ..., C] (plain, flipped) for the "
                              f"loader's {len(loader.x)} images, got {tuple(teacher_logits.shape)}")
         teacher_logits = teacher_logits.to(loader.device)
     n_steps = steps if steps is not None else max(1, round(epochs * len(loader)))
@@ -164,12 +170,15 @@ def train_classifier(model: nn.Module, data, steps: int | None = None, epochs: f
     def step(i):
         x, y, idx, flipped = next(batches)
         teacher = None if teacher_logits is None else teacher_logits[flipped.long(), idx].float()
-        out = loss_fn(model(x.contiguous(memory_format=fmt)), y, teacher)
+        x = x.contiguous(memory_format=fmt)
+        out = batch_loss(model, x, y, teacher) if batch_loss is not None else loss_fn(model(x), y, teacher)
         loss, info = out if isinstance(out, tuple) else (out, {})
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
+        if after_step is not None:
+            after_step(i)
         return {**info, "loss": loss.detach()}
 
     hist = fit(step, n_steps, desc=desc, progress=progress)

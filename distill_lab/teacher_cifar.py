@@ -105,14 +105,21 @@ def mean_entropy(logits: torch.Tensor, T: float = 1.0) -> float:
     return float(-(logp.exp() * logp).sum(-1).mean())
 
 
-def train_teacher(data: dict, scale=None, progress: bool = True,
-                  epochs: float | None = None) -> tuple[torch.nn.Module, dict]:
-    """Train the teacher of :func:`recipe` on all of ``data``'s training images (``epochs``
-    overrides the recipe's, for pilots); return ``(model, info)`` with
-    ``info = {"recipe", "train_seconds", "history"}``."""
+def train_teacher(data: dict, scale=None, progress: bool = True, epochs: float | None = None,
+                  label_smoothing: float | None = None, seed: int | None = None) -> tuple[torch.nn.Module, dict]:
+    """Train the teacher of :func:`recipe` on all of ``data``'s training images; return
+    ``(model, info)`` with ``info = {"recipe", "train_seconds", "history"}``.
+
+    ``epochs``, ``label_smoothing`` and ``seed`` override the recipe's (recorded in ``info["recipe"]``):
+    shorter pilots, the second and third teachers of the consensus lab (other seeds, fewer epochs),
+    and the label-smoothed teacher that lab 10 uses to show why the KD teacher is trained without it.
+    """
     rc = recipe(scale)
-    if epochs is not None:
-        rc["epochs"] = epochs
+    for key, value in (("epochs", epochs), ("label_smoothing", label_smoothing), ("seed", seed)):
+        if value is not None:
+            rc[key] = value
+    if not 0.0 <= rc["label_smoothing"] < 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1), got {rc['label_smoothing']}")
     seed_everything(rc["seed"])
     model = build_model(rc["model"])
     hist = train_classifier(model, (data["train_x"], data["train_y"]), epochs=rc["epochs"], lr=rc["lr"],
@@ -143,7 +150,9 @@ def save_teacher(model: torch.nn.Module, data: dict, out: str | os.PathLike, inf
     torch.save(train_logits.half(), out / "train_logits.pt")
     torch.save(test_logits.half(), out / "test_logits.pt")
     manifest = {
-        "what": "CIFAR-10 teacher of distill-lab's KD track, trained without label smoothing",
+        "what": "CIFAR-10 teacher of distill-lab's KD track, trained "
+                + (f"with label smoothing {ls:g} (the lab's counter-example)" if (ls := info["recipe"].get(
+                    "label_smoothing", 0.0)) else "without label smoothing"),
         "command": command or shlex.join(["python"] + sys.argv),
         "data_source": data.get("source", "unknown"),
         "recipe": info["recipe"],
@@ -221,6 +230,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--scale", default=None, help="ci, default or gpu (default: $DISTILL_LAB_SCALE or default)")
     ap.add_argument("--out", default=str(DEFAULT_DIR), help="folder to write (default: %(default)s)")
     ap.add_argument("--epochs", type=float, default=None, help="override the scale's epochs (pilots)")
+    ap.add_argument("--label-smoothing", type=float, default=None,
+                    help="override the recipe's 0 (only for the label-smoothing counter-example)")
+    ap.add_argument("--seed", type=int, default=None, help="override the recipe's seed 0")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
@@ -229,7 +241,8 @@ def main(argv=None) -> dict:
     model_rc = recipe(args.scale)
     print(f"teacher {model_rc['model']} on {len(data['train_x'])} images, scale {get_scale(args.scale).name}, "
           f"{torch.get_num_threads()} thread(s)", flush=True)
-    model, info = train_teacher(data, args.scale, progress=not args.no_progress, epochs=args.epochs)
+    model, info = train_teacher(data, args.scale, progress=not args.no_progress, epochs=args.epochs,
+                                label_smoothing=args.label_smoothing, seed=args.seed)
     print(f"trained in {info['train_seconds']:.0f} s; computing logits", flush=True)
     command = "python -m distill_lab.teacher_cifar " + shlex.join(sys.argv[1:] if argv is None else argv)
     manifest = save_teacher(model, data, args.out, info, command=command)

@@ -130,7 +130,7 @@ def test_kd_loss_fn_and_errors():
         train_classifier(model, (x, y), steps=3, epochs=1)
     with pytest.raises(ValueError, match="no loss_fn"):
         train_classifier(model, (x, y), steps=3, teacher_logits=teacher)
-    with pytest.raises(ValueError, match=r"teacher_logits must be \[2, 30, C\]"):
+    with pytest.raises(ValueError, match=r"teacher_logits must be \[2, 30, \.\.\., C\]"):
         train_classifier(model, (x, y), steps=3, batch_size=8, teacher_logits=teacher[0], loss_fn=kd())
     with pytest.raises(ValueError, match="pass teacher_logits"):
         train_classifier(model, (x, y), steps=1, batch_size=8, loss_fn=kd(), progress=False)
@@ -231,17 +231,3 @@ def test_committed_teacher_reproduces_its_accuracy():
     cached = t["test_logits"][0, idx].float()
     assert (logits.argmax(-1) == cached.argmax(-1)).float().mean() > 0.99
     assert torch.allclose(logits, cached, atol=0.05)
-
-
-def test_kd_vs_labels_runs_end_to_end(tmp_path):
-    from distill_lab.kd_cifar import kd_vs_labels
-    from distill_lab.teacher_cifar import build_model
-    data = tiny_data()
-    rc = recipe("ci")
-    save_teacher(build_model(rc["model"]), data, tmp_path / "t", {"recipe": rc, "train_seconds": 0.0})
-    out = kd_vs_labels(n_per_class=2, seeds=(0, 1), epochs=2, batch_size=8, teacher_dir=tmp_path / "t",
-                       data=data, progress=False)
-    assert [(r["method"], r["seed"]) for r in out["rows"]] == [("labels", 0), ("labels", 1),
-                                                               ("kd_T4_a0.9", 0), ("kd_T4_a0.9", 1)]
-    assert set(out["summary"]) == {"labels", "kd_T4_a0.9"}
-    assert all(0 <= s["acc_mean"] <= 1 and s["acc_std"] >= 0 for s in out["summary"].values())
