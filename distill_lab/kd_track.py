@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import statistics
 import time
 from dataclasses import asdict, dataclass, replace
@@ -194,8 +195,10 @@ class CifarKD:
         """:func:`~distill_lab.classify.train_classifier` on the labelled images with this
         experiment's budget; ``kwargs`` (``loss_fn``, ``teacher_logits``, ``batch_loss``,
         ``after_step``) pick the method."""
-        return train_classifier(model, (self.x, self.y), epochs=self.cfg.epochs, batch_size=self.cfg.batch_size,
+        hist = train_classifier(model, (self.x, self.y), epochs=self.cfg.epochs, batch_size=self.cfg.batch_size,
                                 lr=self.cfg.lr, seed=seed, progress=self.progress, desc=desc, **kwargs)
+        self.last_history = hist
+        return hist
 
     @property
     def n_steps(self) -> int:
@@ -209,10 +212,14 @@ class CifarKD:
     def evaluate(self, model: nn.Module) -> dict:
         """``{"acc", "nll", "ece", "agreement"}`` on the test images (agreement: top-1 matches with
         the teacher)."""
-        logits = predict_logits(model, self.test_x)
+        logits = self.test_logits(model)
         m = metrics_from_logits(logits, self.test_y)
         m["agreement"] = float((logits.argmax(-1) == self.teacher_test_logits.argmax(-1)).double().mean())
         return m
+
+    def test_logits(self, model: nn.Module) -> torch.Tensor:
+        """``[N_test, C]`` logits of ``model`` on the test images."""
+        return predict_logits(model, self.test_x)
 
     def features(self, model: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
         """``model.features`` on uint8 images, in eval mode, without gradients: ``[N, D]``."""
@@ -260,10 +267,13 @@ class CifarKD:
                 model = None
         if model is None:
             t0 = time.perf_counter()
+            self.last_history = None
             model, extra = rec.train(self, seed, **opts)
             seconds = time.perf_counter() - t0
+            # the (last) training run's logged losses, every 50 steps
+            extra.setdefault("history", self.last_history)
             if self.cache:
-                tmp = path.with_suffix(".tmp")
+                tmp = path.with_suffix(f".{os.getpid()}.tmp")  # concurrent runs never share a file
                 torch.save({"state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                             "seconds": seconds, "extra": extra}, tmp)
                 tmp.replace(path)
@@ -530,11 +540,14 @@ def train_sla_sd(exp: CifarKD, seed: int, n_rot=4):
 
 @kd_recipe("ema_sd", "self-distillation",
            "momentum (EMA) self-distillation with a diversity term (Momentum-GS, UniSurg; VICReg's terms)",
-           weight=1.0, decay=0.99, diversity_weight=0.1)
-def train_ema_sd(exp: CifarKD, seed: int, weight=1.0, decay=0.99, diversity_weight=0.1):
-    """Label CE plus :func:`distill_lab.kd.ema_self_distill_loss`: the student's features on one view
-    regress onto an EMA copy's features on another view (stop-gradient), with the feature-diversity
-    term against collapse. ``extra["effective_rank"]`` is the test features' effective rank."""
+           weight=1.0, decay=0.99, diversity_weight=0.1, ce_weight=1.0)
+def train_ema_sd(exp: CifarKD, seed: int, weight=1.0, decay=0.99, diversity_weight=0.1, ce_weight=1.0):
+    """``ce_weight`` x label CE plus ``weight`` x :func:`distill_lab.kd.ema_self_distill_loss`: the
+    student's features on one view regress onto an EMA copy's features on another view
+    (stop-gradient), with the feature-diversity term (``diversity_weight``) against collapse.
+    ``ce_weight=0`` is label-free momentum self-distillation, where ``diversity_weight=0`` lets the
+    features collapse. ``extra``: the test features' ``effective_rank``, ``mean_std`` and the
+    ``probe_acc`` of the linear probe on them."""
     model = exp.new_student(seed)
     ema = copy.deepcopy(model)
     for p in ema.parameters():
@@ -546,7 +559,7 @@ def train_ema_sd(exp: CifarKD, seed: int, weight=1.0, decay=0.99, diversity_weig
             target = ema.features(_second_view(x))
         sd, info = ema_self_distill_loss(f, target, diversity_weight=diversity_weight)
         ce = F.cross_entropy(m.fc(f), y)
-        return ce + weight * sd, {**info, "ce": ce.detach()}
+        return ce_weight * ce + weight * sd, {**info, "ce": ce.detach()}
 
     def after_step(i):
         ema_update(ema, model, decay)
@@ -554,8 +567,10 @@ def train_ema_sd(exp: CifarKD, seed: int, weight=1.0, decay=0.99, diversity_weig
             be.copy_(bm)
 
     exp.fit(model, seed, desc=f"EMA-SD seed {seed}", batch_loss=batch_loss, after_step=after_step)
-    from .kd import effective_rank
-    return model, {"effective_rank": effective_rank(exp.features(model, exp.test_x))}
+    from .kd import collapse_metrics
+    stats = collapse_metrics(exp.features(model, exp.test_x))
+    return model, {"effective_rank": stats["effective_rank"], "mean_std": stats["mean_std"],
+                   "probe_acc": exp.probe(model)}
 
 
 KD_BENCH_METHODS = ("hinton_kd", "smoothed_teacher_kd", "born_again", "anchored", "taid", "paced", "consensus",
