@@ -402,7 +402,8 @@ def train_anchored(exp: CifarKD, seed: int, generations=2, lam=0.5, T=1.0):
 def train_taid(exp: CifarKD, seed: int, t_start=0.4, schedule_alpha=5e-3, alpha=None):
     """TAID: the student distils ``softmax((1 - t) stopgrad(s) + t teacher)`` while
     :class:`~distill_lab.kd.TAIDSchedule` moves ``t`` from ``t_start`` to 1; mixed with the label CE
-    by ``alpha`` as Hinton KD is. ``extra["t"]`` records ``t`` over training."""
+    by ``alpha`` as Hinton KD is. ``extra["t"]`` is ``t`` at every step, ``extra["t_linear"]`` the
+    linear floor the schedule never falls below."""
     alpha = exp.cfg.alpha if alpha is None else alpha
     sched = TAIDSchedule(exp.n_steps, t_start=t_start, alpha=schedule_alpha)
     ts = []
@@ -415,7 +416,7 @@ def train_taid(exp: CifarKD, seed: int, t_start=0.4, schedule_alpha=5e-3, alpha=
 
     model = exp.new_student(seed)
     exp.fit(model, seed, desc=f"TAID seed {seed}", loss_fn=loss_fn, teacher_logits=exp.teacher_logits)
-    return model, {"t": ts[:: max(1, len(ts) // 100)]}
+    return model, {"t": ts, "t_linear": [sched.t_linear(n) for n in range(len(ts))]}
 
 
 @kd_recipe("paced", "adaptive distillation", "Xu et al. 2026 (PACED), weights p(1-p) of the student's success",
