@@ -36,10 +36,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .cifar import batch_crop, batch_flip, load_cifar10
+from .cifar import batch_crop, batch_flip, load_cifar10, normalize
 from .cifar_models import get_model
-from .classify import (kd, metrics_from_logits, predict_logits, stratified_indices, train_classifier)
-from .kd import (DINOHead, anchored_distill_loss, consensus_loss, ema_self_distill_loss, generation_kls,
+from .classify import (IndexedLoader, kd, metrics_from_logits, predict_logits, stratified_indices,
+                       train_classifier)
+from .kd import (DINOHead, anchored_distill_loss, collapse_metrics, consensus_loss, ema_self_distill_loss, generation_kls,
                  linear_probe, paced_kd_loss, random_teacher_loss, rotate_batch, self_distill_loss,
                  sla_aggregate, sla_sd_loss, taid_loss, TAIDSchedule)
 from .models import ema_update
@@ -195,8 +196,9 @@ class CifarKD:
         """:func:`~distill_lab.classify.train_classifier` on the labelled images with this
         experiment's budget; ``kwargs`` (``loss_fn``, ``teacher_logits``, ``batch_loss``,
         ``after_step``) pick the method."""
-        hist = train_classifier(model, (self.x, self.y), epochs=self.cfg.epochs, batch_size=self.cfg.batch_size,
-                                lr=self.cfg.lr, seed=seed, progress=self.progress, desc=desc, **kwargs)
+        loader = IndexedLoader(self.x, self.y, self.cfg.batch_size, train=True, seed=seed, device=self.device)
+        hist = train_classifier(model, loader, epochs=self.cfg.epochs, lr=self.cfg.lr, seed=seed,
+                                progress=self.progress, desc=desc, **kwargs)
         self.last_history = hist
         return hist
 
@@ -223,13 +225,13 @@ class CifarKD:
 
     def features(self, model: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
         """``model.features`` on uint8 images, in eval mode, without gradients: ``[N, D]``."""
-        from .cifar import normalize
         was = model.training
         model.eval()
+        device = next(model.parameters()).device
         out = []
         with torch.no_grad():
             for i in range(0, len(x), batch_size):
-                out.append(model.features(normalize(x[i:i + batch_size])).float())
+                out.append(model.features(normalize(x[i:i + batch_size].to(device))).float().cpu())
         model.train(was)
         return torch.cat(out)
 
@@ -398,11 +400,13 @@ def train_anchored(exp: CifarKD, seed: int, generations=2, lam=0.5, T=1.0):
 
 
 @kd_recipe("taid", "adaptive distillation", "Shing et al. ICLR 2025 (TAID), adaptive interpolation",
-           t_start=0.4, schedule_alpha=5e-3, alpha=None)
-def train_taid(exp: CifarKD, seed: int, t_start=0.4, schedule_alpha=5e-3, alpha=None):
+           t_start=0.4, schedule_alpha=1e-2, alpha=None)
+def train_taid(exp: CifarKD, seed: int, t_start=0.4, schedule_alpha=1e-2, alpha=None):
     """TAID: the student distils ``softmax((1 - t) stopgrad(s) + t teacher)`` while
     :class:`~distill_lab.kd.TAIDSchedule` moves ``t`` from ``t_start`` to 1; mixed with the label CE
-    by ``alpha`` as Hinton KD is. ``extra["t"]`` is ``t`` at every step, ``extra["t_linear"]`` the
+    by ``alpha`` as Hinton KD is. ``schedule_alpha`` is larger than the paper's 5e-4 because a ci run
+    has a few hundred steps, not tens of thousands: each step moves ``t`` by about
+    ``schedule_alpha / 2 * (1 - t)``, so 1e-2 lets the adaptive part run ahead of the linear floor. ``extra["t"]`` is ``t`` at every step, ``extra["t_linear"]`` the
     linear floor the schedule never falls below."""
     alpha = exp.cfg.alpha if alpha is None else alpha
     sched = TAIDSchedule(exp.n_steps, t_start=t_start, alpha=schedule_alpha)
@@ -481,7 +485,7 @@ def train_random_teacher(exp: CifarKD, seed: int, out_dim=256, teacher_seed_offs
     Judged by the linear probe of its backbone features (``extra["probe_acc"]``) against the frozen
     teacher's (``extra["teacher_probe_acc"]``) and raw pixels' (``extra["pixel_probe_acc"]``)."""
     seed_everything(seed + teacher_seed_offset)
-    teacher = Projected(get_model(exp.cfg.student), out_dim).eval()
+    teacher = Projected(get_model(exp.cfg.student), out_dim).to(exp.device).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
     seed_everything(seed)
@@ -530,35 +534,60 @@ def train_sla_sd(exp: CifarKD, seed: int, n_rot=4):
         return sla_sd_loss(m.joint(f), m.fc(f[: x.shape[0]]), y, n_rot)
 
     exp.fit(model, seed, desc=f"SLA+SD seed {seed}", batch_loss=batch_loss)
-    from .cifar import normalize
     with torch.no_grad():
         model.eval()
-        agg = torch.cat([sla_aggregate(model.joint(model.features(rotate_batch(normalize(exp.test_x[i:i + 500]),
-                                                                                n_rot)[0])), n_rot)
-                         for i in range(0, len(exp.test_x), 500)])
+        agg = torch.cat([sla_aggregate(model.joint(model.features(rotate_batch(
+            normalize(exp.test_x[i:i + 500].to(exp.device)), n_rot)[0])), n_rot).cpu()
+            for i in range(0, len(exp.test_x), 500)])
     return model, {"aggregated_acc": float((agg.argmax(-1) == exp.test_y).double().mean())}
+
+
+class WithProjector(nn.Module):
+    """A classifier backbone with a projector MLP (``feature_dim -> 128 -> 64``, SiLU, no BatchNorm)
+    on its features, as self-supervised methods put between the backbone and their loss; ``forward``
+    is the backbone's classifier, ``project`` the projector's output."""
+
+    def __init__(self, backbone: nn.Module, hidden: int = 128, out: int = 64):
+        super().__init__()
+        self.backbone = backbone
+        self.projector = nn.Sequential(nn.Linear(backbone.feature_dim, hidden), nn.SiLU(), nn.Linear(hidden, out))
+        self.fc = backbone.fc
+
+    def features(self, x):
+        return self.backbone.features(x)
+
+    def project(self, x):
+        return self.projector(self.features(x))
+
+    def forward(self, x):
+        return self.fc(self.features(x))
 
 
 @kd_recipe("ema_sd", "self-distillation",
            "momentum (EMA) self-distillation with a diversity term (Momentum-GS, UniSurg; VICReg's terms)",
+           build=lambda exp, **_: WithProjector(get_model(exp.cfg.student)),
            weight=1.0, decay=0.99, diversity_weight=0.1, ce_weight=1.0)
 def train_ema_sd(exp: CifarKD, seed: int, weight=1.0, decay=0.99, diversity_weight=0.1, ce_weight=1.0):
     """``ce_weight`` x label CE plus ``weight`` x :func:`distill_lab.kd.ema_self_distill_loss`: the
-    student's features on one view regress onto an EMA copy's features on another view
-    (stop-gradient), with the feature-diversity term (``diversity_weight``) against collapse.
-    ``ce_weight=0`` is label-free momentum self-distillation, where ``diversity_weight=0`` lets the
-    features collapse. ``extra``: the test features' ``effective_rank``, ``mean_std`` and the
-    ``probe_acc`` of the linear probe on them."""
-    model = exp.new_student(seed)
+    projector output of the student on one view regresses onto an EMA copy's on another view
+    (stop-gradient), with the feature-diversity term (``diversity_weight``) on the student's projector
+    output against collapse. ``ce_weight=0`` is label-free momentum self-distillation, where
+    ``diversity_weight=0`` leaves nothing but the target to stop the projector output from shrinking
+    to a constant. ``extra``: on the test images, the projector output's ``proj_mean_std`` and
+    ``proj_effective_rank``, the backbone features' ``effective_rank``, and the ``probe_acc`` of the
+    linear probe on those features. The run's history logs ``mean_std`` (of the projector output,
+    per batch) every 50 steps."""
+    model = WithProjector(exp.new_student(seed)).to(exp.device)
     ema = copy.deepcopy(model)
     for p in ema.parameters():
         p.requires_grad_(False)
 
     def batch_loss(m, x, y, t):
         f = m.features(x)
+        z = m.projector(f)
         with torch.no_grad():
-            target = ema.features(_second_view(x))
-        sd, info = ema_self_distill_loss(f, target, diversity_weight=diversity_weight)
+            target = ema.project(_second_view(x))
+        sd, info = ema_self_distill_loss(z, target, diversity_weight=diversity_weight)
         ce = F.cross_entropy(m.fc(f), y)
         return ce_weight * ce + weight * sd, {**info, "ce": ce.detach()}
 
@@ -568,9 +597,13 @@ def train_ema_sd(exp: CifarKD, seed: int, weight=1.0, decay=0.99, diversity_weig
             be.copy_(bm)
 
     exp.fit(model, seed, desc=f"EMA-SD seed {seed}", batch_loss=batch_loss, after_step=after_step)
-    from .kd import collapse_metrics
-    stats = collapse_metrics(exp.features(model, exp.test_x))
-    return model, {"effective_rank": stats["effective_rank"], "mean_std": stats["mean_std"],
+    model.eval()
+    with torch.no_grad():
+        proj = torch.cat([model.project(normalize(exp.test_x[i:i + 1000].to(exp.device))).cpu()
+                          for i in range(0, len(exp.test_x), 1000)])
+    p_stats, f_stats = collapse_metrics(proj), collapse_metrics(exp.features(model, exp.test_x))
+    return model, {"proj_mean_std": p_stats["mean_std"], "proj_effective_rank": p_stats["effective_rank"],
+                   "effective_rank": f_stats["effective_rank"], "mean_std": f_stats["mean_std"],
                    "probe_acc": exp.probe(model)}
 
 

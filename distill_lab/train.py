@@ -104,7 +104,7 @@ def load_or_train(name: str, config: dict, build: Callable[[], torch.nn.Module],
         except Exception as err:  # corrupt or stale file: say so and retrain
             print(f"could not load {path} ({err}); retraining")
     train(module)
-    tmp = path.with_suffix(".pt.tmp")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # parallel test workers may train the same module
     torch.save({k: v.detach().cpu() for k, v in module.state_dict().items()}, tmp)
     tmp.replace(path)
     return module.eval()
