@@ -174,6 +174,26 @@ def save_teacher(model: torch.nn.Module, data: dict, out: str | os.PathLike, inf
     return manifest
 
 
+def check_folder(path: Path, files, verify: bool, what: str, error: type[Exception]) -> dict:
+    """The ``manifest.json`` of a committed folder, after checking that each of ``files`` exists and,
+    with ``verify``, that its sha256 is the manifest's. Raises ``error`` (a subclass of
+    ``FileNotFoundError``) saying which file is missing or changed. Shared by every committed teacher."""
+    mf = path / "manifest.json"
+    if not mf.is_file():
+        raise error(f"no {what} at {path}: {mf.name} is missing")
+    manifest = json.loads(mf.read_text())
+    for name in files:
+        f = path / name
+        if not f.is_file():
+            raise error(f"{what} at {path}: {name} is missing")
+        if verify:
+            want, got = manifest["files"][name]["sha256"], _sha256(f)
+            if want != got:
+                raise error(f"{what} at {path}: {name} has sha256 {got[:12]}..., the manifest says "
+                            f"{want[:12]}... (changed or corrupt file)")
+    return manifest
+
+
 def load_teacher(path: str | os.PathLike = DEFAULT_DIR, verify: bool = True,
                  missing_ok: bool = False) -> dict | None:
     """The committed teacher: ``{"model", "train_logits", "test_logits", "manifest"}``.
@@ -185,19 +205,7 @@ def load_teacher(path: str | os.PathLike = DEFAULT_DIR, verify: bool = True,
     """
     path = Path(path)
     try:
-        mf = path / "manifest.json"
-        if not mf.is_file():
-            raise TeacherUnavailable(f"no teacher at {path}: {mf.name} is missing")
-        manifest = json.loads(mf.read_text())
-        for name in FILES:
-            f = path / name
-            if not f.is_file():
-                raise TeacherUnavailable(f"teacher at {path}: {name} is missing")
-            if verify:
-                want, got = manifest["files"][name]["sha256"], _sha256(f)
-                if want != got:
-                    raise TeacherUnavailable(f"teacher at {path}: {name} has sha256 {got[:12]}..., the "
-                                             f"manifest says {want[:12]}... (changed or corrupt file)")
+        manifest = check_folder(path, FILES, verify, "teacher", TeacherUnavailable)
     except TeacherUnavailable as err:
         if missing_ok:
             return None

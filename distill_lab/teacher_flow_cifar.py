@@ -40,7 +40,7 @@ from .image_flow import (CifarFlow, ImageScale, build_unet, default_teacher_dir,
                          load_flow_data)
 from .models import clone_frozen, ema_update, n_params
 from .scale import get_scale
-from .teacher_cifar import _machine, _sha256
+from .teacher_cifar import _machine, _sha256, check_folder
 from .train import fit, seed_everything
 from .unet import TimeUNet
 
@@ -163,19 +163,7 @@ def load_flow_teacher(path: str | os.PathLike | None = None, verify: bool = True
     """
     path = Path(path) if path is not None else default_teacher_dir("ci")
     try:
-        mf = path / "manifest.json"
-        if not mf.is_file():
-            raise FlowTeacherUnavailable(f"no flow teacher at {path}: {mf.name} is missing")
-        manifest = json.loads(mf.read_text())
-        for name in FILES:
-            f = path / name
-            if not f.is_file():
-                raise FlowTeacherUnavailable(f"flow teacher at {path}: {name} is missing")
-            if verify:
-                want, got = manifest["files"][name]["sha256"], _sha256(f)
-                if want != got:
-                    raise FlowTeacherUnavailable(f"flow teacher at {path}: {name} has sha256 {got[:12]}..., the "
-                                                 f"manifest says {want[:12]}... (changed or corrupt file)")
+        manifest = check_folder(path, FILES, verify, "flow teacher", FlowTeacherUnavailable)
     except FlowTeacherUnavailable as err:
         if missing_ok:
             return None

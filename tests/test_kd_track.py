@@ -13,20 +13,13 @@ from distill_lab.kd_track import (CIFAR_ROW_KEYS, KD_BENCH_METHODS, CifarKD, get
                                   write_cifar_json)
 from distill_lab.teacher_cifar import build_model, recipe, save_teacher
 from distill_lab.train import seed_everything
-
-
-def colour_data(n_per_class=6, classes=10, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    y = torch.arange(classes).repeat_interleave(n_per_class)
-    x = torch.randint(0, 120, (len(y), 3, 32, 32), generator=g)
-    x[torch.arange(len(y)), y % 3] += 120
-    return x.to(torch.uint8), y
+from test_classify import colour_data  # images whose class is their dominant colour
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("kdtrack")
-    x, y = colour_data()
+    x, y = colour_data(6, classes=10)
     data = {"train_x": x, "train_y": y, "test_x": x[::3], "test_y": y[::3], "source": "synthetic"}
     rc = recipe("ci")
     for k, name in enumerate(("cifar10", "cifar10_ls", "cifar10_b", "cifar10_c")):
