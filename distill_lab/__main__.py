@@ -8,7 +8,7 @@ import warnings
 
 from .scale import ENV_VAR, SCALES
 
-BENCH_TRACKS = ("toy2d", "cifar")
+BENCH_TRACKS = ("toy2d", "cifar", "cifar-gen")
 
 
 def _common(p):
@@ -67,6 +67,8 @@ def main(argv=None) -> int:
         return 2
     if args.track == "cifar":
         return _bench_cifar(args, scale)
+    if args.track == "cifar-gen":
+        return _bench_cifar_gen(args, scale)
     from .bench import format_table, resolve_data, run_toy2d, write_json
     from .registry import all_recipes
 
@@ -87,6 +89,39 @@ def main(argv=None) -> int:
     print(f"bench toy2d: data={args.data} scale={scale.name} device={scale.device} seed={args.seed}")
     rows = run_toy2d(data, scale=scale, methods=methods, seed=args.seed, metric=args.metric,
                      progress=not args.quiet)
+    print(format_table(rows))
+    if args.json:
+        write_json(rows, args.json)
+        print(f"wrote {args.json}")
+    failed = [r["method"] for r in rows if r.get("error")]
+    if failed:
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _bench_cifar_gen(args, scale) -> int:
+    """Step distillation on CIFAR-10: the toy-2D bench (:func:`run_toy2d`) on a :class:`CifarFlow`."""
+    from . import image_flow
+    from .bench import CIFAR_GEN_METHODS, format_table, run_toy2d, write_json
+    from .registry import get_recipe
+
+    if args.list:
+        for name in CIFAR_GEN_METHODS:
+            r = get_recipe(name)
+            print(f"{r.name:22s} {r.family:24s} nfe {','.join(map(str, r.nfes)):8s} {r.paper}")
+        return 0
+    try:
+        methods = [m.strip() for m in args.methods.split(",")] if args.methods else list(CIFAR_GEN_METHODS)
+        for m in methods:
+            get_recipe(m)
+        exp = image_flow.CifarFlow(scale, seed=args.seed, progress=not args.quiet)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"bench cifar-gen: {exp} device={scale.device} seed={args.seed} "
+          f"(metric: Fréchet distance in the CIFAR-10 classifier's features, not FID)")
+    rows = run_toy2d(exp=exp, methods=methods, seed=args.seed, progress=not args.quiet)
     print(format_table(rows))
     if args.json:
         write_json(rows, args.json)

@@ -6,6 +6,12 @@ value over its NFE curve. Nothing is cached but the teacher; every student is tr
 a fixed seed.
 
     python -m distill_lab bench toy2d --scale ci --data checkerboard --json out/bench.json
+
+The ``cifar-gen`` track runs the same function on :class:`~distill_lab.image_flow.CifarFlow`
+(``run_toy2d(exp=CifarFlow(scale), methods=CIFAR_GEN_METHODS)``), with the same row keys; its metric
+is the Fréchet distance in the project's CIFAR-10 classifier's features (not FID)::
+
+    python -m distill_lab bench cifar-gen --scale ci --json out/bench_cifar_gen.json
 """
 
 from __future__ import annotations
@@ -28,6 +34,9 @@ from .train import seed_everything
 ROW_KEYS = ("method", "dataset", "nfe", "metric", "value", "floor", "teacher_same_nfe", "teacher_best",
             "train_seconds")
 TEACHER_NFES = (1, 2, 4, 8, 16, 32, 64)
+# the step-distillation methods the image track runs (issue 4, item 2), in the toy recipes' order
+CIFAR_GEN_METHODS = ("trajectory", "progressive", "cd", "ct", "scm", "tbcm", "lagrangian",
+                     "progressive_flow_map", "dmd", "dmd2", "rcm")
 
 
 def resolve_data(spec: str):

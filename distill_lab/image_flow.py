@@ -58,6 +58,10 @@ class ImageScale:
     :mod:`distill_lab.teacher_flow_cifar`; ``batch`` the recipes' batch (``exp.scale.batch``);
     ``eval_n`` the generated and real images of one Fréchet distance; ``teacher_nfe`` and
     ``teacher_method`` the reference ODE solution behind ``teacher_sample`` and the coupled error.
+    ``recipes`` maps a registered recipe's name to the options it defaults to on this track
+    (``exp.recipe_defaults``, applied by :func:`distill_lab.registry.recipe`; a caller's overrides
+    still win): the few recipes whose toy-track batch (hundreds of 2D points, several critic updates)
+    would cost a U-Net many times its budget get the image batch instead. Numbers only.
     """
 
     resolution: int
@@ -73,22 +77,41 @@ class ImageScale:
     teacher_method: str = "midpoint"
     classes: tuple[int, ...] | None = None  # None: all ten
     notes: str = field(default="", compare=False)
+    recipes: dict = field(default_factory=dict, compare=False)
+
+
+def _image_budgets(batch: int, ci: bool = False) -> dict:
+    """Per-recipe defaults on the image track (see :attr:`ImageScale.recipes`).
+
+    The toy recipes pick their own batch at ``ci`` (``progressive`` 512, ``dmd``/``dmd2`` 256 with 5
+    critic updates a step, ``rcm`` 512): on 16 x 16 images with a U-Net each of these costs 15 to 35
+    minutes of one CPU thread. Here they use the image batch; at ``ci`` DMD and DMD2 make 2 critic
+    updates a step and rCM 400 steps (measured on one thread at ci: about 0.2 s and 0.45 s a step).
+    """
+    out = {"progressive": dict(batch=batch), "dmd": dict(batch=batch), "dmd2": dict(batch=batch),
+           "rcm": dict(batch=batch)}
+    if ci:
+        out["dmd"]["critic_updates"] = out["dmd2"]["critic_updates"] = 2
+        out["rcm"]["steps"] = 400
+    return out
 
 
 IMAGE_SCALES = {
     # ~10 minutes of one CPU thread for the teacher; a 0.9 MB fp16 checkpoint.
     "ci": ImageScale(resolution=16, unet=dict(base=16, mults=(1, 2, 4), blocks=1), teacher_steps=10000,
                      teacher_batch=64, teacher_lr=2e-3, teacher_ema=0.999, batch=64, student_steps=800,
-                     eval_n=1000, teacher_nfe=32,
+                     eval_n=1000, teacher_nfe=32, recipes=_image_budgets(64, ci=True),
                      notes="16x16 (2x2 average pooling), all classes, one CPU thread"),
     # a laptop: the real resolution, a teacher of an hour or so on a few cores.
     "default": ImageScale(resolution=32, unet=dict(base=32, mults=(1, 2, 2), blocks=1), teacher_steps=30000,
                           teacher_batch=64, teacher_lr=1e-3, teacher_ema=0.9995, batch=64, student_steps=4000,
-                          eval_n=2000, teacher_nfe=64, notes="32x32, all classes"),
+                          eval_n=2000, teacher_nfe=64, recipes=_image_budgets(64),
+                          notes="32x32, all classes"),
     # one H100: a wider, deeper U-Net with attention at 8x8.
     "gpu": ImageScale(resolution=32, unet=dict(base=64, mults=(1, 2, 2), blocks=2, attention=True),
                       teacher_steps=60000, teacher_batch=256, teacher_lr=5e-4, teacher_ema=0.9999, batch=256,
-                      student_steps=20000, eval_n=10000, teacher_nfe=64, notes="32x32, all classes, one GPU"),
+                      student_steps=20000, eval_n=10000, teacher_nfe=64, recipes=_image_budgets(256),
+                      notes="32x32, all classes, one GPU"),
 }
 
 
@@ -100,6 +123,7 @@ def image_scale(scale: str | Scale | None = None) -> ImageScale:
 def image_scale_dict(isc: ImageScale) -> dict:
     """A JSON-able copy of an :class:`ImageScale` (for manifests)."""
     d = asdict(isc)
+    d.pop("recipes", None)  # the students' budgets are no part of the teacher's manifest
     d["unet"] = {k: list(v) if isinstance(v, tuple) else v for k, v in d["unet"].items()}
     d["classes"] = list(d["classes"]) if d["classes"] is not None else None
     return d
@@ -160,6 +184,9 @@ class CifarFlow:
         classifier's :class:`~distill_lab.gen_metrics.ClassifierFeatures`.
     eval_n : override the scale's number of evaluation images.
     image_scale : override the scale's :class:`ImageScale` (tests use a tiny one).
+
+    ``exp.recipe_defaults`` (from ``ImageScale.recipes``) holds the options a registered recipe
+    defaults to on images; see :mod:`distill_lab.registry`.
     """
 
     metric_name = "fd_classifier"
@@ -177,6 +204,7 @@ class CifarFlow:
                            student_steps=isc.student_steps, eval_n=eval_n or isc.eval_n, n_proj=0,
                            device=base.device)
         self.seed, self.progress = seed, progress
+        self.recipe_defaults = {k: dict(v) for k, v in isc.recipes.items()}
         self.resolution = isc.resolution
         self.name = f"cifar10-{isc.resolution}px"
         self.teacher_dir = Path(teacher_dir) if teacher_dir is not None else default_teacher_dir(base)

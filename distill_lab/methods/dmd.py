@@ -116,6 +116,43 @@ class Discriminator(nn.Module):
         return self.net(torch.cat([flat, self.time(batch_t(t, x))], 1))[:, 0]
 
 
+class ConvDiscriminator(nn.Module):
+    """``D(x, t) -> [B]`` logits for images ``[B, C, H, W]``: two stride-2 convolutions, the time's
+    Fourier features added as a per-channel bias after the first, global average pooling, a linear head.
+
+    The image counterpart of :class:`Discriminator` (same call, same role in DMD2 and ADM); an MLP on
+    flattened pixels ignores locality and grows with the resolution, this does neither.
+    """
+
+    def __init__(self, channels: int = 3, width: int = 32, n_freq: int = 8):
+        super().__init__()
+        self.channels = channels
+        self.time = FourierTime(n_freq)
+        self.conv1 = nn.Conv2d(channels, width, 3, stride=2, padding=1)
+        self.temb = nn.Linear(self.time.dim, width)
+        self.conv2 = nn.Conv2d(width, 2 * width, 3, stride=2, padding=1)
+        self.head = nn.Linear(2 * width, 1)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.shape[1] != self.channels:
+            raise ValueError(f"this discriminator takes images [B, {self.channels}, H, W], got x of shape {tuple(x.shape)}")
+        h = F.silu(self.conv1(x) + self.temb(self.time(batch_t(t, x)))[:, :, None, None])
+        h = F.silu(self.conv2(h)).mean(dim=(2, 3))
+        return self.head(h)[:, 0]
+
+
+def make_discriminator(sample_shape: tuple[int, ...], width: int = 128, depth: int = 2) -> nn.Module:
+    """The discriminator for samples shaped ``sample_shape`` (one sample, no batch dimension).
+
+    Images ``(C, H, W)`` get a :class:`ConvDiscriminator`; anything else (toy points ``(2,)``) the
+    MLP :class:`Discriminator` on ``prod(sample_shape)`` inputs with ``width`` and ``depth``.
+    """
+    sample_shape = tuple(int(d) for d in sample_shape)
+    if len(sample_shape) == 3:
+        return ConvDiscriminator(sample_shape[0])
+    return Discriminator(math.prod(sample_shape), width=width, depth=depth)
+
+
 # ------------------------------------------------------------------------------------------- DMD
 def dmd_loss(x: torch.Tensor, real_velocity, fake_velocity, t: torch.Tensor | None = None,
              noise: torch.Tensor | None = None, normalize: bool = True):
@@ -211,7 +248,8 @@ def gan_generator_loss(disc: nn.Module, x: torch.Tensor, t: torch.Tensor | None 
 
     Yin, Gharbi, Park, Zhang, Shechtman, Durand & Freeman (2024), "Improved Distribution Matching
     Distillation for Fast Image Synthesis" (DMD2), eq. (4), generator side; the discriminator here
-    is a small MLP on ``(x_t, t)`` in place of a head on the fake score's features.
+    is a small network on ``(x_t, t)`` (:func:`make_discriminator`: an MLP for points, a convolutional
+    one for images) in place of a head on the fake score's features.
     Gradient flows through ``D`` into ``x``; freeze ``D`` (:func:`frozen`) so its parameters collect
     none. Shapes: ``x: [B, ...]``, ``t: [B]``. Returns ``(loss, info)``.
     """
@@ -385,8 +423,21 @@ def _critic_step(opt, loss):
     opt.step()
 
 
+def _sample_shape(exp) -> tuple[int, ...]:
+    """The shape of one sample of ``exp`` (``exp.shape`` if it has one, else one noise draw's shape,
+    drawn without touching the global random stream)."""
+    shape = getattr(exp, "shape", None)
+    if shape is not None:
+        return tuple(shape)
+    with torch.random.fork_rng(devices=[]):
+        return tuple(exp.noise_batch(1).shape[1:])
+
+
 def _dmd_family(exp, steps, name, gan_weight=0.0, adm=False, **kw):
-    """The shared update schedule: ``critic_updates`` critic steps, then one generator step."""
+    """The shared update schedule: ``critic_updates`` critic steps, then one generator step.
+
+    The discriminator (DMD2's GAN term, ADM) is sized from the data by :func:`make_discriminator`:
+    an MLP for toy points, a small convolutional one for images."""
     sc = exp.scale
     cfg = dict(gen_lr=1e-4, fake_lr=sc.pick(ci=4e-4, default=4e-4, gpu=2e-4), disc_lr=2e-4,
                critic_updates=5, batch=sc.pick(ci=256, default=1024, gpu=4096),
@@ -401,7 +452,7 @@ def _dmd_family(exp, steps, name, gan_weight=0.0, adm=False, **kw):
     g_opt, f_opt = _adam(gen.parameters(), cfg["gen_lr"]), _adam(fake.parameters(), cfg["fake_lr"])
     disc = d_opt = None
     if cfg["gan_weight"] > 0 or adm:
-        disc = Discriminator(2, width=128, depth=2).to(exp.device)
+        disc = make_discriminator(_sample_shape(exp)).to(exp.device)
         d_opt = _adam(disc.parameters(), cfg["disc_lr"])
     B, lo, hi = cfg["batch"], cfg["t_min"], cfg["t_max"]
 
