@@ -43,3 +43,22 @@ def nfe_curve(curves: dict[str, dict[int, float]], floor: float | None = None, a
     ax.legend(fontsize=8)
     return ax
 
+
+
+def image_rows(rows: dict[str, torch.Tensor], ncol: int, title: str | None = None, scale: float = 0.75):
+    """One row of images per ``{label: Tensor[n, C, H, W]}`` (values in ``[-1, 1]``, the image track's
+    range), the first ``ncol`` of each, labels on the left. Returns the figure."""
+    from torchvision.utils import make_grid
+
+    fig, axes = plt.subplots(len(rows), 1, figsize=(scale * ncol, scale * 1.12 * len(rows)), squeeze=False)
+    for ax, (label, x) in zip(axes[:, 0], rows.items()):
+        img = (x[:ncol].detach().float().cpu().clamp(-1, 1) + 1) / 2
+        grid = make_grid(img, nrow=ncol, padding=1, pad_value=1.0)
+        ax.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
