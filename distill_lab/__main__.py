@@ -69,7 +69,7 @@ def main(argv=None) -> int:
         return _bench_cifar(args, scale)
     if args.track == "cifar-gen":
         return _bench_cifar_gen(args, scale)
-    from .bench import format_table, resolve_data, run_toy2d, write_json
+    from .bench import resolve_data, run_toy2d
     from .registry import all_recipes
 
     if args.list:
@@ -89,10 +89,17 @@ def main(argv=None) -> int:
     print(f"bench toy2d: data={args.data} scale={scale.name} device={scale.device} seed={args.seed}")
     rows = run_toy2d(data, scale=scale, methods=methods, seed=args.seed, metric=args.metric,
                      progress=not args.quiet)
+    return _report(rows, args.json)
+
+
+def _report(rows, json_path) -> int:
+    """Print a step-distillation bench's table, write its JSON, and return 1 when a method failed."""
+    from .bench import format_table, write_json
+
     print(format_table(rows))
-    if args.json:
-        write_json(rows, args.json)
-        print(f"wrote {args.json}")
+    if json_path:
+        write_json(rows, json_path)
+        print(f"wrote {json_path}")
     failed = [r["method"] for r in rows if r.get("error")]
     if failed:
         print(f"failed: {', '.join(failed)}", file=sys.stderr)
@@ -103,7 +110,7 @@ def main(argv=None) -> int:
 def _bench_cifar_gen(args, scale) -> int:
     """Step distillation on CIFAR-10: the toy-2D bench (:func:`run_toy2d`) on a :class:`CifarFlow`."""
     from . import image_flow
-    from .bench import CIFAR_GEN_METHODS, format_table, run_toy2d, write_json
+    from .bench import CIFAR_GEN_METHODS, run_toy2d
     from .registry import get_recipe
 
     if args.list:
@@ -122,15 +129,7 @@ def _bench_cifar_gen(args, scale) -> int:
     print(f"bench cifar-gen: {exp} device={scale.device} seed={args.seed} "
           f"(metric: Fréchet distance in the CIFAR-10 classifier's features, not FID)")
     rows = run_toy2d(exp=exp, methods=methods, seed=args.seed, progress=not args.quiet)
-    print(format_table(rows))
-    if args.json:
-        write_json(rows, args.json)
-        print(f"wrote {args.json}")
-    failed = [r["method"] for r in rows if r.get("error")]
-    if failed:
-        print(f"failed: {', '.join(failed)}", file=sys.stderr)
-        return 1
-    return 0
+    return _report(rows, args.json)
 
 
 def _bench_cifar(args, scale) -> int:
