@@ -78,11 +78,8 @@ def main(argv=None) -> int:
         return 0
     try:
         data = resolve_data(args.data)
-        methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
-        if methods:
-            from .registry import get_recipe
-            for m in methods:
-                get_recipe(m)
+        from .registry import get_recipe
+        methods = _methods(args, get_recipe)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -90,6 +87,17 @@ def main(argv=None) -> int:
     rows = run_toy2d(data, scale=scale, methods=methods, seed=args.seed, metric=args.metric,
                      progress=not args.quiet)
     return _report(rows, args.json)
+
+
+def _methods(args, get) -> list[str] | None:
+    """``--methods`` split on commas, each checked by ``get`` (which raises ``ValueError`` naming the
+    known methods); ``None`` when the option is absent."""
+    if not args.methods:
+        return None
+    methods = [m.strip() for m in args.methods.split(",")]
+    for m in methods:
+        get(m)
+    return methods
 
 
 def _report(rows, json_path) -> int:
@@ -119,9 +127,7 @@ def _bench_cifar_gen(args, scale) -> int:
             print(f"{r.name:22s} {r.family:24s} nfe {','.join(map(str, r.nfes)):8s} {r.paper}")
         return 0
     try:
-        methods = [m.strip() for m in args.methods.split(",")] if args.methods else list(CIFAR_GEN_METHODS)
-        for m in methods:
-            get_recipe(m)
+        methods = _methods(args, get_recipe) or list(CIFAR_GEN_METHODS)
         exp = image_flow.CifarFlow(scale, seed=args.seed, progress=not args.quiet)
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -142,9 +148,7 @@ def _bench_cifar(args, scale) -> int:
             print(f"{r.name:22s} {r.family:30s} {r.metric:10s} {r.paper}")
         return 0
     try:
-        methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
-        for m in methods or ():
-            get_kd_recipe(m)
+        methods = _methods(args, get_kd_recipe)
         overrides = {} if args.epochs is None else {"epochs": args.epochs}
         exp = CifarKD(scale, progress=not args.quiet, **overrides)
     except (ValueError, FileNotFoundError) as err:

@@ -174,10 +174,22 @@ def save_teacher(model: torch.nn.Module, data: dict, out: str | os.PathLike, inf
     return manifest
 
 
-def check_folder(path: Path, files, verify: bool, what: str, error: type[Exception]) -> dict:
+def check_folder(path: Path, files, verify: bool, what: str, error: type[Exception], module: str,
+                 missing_ok: bool = False) -> dict | None:
     """The ``manifest.json`` of a committed folder, after checking that each of ``files`` exists and,
-    with ``verify``, that its sha256 is the manifest's. Raises ``error`` (a subclass of
-    ``FileNotFoundError``) saying which file is missing or changed. Shared by every committed teacher."""
+    with ``verify``, that its sha256 is the manifest's. Otherwise raises ``error`` (a subclass of
+    ``FileNotFoundError``) saying which file is missing or changed and that ``python -m <module> --out
+    <path>`` rebuilds it, or returns ``None`` when ``missing_ok``. Shared by every committed teacher."""
+    try:
+        return _read_manifest(path, files, verify, what, error)
+    except error as err:
+        if missing_ok:
+            return None
+        raise error(f"{err}. Rebuild it with `python -m {module} --out {path}` (needs CIFAR-10, see "
+                    "datasets/README.md).") from None
+
+
+def _read_manifest(path: Path, files, verify: bool, what: str, error: type[Exception]) -> dict:
     mf = path / "manifest.json"
     if not mf.is_file():
         raise error(f"no {what} at {path}: {mf.name} is missing")
@@ -204,13 +216,10 @@ def load_teacher(path: str | os.PathLike = DEFAULT_DIR, verify: bool = True,
     or returns ``None`` when ``missing_ok`` (so the caller can retrain).
     """
     path = Path(path)
-    try:
-        manifest = check_folder(path, FILES, verify, "teacher", TeacherUnavailable)
-    except TeacherUnavailable as err:
-        if missing_ok:
-            return None
-        raise TeacherUnavailable(f"{err}. Rebuild it with `python -m distill_lab.teacher_cifar "
-                                 f"--out {path}` (needs CIFAR-10, see datasets/README.md).") from None
+    manifest = check_folder(path, FILES, verify, "teacher", TeacherUnavailable, "distill_lab.teacher_cifar",
+                            missing_ok)
+    if manifest is None:
+        return None
     model = build_model(manifest["recipe"]["model"])
     state = torch.load(path / "teacher.pt", map_location="cpu", weights_only=True)
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})

@@ -162,13 +162,10 @@ def load_flow_teacher(path: str | os.PathLike | None = None, verify: bool = True
     ``None`` when ``missing_ok``.
     """
     path = Path(path) if path is not None else default_teacher_dir("ci")
-    try:
-        manifest = check_folder(path, FILES, verify, "flow teacher", FlowTeacherUnavailable)
-    except FlowTeacherUnavailable as err:
-        if missing_ok:
-            return None
-        raise FlowTeacherUnavailable(f"{err}. Rebuild it with `python -m distill_lab.teacher_flow_cifar "
-                                     f"--out {path}` (needs CIFAR-10, see datasets/README.md).") from None
+    manifest = check_folder(path, FILES, verify, "flow teacher", FlowTeacherUnavailable,
+                            "distill_lab.teacher_flow_cifar", missing_ok)
+    if manifest is None:
+        return None
     state = torch.load(path / "teacher.pt", map_location="cpu", weights_only=True)
     return {"model": _net_from_state(manifest["unet"], state), "manifest": manifest}
 
