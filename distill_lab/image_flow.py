@@ -32,7 +32,7 @@ Per-scale settings live in :data:`IMAGE_SCALES`; the teacher is trained by
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Callable
@@ -62,6 +62,9 @@ class ImageScale:
     (``exp.recipe_defaults``, applied by :func:`distill_lab.registry.recipe`; a caller's overrides
     still win): the few recipes whose toy-track batch (hundreds of 2D points, several critic updates)
     would cost a U-Net many times its budget get the image batch instead. Numbers only.
+    ``attn_unet`` holds the U-Net options that turn the scale's teacher into the *attention* teacher
+    of the architecture-distillation section (variant ``"attn"``: softmax self-attention over every
+    pixel of the first level, see :func:`image_scale`); everything else of its training is the same.
     """
 
     resolution: int
@@ -78,6 +81,7 @@ class ImageScale:
     classes: tuple[int, ...] | None = None  # None: all ten
     notes: str = field(default="", compare=False)
     recipes: dict = field(default_factory=dict, compare=False)
+    attn_unet: dict = field(default_factory=dict, compare=False)
 
 
 def _image_budgets(batch: int, ci: bool = False) -> dict:
@@ -101,37 +105,59 @@ IMAGE_SCALES = {
     "ci": ImageScale(resolution=16, unet=dict(base=16, mults=(1, 2, 4), blocks=1), teacher_steps=10000,
                      teacher_batch=64, teacher_lr=2e-3, teacher_ema=0.999, batch=64, student_steps=800,
                      eval_n=1000, teacher_nfe=32, recipes=_image_budgets(64, ci=True),
-                     notes="16x16 (2x2 average pooling), all classes, one CPU thread"),
+                     notes="16x16 (2x2 average pooling), all classes, one CPU thread",
+                     attn_unet=dict(attn_levels=(0,))),
     # a laptop: the real resolution, a teacher of an hour or so on a few cores.
     "default": ImageScale(resolution=32, unet=dict(base=32, mults=(1, 2, 2), blocks=1), teacher_steps=30000,
                           teacher_batch=64, teacher_lr=1e-3, teacher_ema=0.9995, batch=64, student_steps=4000,
                           eval_n=2000, teacher_nfe=64, recipes=_image_budgets(64),
-                          notes="32x32, all classes"),
+                          notes="32x32, all classes", attn_unet=dict(attn_levels=(0,), heads=1)),
     # one H100: a wider, deeper U-Net with attention at 8x8.
     "gpu": ImageScale(resolution=32, unet=dict(base=64, mults=(1, 2, 2), blocks=2, attention=True),
                       teacher_steps=60000, teacher_batch=256, teacher_lr=5e-4, teacher_ema=0.9999, batch=256,
                       student_steps=20000, eval_n=10000, teacher_nfe=64, recipes=_image_budgets(256),
-                      notes="32x32, all classes, one GPU"),
+                      notes="32x32, all classes, one GPU", attn_unet=dict(attn_levels=(0, 1), heads=2)),
 }
 
 
-def image_scale(scale: str | Scale | None = None) -> ImageScale:
-    """The :class:`ImageScale` of a scale name (or ``$DISTILL_LAB_SCALE``)."""
-    return IMAGE_SCALES[get_scale(scale).name]
+TEACHER_VARIANTS = ("", "attn")
+
+
+def _check_variant(variant: str | None) -> str:
+    variant = variant or ""
+    if variant not in TEACHER_VARIANTS:
+        raise ValueError(f"unknown teacher variant {variant!r}; choose '' (the step-distillation teacher) "
+                         f"or 'attn' (the softmax-attention teacher of the architecture section)")
+    return variant
+
+
+def image_scale(scale: str | Scale | None = None, variant: str | None = None) -> ImageScale:
+    """The :class:`ImageScale` of a scale name (or ``$DISTILL_LAB_SCALE``).
+
+    ``variant="attn"``: the same scale with ``unet`` updated by ``attn_unet`` (the softmax-attention
+    teacher of :mod:`distill_lab.methods.arch`); ``None`` or ``""``: the step-distillation teacher.
+    """
+    isc = IMAGE_SCALES[get_scale(scale).name]
+    if _check_variant(variant) == "attn":
+        isc = replace(isc, unet={**isc.unet, **isc.attn_unet}, attn_unet={})
+    return isc
 
 
 def image_scale_dict(isc: ImageScale) -> dict:
     """A JSON-able copy of an :class:`ImageScale` (for manifests)."""
     d = asdict(isc)
     d.pop("recipes", None)  # the students' budgets are no part of the teacher's manifest
+    d.pop("attn_unet", None)  # the teacher's own U-Net is in "unet"
     d["unet"] = {k: list(v) if isinstance(v, tuple) else v for k, v in d["unet"].items()}
     d["classes"] = list(d["classes"]) if d["classes"] is not None else None
     return d
 
 
-def default_teacher_dir(scale: str | Scale | None = None) -> Path:
-    """``datasets/teachers/cifar10_flow_<scale>``: where a scale's flow teacher is committed."""
-    return TEACHERS_DIR / f"cifar10_flow_{get_scale(scale).name}"
+def default_teacher_dir(scale: str | Scale | None = None, variant: str | None = None) -> Path:
+    """``datasets/teachers/cifar10_flow_<scale>`` (or ``cifar10_flow_attn_<scale>`` for the ``"attn"``
+    variant): where a scale's flow teacher is committed."""
+    v = _check_variant(variant)
+    return TEACHERS_DIR / f"cifar10_flow_{v + '_' if v else ''}{get_scale(scale).name}"
 
 
 def build_unet(isc: ImageScale, n_times: int = 1) -> TimeUNet:
@@ -184,6 +210,8 @@ class CifarFlow:
         classifier's :class:`~distill_lab.gen_metrics.ClassifierFeatures`.
     eval_n : override the scale's number of evaluation images.
     image_scale : override the scale's :class:`ImageScale` (tests use a tiny one).
+    variant : ``"attn"`` for the softmax-attention teacher of the architecture-distillation section
+        (:func:`image_scale`; committed under ``cifar10_flow_attn_<scale>``); default the plain one.
 
     ``exp.recipe_defaults`` (from ``ImageScale.recipes``) holds the options a registered recipe
     defaults to on images; see :mod:`distill_lab.registry`.
@@ -194,9 +222,11 @@ class CifarFlow:
     def __init__(self, scale: str | Scale | None = None, teacher: TimeUNet | None = None,
                  teacher_dir: str | Path | None = None, data: dict | None = None,
                  feature_fn: Callable[[torch.Tensor], torch.Tensor] | None = None, seed: int = 0,
-                 eval_n: int | None = None, image_scale: ImageScale | None = None, progress: bool = True):
+                 eval_n: int | None = None, image_scale: ImageScale | None = None, progress: bool = True,
+                 variant: str | None = None):
         base = get_scale(scale)
-        self.image_scale = image_scale or IMAGE_SCALES[base.name]
+        self.variant = _check_variant(variant)
+        self.image_scale = image_scale or globals()["image_scale"](base, self.variant)
         isc = self.image_scale
         self.device = base.device
         self.scale = Scale(base.name, teacher_steps=isc.teacher_steps, width=isc.unet.get("base", 32),
@@ -207,13 +237,14 @@ class CifarFlow:
         self.recipe_defaults = {k: dict(v) for k, v in isc.recipes.items()}
         self.resolution = isc.resolution
         self.name = f"cifar10-{isc.resolution}px"
-        self.teacher_dir = Path(teacher_dir) if teacher_dir is not None else default_teacher_dir(base)
+        self.teacher_dir = Path(teacher_dir) if teacher_dir is not None else default_teacher_dir(base, self.variant)
         self._data = data
         self._feature_fn = feature_fn
         t0 = time.perf_counter()
         if teacher is None:
             from .teacher_flow_cifar import load_or_train_flow_teacher
-            teacher = load_or_train_flow_teacher(self.teacher_dir, scale=base.name, progress=progress)["model"]
+            teacher = load_or_train_flow_teacher(self.teacher_dir, scale=base.name, progress=progress,
+                                                 variant=self.variant)["model"]
         self.teacher = teacher.to(self.device).eval()
         self.teacher_seconds = time.perf_counter() - t0
         for p in self.teacher.parameters():

@@ -171,16 +171,17 @@ def load_flow_teacher(path: str | os.PathLike | None = None, verify: bool = True
 
 
 def load_or_train_flow_teacher(path: str | os.PathLike | None = None, scale=None, progress: bool = True,
-                               data: dict | None = None) -> dict:
+                               data: dict | None = None, variant: str | None = None) -> dict:
     """:func:`load_flow_teacher` when the folder is complete and its hashes match; otherwise train the
-    scale's teacher (:func:`train_flow_teacher`), write the folder, and load it."""
-    path = Path(path) if path is not None else default_teacher_dir(scale)
+    scale's teacher (:func:`train_flow_teacher`; ``variant="attn"``: the softmax-attention teacher),
+    write the folder, and load it."""
+    path = Path(path) if path is not None else default_teacher_dir(scale, variant)
     teacher = load_flow_teacher(path, missing_ok=True)
     if teacher is not None:
         return teacher
     sc = get_scale(scale)
-    print(f"no valid flow teacher at {path}; training one (scale {sc.name})")
-    isc = image_scale(sc)
+    print(f"no valid flow teacher at {path}; training one (scale {sc.name}{', variant ' + variant if variant else ''})")
+    isc = image_scale(sc, variant)
     flow_data = load_flow_data(isc, data)
     net, info = train_flow_teacher(flow_data["train"], isc, device=sc.device, progress=progress)
     save_flow_teacher(net, path, isc, info, quality=False, scale=sc)
@@ -194,6 +195,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", default=None, help="folder to write (default: datasets/teachers/cifar10_flow_<scale>)")
     ap.add_argument("--steps", type=int, default=None, help="override the scale's Adam steps (pilots)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--variant", default="", choices=["", "attn"],
+                    help="'attn': the softmax-attention teacher of the architecture-distillation section "
+                         "(default out: datasets/teachers/cifar10_flow_attn_<scale>)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     ap.add_argument("--evaluate-only", action="store_true",
                     help="re-measure the quality of the weights already in --out and rewrite the manifest")
@@ -201,8 +205,8 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     sc = get_scale(args.scale)
-    isc = image_scale(sc)
-    out = Path(args.out) if args.out else default_teacher_dir(sc)
+    isc = image_scale(sc, args.variant)
+    out = Path(args.out) if args.out else default_teacher_dir(sc, args.variant)
     command = "python -m distill_lab.teacher_flow_cifar " + shlex.join(sys.argv[1:] if argv is None else argv)
     from .cifar import load_cifar10
     cifar = load_cifar10(verbose=False)

@@ -16,6 +16,9 @@ The shape is the U-Net of Ronneberger et al. (2015) as diffusion models use it (
   channels, and a stride-2 convolution between levels;
 * a middle of two residual blocks at the lowest resolution, with an optional self-attention layer
   between them (``attention=True``);
+* optionally, a self-attention layer after every residual block of the levels in ``attn_levels``
+  (encoder and decoder), as DDPM puts attention at its 16 x 16 level: ``attn_levels=(0,)`` attends
+  over all ``H * W`` pixels of the first level;
 * the mirror-image decoder: nearest-neighbour upsampling and residual blocks that take the encoder's
   activation at the same resolution concatenated on the channels (the skip connections);
 * GroupNorm, SiLU and a 3x3 convolution back to ``channels``.
@@ -148,6 +151,11 @@ class Attention(nn.Module):
     "LinFusion: 1 GPU, 1 minute, 16K image"). LinFusion also puts a small trainable residual MLP in
     front of the teacher's query and key projections; that extra is left out here, where the
     feature map is the fixed ``elu + 1``.
+
+    ``fused`` (a switch, not a parameter; default off) computes the softmax kind with torch's
+    ``scaled_dot_product_attention``: the same function, by the fastest kernel the build has, for
+    timing a softmax teacher fairly. The written-out form stays the default because
+    ``torch.func.jvp`` (sCM, Eulerian flow maps) runs through it.
     """
 
     def __init__(self, channels: int, heads: int = 1, kind: str = "softmax", groups: int = 8, eps: float = 1e-6):
@@ -156,7 +164,7 @@ class Attention(nn.Module):
             raise ValueError(f"unknown attention kind {kind!r}; choose one of {', '.join(ATTENTION_KINDS)}")
         if channels % heads:
             raise ValueError(f"{heads} heads do not divide {channels} channels")
-        self.kind, self.heads, self.eps = kind, heads, eps
+        self.kind, self.heads, self.eps, self.fused = kind, heads, eps, False
         self.norm = _group_norm(channels, groups)
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
         self.proj = nn.Conv2d(channels, channels, 1)
@@ -166,11 +174,14 @@ class Attention(nn.Module):
         d = C // self.heads
         qkv = self.qkv(self.norm(x)).reshape(B, 3, self.heads, d, H * W).transpose(-1, -2)
         q, k, v = qkv.unbind(1)                                   # each [B, heads, N, d]
-        out = mix_tokens(q, k, v, self.kind, self.eps)
+        if self.fused and self.kind == "softmax":
+            out = F.scaled_dot_product_attention(q, k, v)
+        else:
+            out = mix_tokens(q, k, v, self.kind, self.eps)
         return x + self.proj(out.transpose(-1, -2).reshape(B, C, H, W))
 
     def extra_repr(self) -> str:
-        return f"kind={self.kind!r}, heads={self.heads}"
+        return f"kind={self.kind!r}, heads={self.heads}" + (", fused=True" if self.fused else "")
 
 
 class TimeUNet(nn.Module):
@@ -183,6 +194,8 @@ class TimeUNet(nn.Module):
     mults : one entry per resolution; ``H`` and ``W`` must be divisible by ``2 ** (len(mults) - 1)``.
     n_times : how many time arguments ``forward`` takes (1: velocity, 2: flow map).
     attention : put one :class:`Attention` layer in the middle, at the lowest resolution.
+    attn_levels : level indices (0 = full resolution) with an :class:`Attention` layer after each
+        residual block, encoder and decoder; ``()`` for none.
     attn_kind : ``"softmax"`` or ``"linear"`` (see :class:`Attention`).
     heads : attention heads.
     blocks : residual blocks per level in the encoder (the decoder has the same number).
@@ -193,9 +206,12 @@ class TimeUNet(nn.Module):
 
     def __init__(self, channels: int = 3, base: int = 32, mults=(1, 2), n_times: int = 1,
                  attention: bool = False, attn_kind: str = "softmax", heads: int = 1, blocks: int = 1,
-                 n_freq: int = 5, emb_dim: int | None = None, groups: int = 8):
+                 n_freq: int = 5, emb_dim: int | None = None, groups: int = 8, attn_levels=()):
         super().__init__()
         mults = tuple(int(m) for m in mults)
+        attn_levels = tuple(sorted({int(a) for a in attn_levels}))
+        if any(a < 0 or a >= len(mults) for a in attn_levels):
+            raise ValueError(f"attn_levels {attn_levels} must be level indices in 0..{len(mults) - 1}")
         if not mults or min(mults) < 1 or channels < 1 or base < 1 or blocks < 1 or n_times < 1:
             raise ValueError("TimeUNet needs channels, base, blocks, n_times >= 1 and a non-empty mults of positive ints")
         if attn_kind not in ATTENTION_KINDS:
@@ -204,6 +220,8 @@ class TimeUNet(nn.Module):
         self.config = dict(channels=channels, base=base, mults=mults, n_times=n_times, attention=attention,
                            attn_kind=attn_kind, heads=heads, blocks=blocks, n_freq=n_freq, emb_dim=emb_dim,
                            groups=groups)
+        if attn_levels:  # only when used, so configurations saved before the option still compare equal
+            self.config["attn_levels"] = attn_levels
         self.channels, self.n_times, self.mults = channels, n_times, mults
 
         self.time = FourierTime(n_freq)
@@ -214,13 +232,17 @@ class TimeUNet(nn.Module):
         self.stem = nn.Conv2d(channels, base, 3, padding=1)
         self.down = nn.ModuleList()
         self.downsample = nn.ModuleList()
+        # attention after block j of level i: "d{i}_{j}" (encoder), "u{i}_{j}" (decoder); empty if unused
+        self.level_attn = nn.ModuleDict()
         skips, c = [], base
         for i, w in enumerate(widths):
             level = nn.ModuleList()
-            for _ in range(blocks):
+            for j in range(blocks):
                 level.append(ResBlock(c, w, emb_dim, groups))
                 c = w
                 skips.append(c)
+                if i in attn_levels:
+                    self.level_attn[f"d{i}_{j}"] = Attention(w, heads, attn_kind, groups)
             self.down.append(level)
             if i < len(widths) - 1:
                 self.downsample.append(nn.Conv2d(c, c, 3, stride=2, padding=1))
@@ -228,11 +250,13 @@ class TimeUNet(nn.Module):
         self.attn = Attention(c, heads, attn_kind, groups) if attention else None
         self.mid2 = ResBlock(c, c, emb_dim, groups)
         self.up = nn.ModuleList()
-        for w in reversed(widths):
+        for i, w in reversed(list(enumerate(widths))):
             level = nn.ModuleList()
-            for _ in range(blocks):
+            for j in range(blocks):
                 level.append(ResBlock(c + skips.pop(), w, emb_dim, groups))
                 c = w
+                if i in attn_levels:
+                    self.level_attn[f"u{i}_{j}"] = Attention(w, heads, attn_kind, groups)
             self.up.append(level)
         self.out_norm = _group_norm(c, groups)
         self.out = nn.Conv2d(c, channels, 3, padding=1)
@@ -253,9 +277,12 @@ class TimeUNet(nn.Module):
         emb = self.embed(x, times)
         h = self.stem(x)
         hs = []
+        attn = self.level_attn
         for i, level in enumerate(self.down):
-            for block in level:
+            for j, block in enumerate(level):
                 h = block(h, emb)
+                if f"d{i}_{j}" in attn:
+                    h = attn[f"d{i}_{j}"](h)
                 hs.append(h)
             if i < len(self.downsample):
                 h = self.downsample[i](h)
@@ -263,11 +290,14 @@ class TimeUNet(nn.Module):
         if self.attn is not None:
             h = self.attn(h)
         h = self.mid2(h, emb)
-        for i, level in enumerate(self.up):
-            if i > 0:
+        for k, level in enumerate(self.up):
+            i = len(self.up) - 1 - k
+            if k > 0:
                 h = F.interpolate(h, scale_factor=2.0, mode="nearest")
-            for block in level:
+            for j, block in enumerate(level):
                 h = block(torch.cat([h, hs.pop()], 1), emb)
+                if f"u{i}_{j}" in attn:
+                    h = attn[f"u{i}_{j}"](h)
         return self.out(F.silu(self.out_norm(h)))
 
     @classmethod

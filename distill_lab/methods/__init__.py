@@ -6,6 +6,7 @@
 * :mod:`.dmd` - DMD, DMD2's GAN term, ADM, CDM
 * :mod:`.rcm` - score-regularised continuous-time consistency (rCM: sCM + DMD)
 * :mod:`.reward` - reward-tilted distribution matching (RTDMD)
+* :mod:`.arch` - architecture distillation: a linear-attention student of a softmax-attention teacher (LinFusion)
 """
 
-from . import consistency, dmd, flow_map, rcm, reward, trajectory  # noqa: F401
+from . import arch, consistency, dmd, flow_map, rcm, reward, trajectory  # noqa: F401
