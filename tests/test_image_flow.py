@@ -101,3 +101,18 @@ def test_teacher_folder_roundtrip_and_hash_check(tmp_path):
         load_flow_teacher(tmp_path)
     assert json.loads((tmp_path / "manifest.json").read_text())["command"] == "test"
     assert load_flow_teacher(tmp_path / "nowhere", missing_ok=True) is None
+
+
+@pytest.mark.parametrize("name", ["ci", "default", "gpu"])
+@pytest.mark.parametrize("variant", ["", "attn"])
+def test_every_scales_unet_builds_and_trains_a_step_at_its_resolution(name, variant):
+    from distill_lab.flows import flow_matching_loss
+    from distill_lab.image_flow import build_unet, image_scale
+    isc = image_scale(name, variant)
+    torch.manual_seed(0)
+    net = build_unet(isc)
+    x = torch.rand(2, 3, isc.resolution, isc.resolution) * 2 - 1
+    loss = flow_matching_loss(net, x)
+    loss.backward()
+    assert torch.isfinite(loss) and all(p.grad is not None for p in net.parameters())
+    assert TimeUNet.from_net(net, 2)(x, torch.zeros(2), torch.ones(2)).shape == x.shape
