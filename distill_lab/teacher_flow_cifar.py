@@ -1,6 +1,7 @@
 """The CIFAR-10 flow-matching teacher of the step-distillation track: train it once, commit it small.
 
     python -m distill_lab.teacher_flow_cifar --scale ci --out datasets/teachers/cifar10_flow_ci
+    python -m distill_lab.teacher_flow_cifar --scale ci --variant attn   # lab 22's softmax-attention teacher
 
 A :class:`~distill_lab.unet.TimeUNet` velocity field ``v(x, t)`` is trained by conditional flow
 matching with the linear path (Lipman et al. 2023, "Flow matching for generative modeling", eq. 23;
