@@ -73,9 +73,7 @@ def main(argv=None) -> int:
     from .registry import all_recipes
 
     if args.list:
-        for r in all_recipes():
-            print(f"{r.name:22s} {r.family:24s} nfe {','.join(map(str, r.nfes)):8s} {r.paper}")
-        return 0
+        return _list_recipes(all_recipes())
     try:
         data = resolve_data(args.data)
         from .registry import get_recipe
@@ -100,6 +98,13 @@ def _methods(args, get) -> list[str] | None:
     return methods
 
 
+def _list_recipes(recipes) -> int:
+    """Print one line per step-distillation recipe (name, family, NFEs, paper) for ``--list``."""
+    for r in recipes:
+        print(f"{r.name:22s} {r.family:24s} nfe {','.join(map(str, r.nfes)):8s} {r.paper}")
+    return 0
+
+
 def _report(rows, json_path) -> int:
     """Print a step-distillation bench's table, write its JSON, and return 1 when a method failed."""
     from .bench import format_table, write_json
@@ -122,10 +127,7 @@ def _bench_cifar_gen(args, scale) -> int:
     from .registry import get_recipe
 
     if args.list:
-        for name in CIFAR_GEN_METHODS:
-            r = get_recipe(name)
-            print(f"{r.name:22s} {r.family:24s} nfe {','.join(map(str, r.nfes)):8s} {r.paper}")
-        return 0
+        return _list_recipes(get_recipe(name) for name in CIFAR_GEN_METHODS)
     try:
         methods = _methods(args, get_recipe) or list(CIFAR_GEN_METHODS)
         exp = image_flow.CifarFlow(scale, seed=args.seed, progress=not args.quiet)

@@ -137,7 +137,10 @@ def image_scale(scale: str | Scale | None = None, variant: str | None = None) ->
     ``variant="attn"``: the same scale with ``unet`` updated by ``attn_unet`` (the softmax-attention
     teacher of :mod:`distill_lab.methods.arch`); ``None`` or ``""``: the step-distillation teacher.
     """
-    isc = IMAGE_SCALES[get_scale(scale).name]
+    return _with_variant(IMAGE_SCALES[get_scale(scale).name], variant)
+
+
+def _with_variant(isc: ImageScale, variant: str | None) -> ImageScale:
     if _check_variant(variant) == "attn":
         isc = replace(isc, unet={**isc.unet, **isc.attn_unet}, attn_unet={})
     return isc
@@ -226,7 +229,7 @@ class CifarFlow:
                  variant: str | None = None):
         base = get_scale(scale)
         self.variant = _check_variant(variant)
-        self.image_scale = image_scale or globals()["image_scale"](base, self.variant)
+        self.image_scale = image_scale or _with_variant(IMAGE_SCALES[base.name], self.variant)
         isc = self.image_scale
         self.device = base.device
         self.scale = Scale(base.name, teacher_steps=isc.teacher_steps, width=isc.unet.get("base", 32),
