@@ -14,9 +14,10 @@ from pathlib import Path
 
 import torch
 
-from .bench import format_table, run_toy2d, write_json
-from .experiment import Toy2D
-from .flows import sample_ode
+from .core.bench import STEP_ROW_KEYS, format_step_table, write_json
+from .core.flows import sample_ode
+from .core.plots import nfe_curve, scatter_panels
+from .toy2d import Toy2D, run_toy2d
 
 TOUR_METHODS = ("trajectory", "cd", "lagrangian", "dmd")
 
@@ -24,13 +25,11 @@ TOUR_METHODS = ("trajectory", "cd", "lagrangian", "dmd")
 def run_tour(data="checkerboard", scale=None, out="out", seed: int = 0, methods=TOUR_METHODS,
              progress: bool = True) -> dict:
     """Run the tour; returns ``{"rows", "figure", "json", "seconds"}``."""
-    from .plots import nfe_curve, scatter_panels
-
     t0 = time.perf_counter()
     exp = Toy2D(data, scale=scale, seed=seed, progress=progress)
     print(exp)
     rows, students = run_toy2d(exp=exp, methods=methods, seed=seed, progress=progress, return_students=True)
-    print(format_table(rows))
+    print(format_step_table(rows))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     z = exp.eval_noise
@@ -51,7 +50,7 @@ def run_tour(data="checkerboard", scale=None, out="out", seed: int = 0, methods=
     ax.legend(fontsize=7)
     ax.figure.tight_layout()
     ax.figure.savefig(out / "tour_nfe.png", dpi=110)
-    write_json(rows, out / "tour.json")
+    write_json(rows, STEP_ROW_KEYS, out / "tour.json")
     secs = time.perf_counter() - t0
     print(f"wrote {out / 'tour.png'}, {out / 'tour_nfe.png'} and {out / 'tour.json'} in {secs:.0f} s")
     return {"rows": rows, "figure": out / "tour.png", "json": out / "tour.json", "seconds": secs}

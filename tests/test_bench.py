@@ -5,12 +5,14 @@ import json
 import pytest
 import torch
 
-from distill_lab import registry
+from distill_lab.core import registry
 from distill_lab.__main__ import main
-from distill_lab.bench import ROW_KEYS, format_table, resolve_data, run_toy2d, write_json
-from distill_lab.experiment import Toy2D
-from distill_lab.models import VelocityStudent, clone_frozen
-from distill_lab.scale import Scale
+from distill_lab.core.bench import STEP_ROW_KEYS, format_step_table, write_json
+from distill_lab.toy2d.bench import resolve_data, run_toy2d
+from distill_lab.toy2d.experiment import Toy2D
+from distill_lab.methods.step.students import VelocityStudent
+from distill_lab.nets.utils import clone_frozen
+from distill_lab.core.scale import Scale
 
 # every method the toy-2D track promises (issue: trajectory, consistency, flow-map, DM, reward families)
 EXPECTED = {"trajectory", "progressive", "cd", "ct", "scm", "tbcm", "hypersd", "ctm", "lagrangian",
@@ -27,9 +29,9 @@ def tiny_exp():
 
 
 def test_every_method_of_the_track_is_registered():
-    names = {r.name for r in registry.all_recipes()}
+    names = {r.name for r in registry.recipes("toy2d")}
     assert EXPECTED <= names, f"missing: {sorted(EXPECTED - names)}"
-    for r in registry.all_recipes():
+    for r in registry.recipes("toy2d"):
         assert r.paper, f"recipe {r.name} names no paper"
         assert r.nfes and all(n >= 1 for n in r.nfes)
 
@@ -45,12 +47,12 @@ def test_bench_rows_are_measured_against_the_teacher(tiny_exp, monkeypatch, tmp_
         return VelocityStudent(clone_frozen(exp.teacher))
 
     monkeypatch.setitem(registry.RECIPES, "copy-teacher",
-                        registry.Recipe("copy-teacher", "test", copy_teacher, (1, 2), "none"))
+                        registry.Recipe("copy-teacher", ("test",), "test", "none", copy_teacher, (1, 2)))
 
     def broken(exp):
         raise RuntimeError("boom")
 
-    monkeypatch.setitem(registry.RECIPES, "broken", registry.Recipe("broken", "test", broken, (1,), "none"))
+    monkeypatch.setitem(registry.RECIPES, "broken", registry.Recipe("broken", ("test",), "test", "none", broken, (1,)))
     rows = run_toy2d(exp=tiny_exp, methods=["copy-teacher", "broken"], progress=False)
     teacher = {r["nfe"]: r for r in rows if r["method"] == "teacher (euler)"}
     copies = {r["nfe"]: r for r in rows if r["method"] == "copy-teacher"}
@@ -61,18 +63,19 @@ def test_bench_rows_are_measured_against_the_teacher(tiny_exp, monkeypatch, tmp_
     assert all(r["teacher_best"] <= r["teacher_same_nfe"] + 1e-12 for r in rows)
     failed = [r for r in rows if r["method"] == "broken"]
     assert failed[0]["value"] is None and "boom" in failed[0]["error"]
-    table = format_table(rows)
+    table = format_step_table(rows)
     assert "copy-teacher" in table and "boom" in table
-    write_json(rows, tmp_path / "b.json")
+    write_json(rows, STEP_ROW_KEYS, tmp_path / "b.json")
     loaded = json.loads((tmp_path / "b.json").read_text())
-    assert [set(r) for r in loaded] == [set(ROW_KEYS)] * len(rows)
+    assert [set(r) for r in loaded] == [set(STEP_ROW_KEYS)] * len(rows)
+    assert all(r["seeds"] == [0] for r in loaded)
 
 
 def test_data_can_be_named_by_module_and_function():
-    fn = resolve_data("distill_lab.toy2d:spirals")
+    fn = resolve_data("distill_lab.toy2d.data:spirals")
     assert callable(fn) and fn(10).shape == (10, 2)
     with pytest.raises(ValueError, match="could not load the data sampler"):
-        resolve_data("distill_lab.toy2d:nothing_here")
+        resolve_data("distill_lab.toy2d.data:nothing_here")
 
 
 def test_cli_reports_bad_input_with_exit_code_2(capsys):

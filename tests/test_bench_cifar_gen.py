@@ -7,16 +7,22 @@ from dataclasses import replace
 import pytest
 import torch
 
-from distill_lab import image_flow, registry
-from distill_lab.__main__ import BENCH_TRACKS, main
-from distill_lab.bench import CIFAR_GEN_METHODS, ROW_KEYS
-from distill_lab.image_flow import CifarFlow, image_scale_dict
-from distill_lab.methods.dmd import ConvDiscriminator, Discriminator, make_discriminator
-from distill_lab.unet import TimeUNet
+from distill_lab.__main__ import main
+from distill_lab.cifar import bench as cifar_bench
+from distill_lab.cifar.flow_config import IMAGE_SCALES, image_scale_dict
+from distill_lab.cifar.flow_experiment import CifarFlow
+from distill_lab.core import registry
+from distill_lab.core.bench import STEP_ROW_KEYS, TRACKS, bench_methods
+from distill_lab.methods.step.dmd import ConvDiscriminator, Discriminator, make_discriminator
+from distill_lab.nets.unet import TimeUNet
 
 from test_image_flow import TINY, pooled_features, synthetic_data
 
 # two Adam steps per method, small batches and pools: the whole track in seconds
+# the step-distillation methods the image track runs (issue 4, item 2), in the toy recipes' order
+ISSUE_4_METHODS = ["trajectory", "progressive", "cd", "ct", "scm", "tbcm", "lagrangian", "progressive_flow_map",
+                   "dmd", "dmd2", "rcm"]
+CIFAR_GEN_METHODS = bench_methods("cifar-gen")
 FAST = {name: dict(steps=2) for name in CIFAR_GEN_METHODS}
 FAST["trajectory"].update(pool=16)
 FAST["progressive"].update(start=8)
@@ -28,17 +34,17 @@ def tiny_cifar_gen(monkeypatch):
     torch.manual_seed(0)
     exp = CifarFlow("ci", teacher=TimeUNet(base=8, mults=(1, 2)), data=synthetic_data(),
                     feature_fn=pooled_features, image_scale=TINY_BENCH, progress=False)
-    monkeypatch.setattr(image_flow, "CifarFlow", lambda scale, seed=0, progress=True: exp)
+    monkeypatch.setattr(cifar_bench, "CifarFlow", lambda scale, seed=0, progress=True: exp)
     return exp
 
 
 def test_cifar_gen_bench_has_a_row_for_every_method(tiny_cifar_gen, tmp_path, capsys):
-    assert "cifar-gen" in BENCH_TRACKS
+    assert "cifar-gen" in TRACKS and CIFAR_GEN_METHODS == ISSUE_4_METHODS
     assert main(["bench", "cifar-gen", "--scale", "ci", "--quiet", "--json", str(tmp_path / "g.json")]) == 0
     out = capsys.readouterr().out
     assert "fd_classifier" in out and "not FID" in out
     rows = json.loads((tmp_path / "g.json").read_text())
-    assert all(set(r) == set(ROW_KEYS) for r in rows)
+    assert all(set(r) == set(STEP_ROW_KEYS) for r in rows)
     assert {r["method"] for r in rows} == {"teacher (euler)", *CIFAR_GEN_METHODS}
     for r in rows:
         assert r["dataset"] == "cifar10-8px" and r["metric"] == "fd_classifier"
@@ -73,7 +79,7 @@ def test_experiment_recipe_defaults_lose_to_explicit_overrides(monkeypatch):
         return "student"
 
     monkeypatch.delitem(registry.RECIPES, "fake-recipe", raising=False)
-    train = registry.recipe("fake-recipe", family="test", paper="none")(fake)
+    train = registry.recipe("fake-recipe", tracks=("test",), family="test", paper="none")(fake)
     try:
         class Exp:
             recipe_defaults = {"fake-recipe": {"steps": 7, "batch": 3}}
@@ -90,5 +96,5 @@ def test_experiment_recipe_defaults_lose_to_explicit_overrides(monkeypatch):
 
 
 def test_the_ci_image_budgets_stay_out_of_the_teacher_manifest():
-    isc = image_flow.IMAGE_SCALES["ci"]
+    isc = IMAGE_SCALES["ci"]
     assert isc.recipes["progressive"]["batch"] == isc.batch and "recipes" not in image_scale_dict(isc)

@@ -1,5 +1,5 @@
-"""The classifier trainer of the KD track (distill_lab.classify) and the committed CIFAR-10 teacher
-(distill_lab.teacher_cifar). Synthetic tiny data, except the last test, which loads the teacher."""
+"""The classifier trainer of the KD track (distill_lab.cifar.classify) and the committed CIFAR-10 teacher
+(distill_lab.cifar.kd_teacher). Synthetic tiny data, except the last test, which loads the teacher."""
 
 import json
 import os
@@ -9,13 +9,14 @@ import pytest
 import torch
 from torch import nn
 
-from distill_lab import kd as kdlib
-from distill_lab.cifar import GpuLoader, batch_flip, normalize, subset
-from distill_lab.cifar_models import TinyCNN
-from distill_lab.classify import (IndexedLoader, evaluate_classifier, kd, metrics_from_logits, one_cycle,
-                                  predict_logits, stratified_indices, train_classifier)
-from distill_lab.teacher_cifar import (DEFAULT_DIR, TeacherUnavailable, load_or_train_teacher, load_teacher,
-                                       recipe, save_teacher)
+from distill_lab.metrics import classification as clsm
+from distill_lab.cifar.data import GpuLoader, batch_flip, normalize, subset
+from distill_lab.cifar.classifiers import TinyCNN
+from distill_lab.cifar.classify import (IndexedLoader, evaluate_classifier, kd, one_cycle, predict_logits,
+                                        stratified_indices, train_classifier)
+from distill_lab.metrics.classification import metrics_from_logits
+from distill_lab.cifar.kd_teacher import (DEFAULT_DIR, TeacherUnavailable, load_or_train_teacher,
+                                          load_teacher, recipe, save_teacher)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -153,9 +154,9 @@ def test_evaluate_classifier_matches_kd_metrics_and_flip_tta():
     m = Fixed()
     logits = m(normalize(x))
     got = evaluate_classifier(m, x, y, batch_size=7)
-    assert got["acc"] == pytest.approx(kdlib.accuracy(logits, y))
-    assert got["nll"] == pytest.approx(kdlib.nll(logits, y), rel=1e-5)
-    assert got["ece"] == pytest.approx(kdlib.expected_calibration_error(logits.softmax(-1), y), abs=1e-6)
+    assert got["acc"] == pytest.approx(clsm.accuracy(logits, y))
+    assert got["nll"] == pytest.approx(clsm.nll(logits, y), rel=1e-5)
+    assert got["ece"] == pytest.approx(clsm.expected_calibration_error(logits.softmax(-1), y), abs=1e-6)
     tta = evaluate_classifier(m, x, y, tta_flip=True)
     both = 0.5 * (logits + m(normalize(x).flip(-1)))
     assert tta == pytest.approx(metrics_from_logits(both, y))
@@ -171,7 +172,7 @@ def tiny_data():
 def test_save_and_load_teacher_checks_hashes(tmp_path):
     data = tiny_data()
     rc = recipe("ci")
-    from distill_lab.teacher_cifar import build_model
+    from distill_lab.cifar.kd_teacher import build_model
     model = build_model(rc["model"])
     man = save_teacher(model, data, tmp_path / "t", {"recipe": rc, "train_seconds": 0.0}, command="test")
     assert json.loads((tmp_path / "t" / "manifest.json").read_text()) == man
@@ -196,7 +197,7 @@ def test_save_and_load_teacher_checks_hashes(tmp_path):
 
 
 def test_load_or_train_teacher_trains_when_missing(tmp_path, monkeypatch):
-    from distill_lab import teacher_cifar
+    from distill_lab.cifar import kd_teacher as teacher_cifar
     calls = []
 
     def fake_train(data, scale=None, progress=True, epochs=None):
@@ -217,7 +218,7 @@ def test_committed_teacher_reproduces_its_accuracy():
     src = os.environ.get("DISTILL_LAB_CIFAR") or ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
     if not Path(src).exists():
         pytest.skip(f"no CIFAR-10 copy at {src}")
-    from distill_lab.cifar import load_cifar10
+    from distill_lab.cifar.data import load_cifar10
     t = load_teacher(DEFAULT_DIR, verify=True)
     man = t["manifest"]
     assert t["train_logits"].shape == (2, 50000, 10) and t["test_logits"].shape == (2, 10000, 10)

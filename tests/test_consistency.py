@@ -6,15 +6,15 @@ import copy
 import pytest
 import torch
 
-from distill_lab.experiment import Toy2D
-from distill_lab.flows import GaussianLinearFlow, expand_t, interpolate
-from distill_lab.models import ConsistencyFunction, FlowMap, TimeMLP
-from distill_lab.registry import get_recipe
-from distill_lab.scale import Scale
-from distill_lab.methods.consistency import (
-    consistency_tangent, cd_loss, ct_loss, ctm_diagonal_loss, ctm_loss, scm_loss, segment_end,
-    trajectory_pairs, tscd_loss,
-)
+from distill_lab.toy2d.experiment import Toy2D
+from distill_lab.core.flows import GaussianLinearFlow, expand_t, interpolate
+from distill_lab.methods.step.students import ConsistencyFunction, FlowMap
+from distill_lab.nets.mlp import TimeMLP
+from distill_lab.core.registry import get_recipe
+from distill_lab.core.scale import Scale
+from distill_lab.methods.step.consistency import (consistency_tangent, cd_loss, ct_loss, ctm_diagonal_loss,
+                                                  ctm_loss, scm_loss, segment_end, trajectory_pairs,
+                                                  tscd_loss)
 
 SHAPES = [(2,), (3, 8, 8)]
 G = GaussianLinearFlow(mu=1.5, sigma=0.5)
@@ -245,7 +245,7 @@ def test_ctm_outer_map_is_stop_gradient_but_passes_gradient_to_the_jump(shape):
     frozen = copy.deepcopy(X).requires_grad_(False)
     with torch.no_grad():
         xu = G.flow_map(xt, t, u)  # not used for the gradient; recompute the target as ctm_loss does
-    from distill_lab.methods.consistency import teacher_solve
+    from distill_lab.methods.step.consistency import teacher_solve
     xu = teacher_solve("heun", G.velocity, xt, t, u)
     with torch.no_grad():
         target = frozen(X_ema(xu, u, s), s, torch.ones(16))

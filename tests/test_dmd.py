@@ -3,12 +3,13 @@
 import pytest
 import torch
 
-from distill_lab.flows import GaussianLinearFlow
-from distill_lab.methods.dmd import (Discriminator, adm_discriminator_loss, adm_generator_loss,
-                                     cdm_loss, continuous_schedule, dmd_loss, dmd_regression_loss,
-                                     fake_score_loss, frozen, gan_discriminator_loss,
-                                     gan_generator_loss, student_rollout)
-from distill_lab.models import OneStepGenerator, TimeMLP
+from distill_lab.core.flows import GaussianLinearFlow
+from distill_lab.methods.step.dmd import (Discriminator, adm_discriminator_loss, adm_generator_loss,
+                                          cdm_loss, continuous_schedule, dmd_loss, dmd_regression_loss,
+                                          fake_score_loss, frozen, gan_discriminator_loss,
+                                          gan_generator_loss, student_rollout)
+from distill_lab.methods.step.students import OneStepGenerator
+from distill_lab.nets.mlp import TimeMLP
 
 SHAPES = [(2,), (3, 8, 8)]
 
@@ -157,7 +158,7 @@ def test_adm_losses_route_gradients(shape):
 
 
 def test_adm_predictions_agree_when_fake_equals_real():
-    from distill_lab.methods.dmd import adm_predictions
+    from distill_lab.methods.step.dmd import adm_predictions
     flow = GaussianLinearFlow(1.5, 0.5)
     x = flow.sample_data(16, (3, 8, 8))
     t = torch.full((16,), 0.3)
@@ -210,8 +211,8 @@ def test_bad_inputs_raise_clear_errors():
 
 @pytest.fixture(scope="module")
 def tiny_exp():
-    from distill_lab.experiment import Toy2D
-    from distill_lab.scale import Scale
+    from distill_lab.toy2d.experiment import Toy2D
+    from distill_lab.core.scale import Scale
     sc = Scale("ci", teacher_steps=50, width=32, depth=2, batch=64, student_steps=5, eval_n=256,
                n_proj=16, device="cpu")
     return Toy2D("8gaussians", scale=sc, cache=False, progress=False)
@@ -219,7 +220,7 @@ def tiny_exp():
 
 @pytest.mark.parametrize("name", ["dmd", "dmd2", "adm", "cdm"])
 def test_recipes_smoke(tiny_exp, name):
-    from distill_lab.registry import get_recipe
+    from distill_lab.core.registry import get_recipe
     rec = get_recipe(name)
     student = rec.train(tiny_exp, steps=3, batch=32, critic_updates=2)
     for nfe in rec.nfes:

@@ -3,10 +3,11 @@
 import pytest
 import torch
 
-from distill_lab.flows import GaussianLinearFlow
-from distill_lab.methods import flow_map as fm
-from distill_lab.models import FlowMap, TimeMLP
-from distill_lab.scale import Scale
+from distill_lab.core.flows import GaussianLinearFlow, expand_t, sample_ode
+from distill_lab.methods.step import flow_map as fm
+from distill_lab.methods.step.students import FlowMap
+from distill_lab.nets.mlp import TimeMLP
+from distill_lab.core.scale import Scale
 
 G = GaussianLinearFlow(mu=1.5, sigma=0.5)
 SHAPES = [(2,), (3, 8, 8)]
@@ -21,7 +22,7 @@ class ExactMap:
 
     def __call__(self, x, s, t):
         # perturbed by eps (t - s) x: still the identity at s = t, but no longer a flow
-        return self.g.flow_map(x, s, t) + self.eps * fm.expand_t(t - s, x) * x
+        return self.g.flow_map(x, s, t) + self.eps * expand_t(t - s, x) * x
 
     def velocity(self, x, t):
         return self.g.velocity(x, t) + self.eps * x
@@ -80,7 +81,7 @@ def test_progressive_exact_and_perturbed(shape):
     u = (s + t) / 2
     exact, _ = fm.progressive_flow_map_loss(ExactMap(), x, s, u, t)
     # eps (t - s) x breaks the semigroup only at second order in eps; eps (t - s)^2 x at first order
-    bad2 = lambda x, s, t: G.flow_map(x, s, t) + 0.1 * fm.expand_t((t - s) ** 2, x) * x  # noqa: E731
+    bad2 = lambda x, s, t: G.flow_map(x, s, t) + 0.1 * expand_t((t - s) ** 2, x) * x  # noqa: E731
     bad, _ = fm.progressive_flow_map_loss(bad2, x, s, u, t)
     assert exact < 1e-10
     assert bad > 1e-4
@@ -200,7 +201,7 @@ def test_onpolicy_stop_gradient():
         x = z
         for i in range(3):
             x = student(x, ts[i], ts[i + 1])
-        c = fm.sample_ode(teacher.velocity, x, 8, "midpoint", float(ts[3]), 1.0)
+        c = sample_ode(teacher.velocity, x, 8, "midpoint", float(ts[3]), 1.0)
     want = _grads(student, (student(x, ts[3], ts[4]) - c).pow(2).mean(1).mean())
     for a, b in zip(got, want):
         assert torch.allclose(a, b, atol=1e-6, rtol=1e-4)
@@ -279,7 +280,7 @@ def test_sample_pairs_shares():
 # ------------------------------------------------------------------ recipes (smoke)
 @pytest.fixture(scope="module")
 def tiny_exp():
-    from distill_lab.experiment import Toy2D
+    from distill_lab.toy2d.experiment import Toy2D
     sc = Scale("ci", teacher_steps=30, width=32, depth=2, batch=64, student_steps=10, eval_n=256,
                n_proj=16, device="cpu")
     return Toy2D("checkerboard", scale=sc, cache=False, progress=False)
@@ -287,7 +288,7 @@ def tiny_exp():
 
 @pytest.mark.parametrize("name", ["lagrangian", "lsd_self", "eulerian", "progressive_flow_map", "anyflow"])
 def test_recipes_smoke(tiny_exp, name):
-    from distill_lab.registry import get_recipe
+    from distill_lab.core.registry import get_recipe
     r = get_recipe(name)
     assert r.nfes == (1, 2, 4)
     student = r.train(tiny_exp, steps=4)

@@ -6,9 +6,10 @@ import math
 import pytest
 import torch
 
-from distill_lab import gen_metrics as gm
-from distill_lab.cifar import normalize
-from distill_lab.cifar_models import TinyCNN
+from distill_lab.cifar import features as feat
+from distill_lab.metrics import frechet as gm
+from distill_lab.cifar.data import normalize
+from distill_lab.cifar.classifiers import TinyCNN
 
 
 
@@ -143,7 +144,7 @@ def test_fd_noise_floor_in_one_dimension_matches_its_expectation():
 
 
 def test_noise_floors_draw_disjoint_halves_reproducibly_and_say_when_data_is_short():
-    a, b = gm._halves(100, 50, seed=0)
+    a, b = gm.disjoint_halves(100, 50, seed=0)
     assert len(set(a.tolist()) | set(b.tolist())) == 100
     x = torch.randn(100, 3)
     assert gm.fd_noise_floor(x, 50, seed=1) == gm.fd_noise_floor(x, 50, seed=1)
@@ -156,13 +157,13 @@ def test_evaluate_features_scores_a_perfect_sampler_exactly_at_the_floor():
     """Hand it the other real half as the 'generated' set: every number equals its floor."""
     g = torch.Generator().manual_seed(7)
     real = torch.randn(400, 4, generator=g, dtype=torch.float64)
-    _, b = gm._halves(400, 150, seed=3)
+    _, b = gm.disjoint_halves(400, 150, seed=3)
     out = gm.evaluate_features(real, real[b], seed=3)
     assert out["n"] == 150
     assert out["fd"] == out["fd_floor"]
     assert (out["precision"], out["recall"]) == (out["precision_floor"], out["recall_floor"])
     # shifting the generated set by c moves only the mean term: |m_B + c - m_A|^2 - |m_B - m_A|^2
-    a, _ = gm._halves(400, 150, seed=3)
+    a, _ = gm.disjoint_halves(400, 150, seed=3)
     c = torch.full((4,), 3.0, dtype=torch.float64)
     shifted = gm.evaluate_features(real, real[b] + c, seed=3)
     gap = (real[b].double().mean(0) - real[a].double().mean(0))
@@ -173,12 +174,12 @@ def test_evaluate_features_scores_a_perfect_sampler_exactly_at_the_floor():
 # ------------------------------------------------------------------ images -> features
 def test_uint8_and_float_conventions_round_trip():
     pixels = torch.arange(256, dtype=torch.uint8).view(1, 1, 16, 16).expand(1, 3, 16, 16)
-    x = gm.from_uint8(pixels)
+    x = feat.from_uint8(pixels)
     assert x.min() == -1 and x.max() == 1
-    assert torch.equal(gm.to_uint8(x), pixels)
-    assert torch.equal(gm.to_uint8(torch.tensor([-3.0, 3.0])), torch.tensor([0, 255], dtype=torch.uint8))  # clipped
-    assert torch.allclose(gm.to_classifier_input(x, quantize=False), normalize(pixels), atol=1e-5)
-    assert torch.equal(gm.to_classifier_input(x), normalize(pixels))
+    assert torch.equal(feat.to_uint8(x), pixels)
+    assert torch.equal(feat.to_uint8(torch.tensor([-3.0, 3.0])), torch.tensor([0, 255], dtype=torch.uint8))  # clipped
+    assert torch.allclose(feat.to_classifier_input(x, quantize=False), normalize(pixels), atol=1e-5)
+    assert torch.equal(feat.to_classifier_input(x), normalize(pixels))
 
 
 def test_classifier_features_take_either_image_kind_and_leave_the_model_alone():
@@ -188,11 +189,11 @@ def test_classifier_features_take_either_image_kind_and_leave_the_model_alone():
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.uniform_(-0.1, 0.1)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    fn = gm.ClassifierFeatures(model, batch_size=7)
+    fn = feat.ClassifierFeatures(model, batch_size=7)
     pixels = torch.randint(0, 256, (20, 3, 32, 32), dtype=torch.uint8)
     f = fn(pixels)
     assert f.shape == (20, fn.dim) and f.dtype == torch.float64
-    assert torch.equal(f, fn(gm.from_uint8(pixels)))          # [-1, 1] floats take the uint8 path
+    assert torch.equal(f, fn(feat.from_uint8(pixels)))          # [-1, 1] floats take the uint8 path
     model.eval()
     with torch.no_grad():
         assert torch.allclose(f, model.features(normalize(pixels)).double(), atol=1e-6)
@@ -212,4 +213,4 @@ def test_evaluate_samples_takes_any_feature_function():
     mean_colour = lambda x: x.mean((2, 3))  # noqa: E731  (a toy feature network)
     out = gm.evaluate_samples(real, fake, mean_colour)
     assert set(out) == {"n", "fd", "fd_floor", "precision", "recall", "precision_floor", "recall_floor"}
-    assert out["fd"] == gm.frechet_distance(mean_colour(fake), mean_colour(real)[gm._halves(200, 50, 0)[0]])
+    assert out["fd"] == gm.frechet_distance(mean_colour(fake), mean_colour(real)[gm.disjoint_halves(200, 50, 0)[0]])

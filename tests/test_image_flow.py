@@ -7,13 +7,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from distill_lab.flows import sample_ode
-from distill_lab.image_flow import CifarFlow, ImageScale, to_flow_images
-from distill_lab.models import OneStepGenerator
-from distill_lab.registry import get_recipe
-from distill_lab.teacher_flow_cifar import (FlowTeacherUnavailable, load_flow_teacher, save_flow_teacher,
+from distill_lab.core.flows import sample_ode
+from distill_lab.cifar.flow_experiment import CifarFlow
+from distill_lab.cifar.flow_config import ImageScale, to_flow_images
+from distill_lab.methods.step.students import OneStepGenerator
+from distill_lab.core.registry import get_recipe
+from distill_lab.cifar.flow_teacher import (FlowTeacherUnavailable, load_flow_teacher, save_flow_teacher,
                                             train_flow_teacher)
-from distill_lab.unet import TimeUNet
+from distill_lab.nets.unet import TimeUNet
 
 TINY = ImageScale(resolution=8, unet=dict(base=8, mults=(1, 2)), teacher_steps=4, teacher_batch=8,
                   teacher_lr=1e-3, teacher_ema=0.9, batch=8, student_steps=3, eval_n=40, teacher_nfe=4)
@@ -84,7 +85,7 @@ def test_toy_recipes_run_unchanged_on_images(exp, name, kw):
 def test_teacher_folder_roundtrip_and_hash_check(tmp_path):
     data = synthetic_data()
     net, info = train_flow_teacher(data["train"], TINY, steps=3, progress=False)
-    man = save_flow_teacher(net, tmp_path, TINY, info, command="test", quality=False, scale="ci")
+    man = save_flow_teacher(net, tmp_path, TINY, info, command="test", scale="ci")
     assert man["files"]["teacher.pt"]["bytes"] < 200_000 and man["unet"]["base"] == 8
     loaded = load_flow_teacher(tmp_path)
     x, t = torch.randn(2, 3, 8, 8), torch.rand(2)
@@ -106,8 +107,8 @@ def test_teacher_folder_roundtrip_and_hash_check(tmp_path):
 @pytest.mark.parametrize("name", ["ci", "default", "gpu"])
 @pytest.mark.parametrize("variant", ["", "attn"])
 def test_every_scales_unet_builds_and_trains_a_step_at_its_resolution(name, variant):
-    from distill_lab.flows import flow_matching_loss
-    from distill_lab.image_flow import build_unet, image_scale
+    from distill_lab.core.flows import flow_matching_loss
+    from distill_lab.cifar.flow_config import build_unet, image_scale
     isc = image_scale(name, variant)
     torch.manual_seed(0)
     net = build_unet(isc)

@@ -1,5 +1,5 @@
 """Tests for the classifier KD / self-distillation losses (distill_lab.kd) and the closed-form kernel
-self-distillation (distill_lab.kernel_sd): analytic gradients, stop-gradients, exact values on
+self-distillation (distill_lab.methods.kd.kernel_sd): analytic gradients, stop-gradients, exact values on
 constructed examples, and the closed form against actual refitting."""
 
 import math
@@ -8,7 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from distill_lab import kd, kernel_sd
+from distill_lab.methods import kd
+from distill_lab.methods.kd import kernel_sd
+from distill_lab.metrics import classification as clsm
+from distill_lab.metrics import representation as rep
 
 
 def _logits(*shape, seed=0, scale=2.0):
@@ -152,9 +155,9 @@ def test_linear_probe_separates_linearly_separable_data():
     x = centers[y] + 0.5 * torch.randn(300, 10, generator=g)
     yt = torch.arange(3).repeat_interleave(50)
     xt = centers[yt] + 0.5 * torch.randn(150, 10, generator=g)
-    assert kd.linear_probe(x, y, xt, yt) == 1.0
-    assert kd.linear_probe(x, y, xt, yt) == kd.linear_probe(x, y, xt, yt)  # deterministic
-    assert kd.linear_probe(torch.randn(300, 10, generator=g), y, xt, yt) < 0.7  # noise features
+    assert rep.linear_probe(x, y, xt, yt) == 1.0
+    assert rep.linear_probe(x, y, xt, yt) == rep.linear_probe(x, y, xt, yt)  # deterministic
+    assert rep.linear_probe(torch.randn(300, 10, generator=g), y, xt, yt) < 0.7  # noise features
 
 
 # ----------------------------------------------------------------------------- SLA
@@ -209,28 +212,28 @@ def test_ece_calibrated_near_zero_overconfident_positive():
     correct = torch.rand(n, generator=g, dtype=torch.float64) < conf
     probs = torch.stack([conf, 1 - conf], 1)
     labels = torch.where(correct, 0, 1)
-    assert kd.expected_calibration_error(probs, labels) < 0.01
+    assert clsm.expected_calibration_error(probs, labels) < 0.01
     # every prediction at confidence 0.9, 60% right: ECE = |0.6 - 0.9| = 0.3 exactly
     probs = torch.tensor([[0.9, 0.1]]).repeat(10, 1)
     labels = torch.tensor([0] * 6 + [1] * 4)
-    assert kd.expected_calibration_error(probs, labels) == pytest.approx(0.3, abs=1e-6)
+    assert clsm.expected_calibration_error(probs, labels) == pytest.approx(0.3, abs=1e-6)
     # two bins: half at 0.95 (70% right), half at 0.65 (50% right): 0.5 * 0.25 + 0.5 * 0.15 = 0.2
     probs = torch.cat([torch.tensor([[0.95, 0.05]]).repeat(10, 1), torch.tensor([[0.65, 0.35]]).repeat(10, 1)])
     labels = torch.tensor([0] * 7 + [1] * 3 + [0] * 5 + [1] * 5)
-    assert kd.expected_calibration_error(probs, labels, n_bins=10) == pytest.approx(0.2, abs=1e-6)
-    rc = kd.reliability_curve(probs, labels, n_bins=10)
+    assert clsm.expected_calibration_error(probs, labels, n_bins=10) == pytest.approx(0.2, abs=1e-6)
+    rc = clsm.reliability_curve(probs, labels, n_bins=10)
     assert rc["counts"].sum() == 20 and rc["counts"][9] == 10 and rc["counts"][6] == 10
     assert rc["accuracy"][9].item() == pytest.approx(0.7) and math.isnan(rc["confidence"][0].item())
     with pytest.raises(ValueError, match="probabilities"):
-        kd.expected_calibration_error(_logits(4, 3), torch.zeros(4, dtype=torch.long))
+        clsm.expected_calibration_error(_logits(4, 3), torch.zeros(4, dtype=torch.long))
 
 
 def test_metrics():
     logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [3.0, 0.0]])
     y = torch.tensor([0, 1, 1])
-    assert kd.accuracy(logits, y) == pytest.approx(2 / 3)
-    assert kd.nll(logits, y) == pytest.approx(F.cross_entropy(logits, y).item(), rel=1e-6)
-    assert kd.agreement(logits, torch.tensor([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0]])) == pytest.approx(2 / 3)
+    assert clsm.accuracy(logits, y) == pytest.approx(2 / 3)
+    assert clsm.nll(logits, y) == pytest.approx(F.cross_entropy(logits, y).item(), rel=1e-6)
+    assert clsm.agreement(logits, torch.tensor([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0]])) == pytest.approx(2 / 3)
 
 
 # ----------------------------------------------------------------------------- consensus, PACED
@@ -280,8 +283,8 @@ def test_feature_diversity_high_on_collapsed_low_on_whitened():
     hi, _ = kd.feature_diversity_loss(collapsed)
     lo, info = kd.feature_diversity_loss(white)
     assert hi.item() > 0.9 and lo.item() < 1e-4
-    assert kd.collapse_metrics(collapsed)["effective_rank"] == 0.0
-    assert kd.collapse_metrics(white)["effective_rank"] > 15.0
+    assert rep.collapse_metrics(collapsed)["effective_rank"] == 0.0
+    assert rep.collapse_metrics(white)["effective_rank"] > 15.0
     s = white.clone().requires_grad_(True)
     ema = (white + 0.1).requires_grad_(True)
     loss, info = kd.ema_self_distill_loss(s, ema)

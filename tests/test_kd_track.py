@@ -1,4 +1,4 @@
-"""The CIFAR KD track experiment (distill_lab.kd_track), its recipes and ``bench cifar``, on synthetic
+"""The CIFAR KD track experiment (distill_lab.cifar.kd_experiment), its recipes and ``bench cifar``, on synthetic
 tiny data with teachers saved to a temporary folder: every recipe runs, runs are cached and reloaded,
 and the bench rows mean what their docstring says."""
 
@@ -7,18 +7,21 @@ import json
 import pytest
 import torch
 
-from distill_lab import kd_track
+import dataclasses
+
 from distill_lab.__main__ import main
-from distill_lab.kd_track import (CIFAR_ROW_KEYS, KD_BENCH_METHODS, CifarKD, get_kd_recipe, kd_config, run_cifar,
-                                  write_cifar_json)
-from distill_lab.teacher_cifar import build_model, recipe, save_teacher
-from distill_lab.train import seed_everything
+from distill_lab.cifar import kd_experiment
+from distill_lab.cifar.kd_experiment import CifarKD, kd_config
+from distill_lab.cifar.kd_recipes import CIFAR_ROW_KEYS, run_cifar
+from distill_lab.core import registry
+from distill_lab.core.bench import bench_methods, write_json
+from distill_lab.cifar.kd_teacher import build_model, recipe, save_teacher
+from distill_lab.core.train import seed_everything
 from test_classify import colour_data  # images whose class is their dominant colour
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("kdtrack")
+def make_teachers(root):
+    """Synthetic tiny data and the four teacher folders the track reads, saved under ``root``."""
     x, y = colour_data(6, classes=10)
     data = {"train_x": x, "train_y": y, "test_x": x[::3], "test_y": y[::3], "source": "synthetic"}
     rc = recipe("ci")
@@ -28,11 +31,16 @@ def setup(tmp_path_factory):
     return root, data
 
 
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    return make_teachers(tmp_path_factory.mktemp("kdtrack"))
+
+
 @pytest.fixture
 def exp(setup, tmp_path, monkeypatch):
     root, data = setup
     monkeypatch.setenv("DISTILL_LAB_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(kd_track, "TEACHERS_DIR", root)
+    monkeypatch.setattr(kd_experiment, "TEACHERS_DIR", root)
     return CifarKD("ci", data=data, teacher_dir=root / "cifar10", progress=False, n_per_class=4,
                    test_per_class=2, epochs=1, batch_size=8, seeds=(0, 1))
 
@@ -44,22 +52,23 @@ def test_config_per_scale_and_bad_fields():
     assert kd_config("ci", epochs=3).epochs == 3
     with pytest.raises(ValueError, match="unknown KDConfig field.*'epoch'"):
         kd_config("ci", epoch=3)
-    with pytest.raises(ValueError, match="unknown KD method 'nope'; known methods: .*hinton_kd"):
-        get_kd_recipe("nope")
+    with pytest.raises(ValueError, match="unknown method 'nope' on track 'cifar'; known methods: .*hinton_kd"):
+        registry.get_recipe("nope", track="cifar")
 
 
 def test_every_method_of_the_track_has_a_recipe_with_a_paper():
     wanted = {"hinton_kd", "born_again", "anchored", "taid", "random_teacher", "sla_sd", "ema_sd", "paced",
               "consensus"}
-    assert wanted <= set(KD_BENCH_METHODS)
-    for m in KD_BENCH_METHODS:
-        assert get_kd_recipe(m).paper
+    assert wanted <= set(bench_methods("cifar"))
+    assert [r.name for r in registry.recipes("cifar") if r.baseline] == ["labels"]
+    for m in bench_methods("cifar"):
+        assert registry.get_recipe(m, track="cifar").paper
 
 
 def test_subset_is_stratified_and_teacher_logits_follow_it(exp, setup):
     _, data = setup
     assert exp.y.bincount().tolist() == [4] * 10 and exp.test_y.bincount().tolist() == [2] * 10
-    full = kd_track.load_teacher(setup[0] / "cifar10")["train_logits"].float()
+    full = kd_experiment.load_teacher(setup[0] / "cifar10")["train_logits"].float()
     assert torch.equal(exp.teacher_logits, full[:, exp.idx])
     assert torch.equal(exp.x, data["train_x"][exp.idx])
 
@@ -77,13 +86,12 @@ def test_kd_with_alpha_zero_is_exactly_the_label_only_student(exp):
 
 def test_runs_are_cached_and_reloaded_without_training(exp, monkeypatch):
     first = exp.run("sla_sd", 1)
-    rec = get_kd_recipe("sla_sd")
+    rec = registry.get_recipe("sla_sd", track="cifar")
 
     def fail(*a, **k):
         raise AssertionError("trained again instead of loading the cache")
 
-    monkeypatch.setitem(kd_track.KD_RECIPES, "sla_sd", kd_track.KDRecipe(
-        rec.name, rec.family, rec.paper, rec.metric, fail, rec.defaults, rec.build))
+    monkeypatch.setitem(registry.RECIPES, "sla_sd", dataclasses.replace(rec, train=fail))
     again = exp.run("sla_sd", 1)
     assert again["seconds"] == first["seconds"] and again["metrics"] == first["metrics"]
     assert again["extra"] == first["extra"]
@@ -93,7 +101,7 @@ def test_runs_are_cached_and_reloaded_without_training(exp, monkeypatch):
 
 def test_every_bench_method_runs_and_rows_have_the_issue_keys(exp, tmp_path):
     rows = run_cifar(exp=exp)
-    assert [r["method"] for r in rows] == list(KD_BENCH_METHODS)
+    assert [r["method"] for r in rows] == bench_methods("cifar")
     base = [exp.baseline(s)["value"] for s in (0, 1)]
     for r in rows:
         assert set(CIFAR_ROW_KEYS) <= set(r) and r["seeds"] == [0, 1] and r["student"] == "tiny_cnn"
@@ -109,7 +117,7 @@ def test_every_bench_method_runs_and_rows_have_the_issue_keys(exp, tmp_path):
     anchored = exp.run("anchored", 0)["extra"]
     assert len(anchored["kl"]["to_base"]) == 3 and len(anchored["generations"]) == 3
     path = tmp_path / "rows.json"
-    write_cifar_json(rows, path)
+    write_json(rows, CIFAR_ROW_KEYS, path)
     saved = json.loads(path.read_text())
     assert [set(r) for r in saved] == [set(CIFAR_ROW_KEYS)] * len(rows)
 
@@ -117,6 +125,6 @@ def test_every_bench_method_runs_and_rows_have_the_issue_keys(exp, tmp_path):
 def test_cli_lists_methods_and_rejects_unknown_ones(capsys):
     assert main(["bench", "cifar", "--list"]) == 0
     out = capsys.readouterr().out
-    assert all(m in out for m in KD_BENCH_METHODS)
+    assert all(m in out for m in bench_methods("cifar"))
     assert main(["bench", "cifar", "--methods", "hinton_kd,nope"]) == 2
-    assert "unknown KD method 'nope'" in capsys.readouterr().err
+    assert "unknown method 'nope' on track 'cifar'" in capsys.readouterr().err

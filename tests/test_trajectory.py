@@ -4,10 +4,10 @@ stop-gradients, shape-genericity, and short recipe smoke runs."""
 import pytest
 import torch
 
-from distill_lab.flows import GaussianLinearFlow, expand_t, teacher_ode
-from distill_lab.methods.trajectory import (ProgressiveStudent, progressive_loss, progressive_target,
-                                            trajectory_loss, train_progressive, train_trajectory)
-from distill_lab.models import TimeMLP
+from distill_lab.core.flows import GaussianLinearFlow, expand_t, teacher_ode
+from distill_lab.methods.step.trajectory import (ProgressiveStudent, progressive_loss, progressive_target,
+                                                 trajectory_loss, train_progressive, train_trajectory)
+from distill_lab.nets.mlp import TimeMLP
 
 SHAPES = [(2,), (3, 8, 8)]
 
@@ -147,8 +147,8 @@ class TinyExp:
     """The experiment interface on the analytic Gaussian flow, with a small MLP teacher."""
 
     def __init__(self):
-        from distill_lab.scale import get_scale
-        from distill_lab.train import fit
+        from distill_lab.core.scale import get_scale
+        from distill_lab.core.train import fit
 
         self.scale = get_scale("ci", device="cpu")
         self.device = "cpu"

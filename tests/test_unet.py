@@ -6,8 +6,10 @@ import math
 import pytest
 import torch
 
-from distill_lab.models import ConsistencyFunction, FlowMap, OneStepGenerator, n_params
-from distill_lab.unet import Attention, TimeUNet, mix_tokens
+from distill_lab.methods.step.students import ConsistencyFunction, FlowMap, OneStepGenerator
+from distill_lab.nets.utils import n_params
+from distill_lab.nets.attention import Attention, mix_tokens
+from distill_lab.nets.unet import TimeUNet
 
 
 

@@ -11,7 +11,7 @@ of the network is kept.
 The recipe, as LinFusion describes it and as :func:`train_linear_attention` does it:
 
 1. **Initialise from the teacher.** The student is a copy of the teacher with each
-   :class:`~distill_lab.unet.Attention` switched to ``kind="linear"``. Both kinds have the same
+   :class:`~distill_lab.nets.attention.Attention` switched to ``kind="linear"``. Both kinds have the same
    parameters (query, key, value and output projections), so the teacher's weights load unchanged
    (:func:`linear_attention_student`). Straight after the swap the student is already a working
    network, just a worse one: that swap, untrained, is the baseline a distilled student must beat.
@@ -41,15 +41,15 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from ..flows import interpolate
-from ..unet import ATTENTION_KINDS, Attention, mix_tokens
+from ..core.flows import interpolate
+from ..nets.attention import ATTENTION_KINDS, Attention, mix_tokens
 
 __all__ = ["attention_layers", "use_fused_softmax", "capture_attention", "linear_attention_student", "arch_distill_loss",
            "train_linear_attention", "attention_cost", "forward_seconds", "mixer_seconds"]
 
 
 def attention_layers(net: nn.Module) -> dict[str, Attention]:
-    """Every :class:`~distill_lab.unet.Attention` inside ``net``, by module name."""
+    """Every :class:`~distill_lab.nets.attention.Attention` inside ``net``, by module name."""
     return {name: m for name, m in net.named_modules() if isinstance(m, Attention)}
 
 
@@ -57,7 +57,7 @@ def use_fused_softmax(net: nn.Module, on: bool = True) -> nn.Module:
     """Switch every softmax attention layer of ``net`` to torch's fused kernel (or back); returns ``net``.
 
     Same function, faster on most hardware: time a softmax teacher this way before crediting linear
-    attention with a speed-up (:class:`~distill_lab.unet.Attention`, ``fused``)."""
+    attention with a speed-up (:class:`~distill_lab.nets.attention.Attention`, ``fused``)."""
     for layer in attention_layers(net).values():
         layer.fused = bool(on)
     return net
@@ -68,7 +68,7 @@ def capture_attention(net: nn.Module):
     """Record what each attention layer adds to its input during forward passes inside the block.
 
     Yields a dict ``{layer name: out - in}`` filled by forward hooks: the residual branch
-    ``proj(mix(q, k, v))`` of each :class:`~distill_lab.unet.Attention`, which is the part the token
+    ``proj(mix(q, k, v))`` of each :class:`~distill_lab.nets.attention.Attention`, which is the part the token
     mixer computes (the input itself passes through unchanged). The hooks are removed on exit.
     """
     feats: dict[str, torch.Tensor] = {}
@@ -89,7 +89,7 @@ def linear_attention_student(teacher: nn.Module, kind: str = "linear", freeze_re
 
     LinFusion's initialisation (Liu et al. 2024): the student inherits all of the teacher's weights,
     the attention projections included (the two kinds share their parameters, see
-    :class:`~distill_lab.unet.Attention`), and with ``freeze_rest`` every other parameter is frozen,
+    :class:`~distill_lab.nets.attention.Attention`), and with ``freeze_rest`` every other parameter is frozen,
     so distillation can only change the token mixers. ``teacher`` is not modified.
     """
     if kind not in ATTENTION_KINDS:
@@ -234,7 +234,7 @@ def forward_seconds(net: nn.Module, x: torch.Tensor, t: torch.Tensor | float = 0
 def mixer_seconds(tokens: int, dim: int, heads: int = 1, batch: int = 64, kinds=("softmax", "linear"),
                   repeats: int = 5, warmup: int = 1, device: str | torch.device = "cpu",
                   fused: bool = True) -> dict[str, float]:
-    """Median seconds of :func:`~distill_lab.unet.mix_tokens` alone, per kind, on random ``q, k, v``
+    """Median seconds of :func:`~distill_lab.nets.attention.mix_tokens` alone, per kind, on random ``q, k, v``
     of shape ``[batch, heads, tokens, dim]``. With ``fused``, also ``"softmax_fused"``: torch's
     ``scaled_dot_product_attention``, the fastest softmax kernel the build offers, so the comparison
     is not against a slow softmax only."""

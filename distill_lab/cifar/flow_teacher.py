@@ -1,0 +1,161 @@
+"""The CIFAR-10 flow-matching teacher of the step-distillation track: train it once, commit it small.
+
+    python -m distill_lab.cifar.teachers flow --scale ci --out datasets/teachers/cifar10_flow_ci
+    python -m distill_lab.cifar.teachers flow --scale ci --variant attn   # lab 22's softmax-attention teacher
+
+A :class:`~distill_lab.nets.unet.TimeUNet` velocity field ``v(x, t)`` is trained by conditional flow
+matching with the linear path (Lipman et al. 2023, "Flow matching for generative modeling", eq. 23;
+Liu et al. 2023, rectified flow): :func:`distill_lab.core.flows.flow_matching_loss` on CIFAR-10 images
+in ``[-1, 1]`` at the scale's resolution (:mod:`distill_lab.cifar.flow_config`), randomly mirrored. Adam with a
+short linear warm-up and cosine decay, gradient clipping at norm 1, and an exponential moving average
+of the weights (the EMA copy is the teacher: averaged weights give visibly better samples, as in
+Ho et al. 2020 and Karras et al. 2022).
+
+The folder holds
+
+* ``teacher.pt`` -- the EMA weights, an fp16 ``state_dict`` of ``TimeUNet(**manifest["unet"])``;
+* ``manifest.json`` -- the file's sha256 and size, the command, machine, torch version, training
+  seconds, the U-Net configuration, the scale's settings, and the teacher's quality: the Fréchet
+  distance in classifier features (not FID, see :mod:`distill_lab.cifar.features`) of its Euler samples
+  at NFE 1, 2, 4, 8, 16, 32 and of its reference solver, beside the floor (two disjoint real halves).
+
+Every number in the manifest is measured on the fp16 weights reloaded as float32, which is what
+:func:`load_flow_teacher` returns.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shlex
+import sys
+from pathlib import Path
+
+import torch
+
+from ..core.checkpoints import check_folder, file_records, float32_state, fp16_state, machine
+from ..core.flows import flow_matching_loss
+from ..core.scale import get_scale
+from ..core.train import fit, seed_everything
+from ..nets.unet import TimeUNet
+from ..nets.utils import clone_frozen, ema_update, n_params
+from .flow_config import ImageScale, build_unet, default_teacher_dir, image_scale, image_scale_dict, load_flow_data
+
+FILES = ("teacher.pt",)
+REBUILD = "python -m distill_lab.cifar.teachers flow"  # the command that writes a teacher folder
+
+
+class FlowTeacherUnavailable(FileNotFoundError):
+    """The flow-teacher folder lacks a file, or a file's sha256 differs from the manifest's."""
+
+
+def train_flow_teacher(train_x: torch.Tensor, isc: ImageScale, seed: int = 0, steps: int | None = None,
+                       device: str = "cpu", progress: bool = True) -> tuple[TimeUNet, dict]:
+    """Flow-match a :class:`TimeUNet` on images ``train_x: [N, 3, R, R]`` in ``[-1, 1]``.
+
+    Each step: a batch of ``isc.teacher_batch`` random images, each mirrored with probability 1/2,
+    :func:`~distill_lab.core.flows.flow_matching_loss` (uniform ``t``), Adam (``isc.teacher_lr``, warm-up
+    over the first 2% of steps, then cosine to zero), gradients clipped at norm 1, and the EMA update
+    ``ema <- d ema + (1 - d) theta`` with ``d = min(isc.teacher_ema, (1 + i) / (10 + i))`` (a short
+    average early on, so the EMA is not stuck near the random initialisation).
+
+    Returns ``(ema_net, info)`` with ``info = {"steps", "train_seconds", "history"}``.
+    """
+    steps = steps or isc.teacher_steps
+    seed_everything(seed)
+    net = build_unet(isc).to(device).train()
+    ema = clone_frozen(net)
+    opt = torch.optim.Adam(net.parameters(), lr=isc.teacher_lr)
+    warm = max(1, steps // 50)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda i: min(1.0, (i + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(i, steps) / steps)))
+    train_x = train_x.to(device)
+
+    def step(i):
+        idx = torch.randint(0, train_x.shape[0], (isc.teacher_batch,), device=device)
+        x1 = train_x[idx]
+        flip = torch.rand(x1.shape[0], device=device) < 0.5
+        x1 = torch.where(flip.view(-1, 1, 1, 1), x1.flip(-1), x1)
+        loss = flow_matching_loss(net, x1)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gn = torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        ema_update(ema, net, min(isc.teacher_ema, (1 + i) / (10 + i)))
+        return {"loss": loss, "grad_norm": gn}
+
+    hist = fit(step, steps, desc="flow teacher (CIFAR-10)", log_every=100, progress=progress)
+    for b_ema, b in zip(ema.buffers(), net.buffers()):  # TimeUNet has no running statistics; copy anyway
+        b_ema.copy_(b)
+    return ema.eval(), {"steps": steps, "train_seconds": hist["seconds"], "history": hist}
+
+
+def _net_from_state(unet_cfg: dict, state: dict) -> TimeUNet:
+    net = TimeUNet(**unet_cfg)
+    net.load_state_dict(float32_state(state))
+    return net.eval()
+
+
+def save_flow_teacher(net: TimeUNet, out: str | os.PathLike, isc: ImageScale, info: dict,
+                      command: str | None = None, scale=None, data_source: str = "unknown") -> dict:
+    """Write the fp16 weights and ``manifest.json`` to ``out``; return the manifest. The teacher's
+    quality (:func:`distill_lab.cifar.flow_experiment.teacher_quality`, measured on the weights as
+    saved) is added by ``python -m distill_lab.cifar.teachers flow`` once it is measured."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    state = fp16_state(net)
+    torch.save(state, out / "teacher.pt")
+    net32 = _net_from_state(net.config, state)
+    manifest = {
+        "what": "CIFAR-10 flow-matching teacher (velocity U-Net) of distill-lab's step-distillation track",
+        "command": command or shlex.join(["python"] + sys.argv),
+        "data_source": data_source,
+        "scale": get_scale(scale).name,
+        "image_scale": image_scale_dict(isc),
+        "unet": {k: list(v) if isinstance(v, tuple) else v for k, v in net.config.items()},
+        "n_params": n_params(net32),
+        "steps": info.get("steps"),
+        "train_seconds": round(float(info.get("train_seconds", float("nan"))), 1),
+        "final_loss": info.get("final_loss"),
+        "machine": machine(),
+        "torch": torch.__version__,
+        "files": file_records(out, FILES),
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def load_flow_teacher(path: str | os.PathLike | None = None, verify: bool = True,
+                      missing_ok: bool = False) -> dict | None:
+    """The committed flow teacher: ``{"model": TimeUNet (float32, eval), "manifest": dict}``.
+
+    With ``verify`` each file's sha256 is checked against ``manifest.json``. A missing folder or
+    file, or a mismatch, raises :class:`FlowTeacherUnavailable` saying how to rebuild it, or returns
+    ``None`` when ``missing_ok``.
+    """
+    path = Path(path) if path is not None else default_teacher_dir("ci")
+    manifest = check_folder(path, FILES, verify, "flow teacher", FlowTeacherUnavailable, REBUILD, missing_ok)
+    if manifest is None:
+        return None
+    state = torch.load(path / "teacher.pt", map_location="cpu", weights_only=True)
+    return {"model": _net_from_state(manifest["unet"], state), "manifest": manifest}
+
+
+def load_or_train_flow_teacher(path: str | os.PathLike | None = None, scale=None, progress: bool = True,
+                               data: dict | None = None, variant: str | None = None) -> dict:
+    """:func:`load_flow_teacher` when the folder is complete and its hashes match; otherwise train the
+    scale's teacher (:func:`train_flow_teacher`; ``variant="attn"``: the softmax-attention teacher),
+    write the folder, and load it."""
+    path = Path(path) if path is not None else default_teacher_dir(scale, variant)
+    teacher = load_flow_teacher(path, missing_ok=True)
+    if teacher is not None:
+        return teacher
+    sc = get_scale(scale)
+    print(f"no valid flow teacher at {path}; training one (scale {sc.name}{', variant ' + variant if variant else ''})")
+    isc = image_scale(sc, variant)
+    flow_data = load_flow_data(isc, data)
+    net, info = train_flow_teacher(flow_data["train"], isc, device=sc.device, progress=progress)
+    save_flow_teacher(net, path, isc, info, scale=sc)
+    return load_flow_teacher(path)

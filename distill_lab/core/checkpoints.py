@@ -1,0 +1,102 @@
+"""Committed checkpoints: small folders of fp16 weights (and whatever else a teacher ships) with a
+``manifest.json`` that records the command, the machine, the figures, and each file's sha256.
+
+Every track's teacher uses the same few pieces: :func:`fp16_state` / :func:`float32_state` to store
+weights at half size and load them back as float32, :func:`file_records` and :func:`machine` for the
+manifest, and :func:`check_folder` to load a folder only when every file is there with the hash the
+manifest recorded, or to fail with an error that names the command rebuilding it. The committed
+folders live under :data:`TEACHERS_DIR` (``datasets/teachers/`` at the repository's root).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+from pathlib import Path
+
+import torch
+from torch import nn
+
+TEACHERS_DIR = Path(__file__).resolve().parents[2] / "datasets" / "teachers"
+
+
+def sha256(path: Path) -> str:
+    """The sha256 of a file, read in 1 MB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_records(folder: Path, files) -> dict:
+    """``{name: {"sha256", "bytes"}}`` for each of ``files`` in ``folder``: the manifest's ``files``."""
+    return {name: {"sha256": sha256(folder / name), "bytes": (folder / name).stat().st_size} for name in files}
+
+
+def machine() -> dict:
+    """What trained a checkpoint: CPU model, torch threads, core count, platform, Python, GPU (or None)."""
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+            "platform": platform.platform(), "python": platform.python_version(),
+            "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+
+
+def fp16_state(module: nn.Module) -> dict:
+    """The module's ``state_dict`` on the CPU with floating-point tensors in fp16 (half the bytes)."""
+    return {k: (v.detach().cpu().contiguous().half() if v.is_floating_point() else v.detach().cpu())
+            for k, v in module.state_dict().items()}
+
+
+def float32_state(state: dict) -> dict:
+    """A saved state with its floating-point tensors back in float32, ready for ``load_state_dict``."""
+    return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+
+
+def check_folder(path: Path, files, verify: bool, what: str, error: type[Exception], command: str,
+                 missing_ok: bool = False) -> dict | None:
+    """The ``manifest.json`` of a committed folder, after checking that each of ``files`` exists and,
+    with ``verify``, that its sha256 is the manifest's. Otherwise raises ``error`` (a subclass of
+    ``FileNotFoundError``) saying which file is missing or changed and that ``<command> --out <path>``
+    rebuilds it, or returns ``None`` when ``missing_ok``. Shared by every committed teacher."""
+    try:
+        return _read_manifest(path, files, verify, what, error)
+    except error as err:
+        if missing_ok:
+            return None
+        raise error(f"{err}. Rebuild it with `{command} --out {path}` (see datasets/README.md).") from None
+
+
+def _read_manifest(path: Path, files, verify: bool, what: str, error: type[Exception]) -> dict:
+    mf = path / "manifest.json"
+    if not mf.is_file():
+        raise error(f"no {what} at {path}: {mf.name} is missing")
+    manifest = json.loads(mf.read_text())
+    for name in files:
+        f = path / name
+        if not f.is_file():
+            raise error(f"{what} at {path}: {name} is missing")
+        if verify:
+            want, got = manifest["files"][name]["sha256"], sha256(f)
+            if want != got:
+                raise error(f"{what} at {path}: {name} has sha256 {got[:12]}..., the manifest says "
+                            f"{want[:12]}... (changed or corrupt file)")
+    return manifest
+
+
+def update_manifest(folder: Path, **fields) -> dict:
+    """Add or replace top-level ``fields`` of ``folder/manifest.json`` (e.g. a quality figure measured
+    after the weights were written); the files' hashes are untouched. Returns the manifest."""
+    mf = Path(folder) / "manifest.json"
+    manifest = {**json.loads(mf.read_text()), **fields}
+    mf.write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest

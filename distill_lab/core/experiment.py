@@ -1,0 +1,165 @@
+"""The experiment contract: what a recipe may use of an experiment, written down once.
+
+An *experiment* fixes everything a comparison holds equal (data, teacher, budget, evaluation) and
+offers a recipe the pieces it needs. Two contracts exist, one a kind of distillation, both on
+:class:`Experiment`'s common ground:
+
+* :class:`StepExperiment` -- step distillation of a flow teacher (tracks ``toy2d`` and ``cifar-gen``;
+  the video track's experiment will offer it too). Implemented by
+  :class:`distill_lab.toy2d.experiment.Toy2D` and :class:`distill_lab.cifar.flow_experiment.CifarFlow`;
+  every recipe of :mod:`distill_lab.methods.step` uses nothing else of ``exp``, so a recipe written on
+  2D points runs on images unchanged.
+* :class:`KDExperiment` -- logit-level knowledge and self-distillation of a classifier (track
+  ``cifar``; the LLM track's experiment will offer what applies to tokens). Implemented by
+  :class:`distill_lab.cifar.kd_experiment.CifarKD`.
+
+They are :class:`typing.Protocol` classes that the experiments name as their base, so a reader sees
+the contract in one place and a type checker can hold them to it; the tests check that every member
+is implemented and that the recipes use no attribute outside the contract.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Protocol, runtime_checkable
+
+import torch
+from torch import nn
+
+from .scale import Scale
+
+Velocity = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@runtime_checkable
+class Experiment(Protocol):
+    """What every experiment offers, whatever it distils."""
+
+    name: str  # what the bench prints and records (the dataset, e.g. "checkerboard", "cifar10-16px")
+    scale: Scale  # sizes: ``scale.pick(ci=..., default=..., gpu=...)``, ``scale.batch``, ``scale.student_steps``
+    device: str  # where the teacher and the data live; recipes build their networks there
+    progress: bool  # whether training shows tqdm bars
+
+
+@runtime_checkable
+class StepExperiment(Experiment, Protocol):
+    """A flow-matching teacher with its data and a fixed evaluation: what step-distillation recipes use.
+
+    Time runs from noise at ``t = 0`` to data at ``t = 1``; samples are ``[B, *shape]``.
+    """
+
+    seed: int  # fixes the teacher's training and every evaluation draw
+    shape: tuple[int, ...]  # one sample's shape: ``(2,)`` for toy points, ``(3, R, R)`` for images
+    teacher: nn.Module  # the frozen velocity network ``teacher(x, t)``
+    teacher_seconds: float  # how long loading or training the teacher took
+    metric_name: str  # the metric of :meth:`evaluate` (``"sliced_w2"``, ``"fd_classifier"``, ...)
+    eval_noise: torch.Tensor  # the fixed evaluation noise ``[eval_n, *shape]``
+    eval_data: torch.Tensor  # held-out data the metric compares with
+    eval_teacher: torch.Tensor  # the teacher's reference ODE solution from ``eval_noise``
+    floor: float  # the metric between two independent held-out draws: the best any sampler can show
+
+    def velocity(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The teacher's velocity ``v(x, t)``."""
+        ...
+
+    def teacher_sample(self, z: torch.Tensor, nfe: int = ..., method: str = ...) -> torch.Tensor:
+        """The teacher's ODE solution from noise ``z`` (default: the reference solver), without gradient."""
+        ...
+
+    def new_net(self, n_times: int = 1) -> nn.Module:
+        """A freshly initialised network of the teacher's size taking ``n_times`` times."""
+        ...
+
+    def student_net(self, n_times: int = 1) -> nn.Module:
+        """A trainable copy of the teacher taking ``n_times`` times (extra time inputs start at zero
+        weight, so a two-time copy computes the teacher's Euler step)."""
+        ...
+
+    def data_batch(self, n: int | None = None) -> torch.Tensor:
+        """A fresh training batch ``[n, *shape]`` (default ``scale.batch``), from the global RNG."""
+        ...
+
+    def noise_batch(self, n: int | None = None) -> torch.Tensor:
+        """Fresh Gaussian noise shaped like a data batch, from the global RNG."""
+        ...
+
+    def sample_data(self, n: int, seed: int) -> torch.Tensor:
+        """``n`` held-out samples chosen by ``seed`` (for references beside the evaluation's)."""
+        ...
+
+    def metric(self, x: torch.Tensor, y: torch.Tensor, **kw) -> float:
+        """The evaluation's distance between two sample sets."""
+        ...
+
+    def distance(self, x: torch.Tensor) -> float:
+        """The metric of samples ``x`` to the held-out reference :attr:`eval_data`."""
+        ...
+
+    def evaluate(self, sample: Callable[..., torch.Tensor], nfe: int | None = None) -> dict:
+        """``sample(eval_noise[, nfe])`` measured: ``{"value", "floor", "ratio", "coupled"}`` (``coupled``:
+        the distance to the teacher's ODE solution from the same noise)."""
+        ...
+
+    def teacher_curve(self, nfes=(1, 2, 4, 8, 16, 32, 64), method: str = "euler") -> dict[int, float]:
+        """The teacher's metric at each NFE of one sampler: its quality-versus-cost curve."""
+        ...
+
+    def fit(self, step: Callable[[int], Any], n_steps: int, desc: str) -> dict:
+        """Run ``step(i)`` ``n_steps`` times with this experiment's progress setting
+        (:func:`distill_lab.core.train.fit`); returns the logged history."""
+        ...
+
+
+@runtime_checkable
+class KDExperiment(Experiment, Protocol):
+    """A labelled training set, a teacher's cached logits on it, a student architecture and a budget:
+    what knowledge-distillation recipes use. Students never run the teacher."""
+
+    cfg: Any  # the comparison's settings: ``cfg.T``, ``cfg.alpha``, ``cfg.student``, ``cfg.epochs``, ``cfg.seeds``
+    x: torch.Tensor  # the labelled training inputs
+    y: torch.Tensor  # their labels
+    test_x: torch.Tensor  # the inputs every student is judged on
+    test_y: torch.Tensor
+    teacher_logits: torch.Tensor  # ``[V, N, C]``: the teacher on each training input, in ``V`` views
+    teacher_metrics: dict  # the teacher's ``{"acc", "nll", "ece"}`` on the test inputs
+    n_steps: int  # optimiser steps of one student run
+
+    def new_student(self, seed: int) -> nn.Module:
+        """A freshly initialised student; its initialisation depends on ``seed`` only."""
+        ...
+
+    def fit(self, model: nn.Module, seed: int, desc: str = "student", **kwargs) -> dict:
+        """Train ``model`` on the labelled inputs with this experiment's budget; ``kwargs``
+        (``loss_fn``, ``teacher_logits``, ``batch_loss``, ``after_step``) choose the method."""
+        ...
+
+    def evaluate(self, model: nn.Module) -> dict:
+        """``{"acc", "nll", "ece", "agreement"}`` of ``model`` on the test inputs."""
+        ...
+
+    def train_logits(self, model: nn.Module) -> torch.Tensor:
+        """``[V, N, C]`` logits of ``model`` on the labelled inputs (what a next generation distils from)."""
+        ...
+
+    def features(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """``model.features`` on inputs ``x``, in eval mode, without gradients: ``[N, D]``."""
+        ...
+
+    def probe(self, model: nn.Module) -> float:
+        """Linear-probe accuracy of ``model``'s frozen features."""
+        ...
+
+    def pixel_probe(self) -> float:
+        """The same probe on the raw inputs: the floor any learned feature should beat."""
+        ...
+
+    def other_teacher(self, name: str) -> dict:
+        """Another committed teacher: ``{"manifest", "train_logits", "test_metrics"}``."""
+        ...
+
+    def baseline(self, seed: int) -> dict:
+        """The label-only student of ``seed`` (the track's baseline recipe), trained or cached."""
+        ...
+
+    def run(self, method: str, seed: int, **options) -> dict:
+        """Train (or load from the cache) one registered recipe with ``seed`` and evaluate it."""
+        ...

@@ -1,0 +1,78 @@
+"""One switch for how big every experiment is: ``ci``, ``default`` or ``gpu``.
+
+The scale changes only numbers (network widths, step counts, sample sizes), never the code path.
+It is read, in this order, from an explicit argument, the ``DISTILL_LAB_SCALE`` environment variable
+(which is how nbval runs the labs small), and finally ``default``.
+
+    >>> from distill_lab.core.scale import get_scale
+    >>> sc = get_scale("ci")
+    >>> sc.pick(ci=2000, default=6000, gpu=20000)
+    2000
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+SCALES = ("ci", "default", "gpu")
+ENV_VAR = "DISTILL_LAB_SCALE"
+
+
+@dataclass(frozen=True)
+class Scale:
+    """The sizes one scale stands for.
+
+    ``ci``: each lab in about a minute on 2 CPU cores. ``default``: a laptop, minutes, the numbers a
+    student should see. ``gpu``: one H100, larger networks and more steps.
+    """
+
+    name: str
+    teacher_steps: int  # Adam steps of the flow-matching teacher
+    width: int  # hidden width of the toy-2D MLPs
+    depth: int  # hidden layers of the toy-2D MLPs
+    batch: int  # training batch size
+    student_steps: int  # base number of distillation steps (methods scale it with `pick`)
+    eval_n: int  # held-out points for a metric
+    n_proj: int  # projections for the sliced Wasserstein distance
+    device: str
+
+    def pick(self, ci, default, gpu):
+        """Return the value that belongs to this scale; recipes use it for their own knobs."""
+        return {"ci": ci, "default": default, "gpu": gpu}[self.name]
+
+
+def _default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def get_scale(name: str | Scale | None = None, device: str | None = None) -> Scale:
+    """Resolve a scale from ``name``, else ``$DISTILL_LAB_SCALE``, else ``"default"``.
+
+    Raises ``ValueError`` naming the valid choices when the name is unknown.
+    """
+    if isinstance(name, Scale):
+        return name
+    source = "argument"
+    if name is None:
+        name = os.environ.get(ENV_VAR)
+        source = f"${ENV_VAR}"
+    if name is None or name == "":
+        name, source = "default", "default"
+    name = str(name).strip().lower()
+    if name not in SCALES:
+        raise ValueError(
+            f"unknown scale {name!r} (from {source}); choose one of {', '.join(SCALES)}, "
+            f"e.g. `export {ENV_VAR}=ci` or `--scale ci`"
+        )
+    dev = device or _default_device()
+    if name == "ci":
+        return Scale("ci", teacher_steps=4000, width=256, depth=3, batch=1024, student_steps=2000,
+                     eval_n=4000, n_proj=256, device=dev)
+    if name == "default":
+        return Scale("default", teacher_steps=10000, width=256, depth=3, batch=1024, student_steps=5000,
+                     eval_n=10000, n_proj=512, device=dev)
+    return Scale("gpu", teacher_steps=20000, width=512, depth=4, batch=4096, student_steps=20000,
+                 eval_n=20000, n_proj=1024, device=dev)

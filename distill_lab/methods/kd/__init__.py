@@ -1,0 +1,24 @@
+"""Logit-level knowledge and self-distillation, one module per family; every name is re-exported here,
+so ``from distill_lab.methods import kd`` then ``kd.kd_loss`` reads like the papers.
+
+* :mod:`.common` -- the KL divergences every loss shares;
+* :mod:`.hinton` -- Hinton, Vinyals & Dean (2015): temperature-softened KL to a teacher plus CE;
+* :mod:`.self_distill` -- born-again networks, ground-truth weighting, recursion anchored to the teacher;
+* :mod:`.adaptive` -- TAID, PACED, agreement-weighted consensus of several teachers;
+* :mod:`.self_supervised` -- random teachers (DINO head), SLA+SD, EMA self-distillation with a diversity term;
+* :mod:`.kernel_sd` -- self-distillation in closed form for kernel ridge regression (Mobahi et al. 2020).
+
+Losses take logits with the classes last, ``[B, ..., C]``, so the same functions distil a CNN's
+class logits and a language model's token logits. The metrics that judge them live in
+:mod:`distill_lab.metrics.classification` and :mod:`distill_lab.metrics.representation`.
+"""
+
+from .common import kl_per_example  # noqa: F401
+from .hinton import kd_loss  # noqa: F401
+from .self_distill import (self_distill_targets, soft_target_loss, self_distill_loss,
+    anchored_target, anchored_recursion, anchored_distill_loss, generation_kls)  # noqa: F401
+from .adaptive import (taid_target, taid_loss, TAIDSchedule, paced_weights, paced_kd_loss,
+    consensus_targets, consensus_loss)  # noqa: F401
+from .self_supervised import (random_teacher_loss, DINOHead, rotate_batch, sla_joint_labels,
+    sla_loss, sla_aggregate, sla_sd_loss, feature_diversity_loss, ema_self_distill_loss)  # noqa: F401
+from . import kernel_sd  # noqa: F401  (closed-form self-distillation: kd.kernel_sd.*)

@@ -1,0 +1,190 @@
+"""A toy-2D experiment: data, a flow-matching teacher, and an honest evaluation, in one object.
+
+:class:`Toy2D` is what every toy-2D recipe, lab and the bench share::
+
+    exp = Toy2D("checkerboard", scale="ci")       # trains (or loads) the teacher
+    student = some_recipe(exp)                     # any object with .sample(z, nfe)
+    exp.evaluate(student.sample, nfe=1)            # {'value': ..., 'floor': ..., 'coupled': ...}
+
+The evaluation always draws the same held-out data and the same noise, reports the metric beside
+its noise floor, and the coupled error to the teacher's many-step ODE solution from the same noise.
+"""
+
+from __future__ import annotations
+
+import time
+from functools import cached_property
+from typing import Callable
+
+import torch
+
+from ..core.experiment import StepExperiment
+from ..core.flows import flow_matching_loss, sample_ode, teacher_ode
+from ..core.scale import Scale, get_scale
+from ..core.train import fit, load_or_train, seed_everything
+from ..metrics.samples import coupled_error, get_metric
+from ..nets.mlp import TimeMLP
+from ..nets.utils import n_params
+from .data import Sampler, dataset_name, sample_data
+
+TEACHER_NFE = 64  # the teacher's reference ODE solution: 64 evaluations of the midpoint rule
+TEACHER_METHOD = "midpoint"
+
+
+def train_flow_teacher(net: torch.nn.Module, data: str | Sampler, steps: int, batch: int,
+                       lr: float = 2e-3, seed: int = 0, device: str = "cpu",
+                       progress: bool = True) -> dict:
+    """Train ``net`` as a velocity field by flow matching on fresh draws of ``data``.
+
+    Adam with a cosine-decayed learning rate. Returns :func:`fit`'s history.
+    """
+    seed_everything(seed)
+    net.to(device).train()
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    g = torch.Generator().manual_seed(seed)
+
+    def step(i):
+        x1 = sample_data(data, batch, seed=int(torch.randint(0, 2**31 - 1, (1,), generator=g)), device=device)
+        loss = flow_matching_loss(net, x1)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        return loss
+
+    return fit(step, steps, desc="flow-matching teacher", progress=progress)
+
+
+class Toy2D(StepExperiment):
+    """Data, teacher and evaluation for one toy-2D distribution at one scale.
+
+    Parameters
+    ----------
+    data : a built-in name (``"checkerboard"``...) or any callable ``n -> Tensor[n, 2]``.
+    scale : ``"ci"``, ``"default"``, ``"gpu"``, a :class:`Scale`, or ``None`` for ``$DISTILL_LAB_SCALE``.
+    seed : fixes the teacher's training and every evaluation draw.
+    metric : ``"sliced_w2"`` (default) or ``"energy"``.
+    cache : load the teacher from the cache when it was trained before with the same settings.
+    """
+
+    shape = (2,)  # one sample: a point in the plane
+
+    def __init__(self, data: str | Sampler = "checkerboard", scale: str | Scale | None = None,
+                 seed: int = 0, metric: str = "sliced_w2", cache: bool = True, progress: bool = True):
+        self.data = data
+        self.name = dataset_name(data)
+        self.scale = get_scale(scale)
+        self.seed = seed
+        self.metric_name = metric
+        self.metric = get_metric(metric)
+        self.progress = progress
+        self.device = self.scale.device
+        sample_data(data, 8, seed=0)  # validate a user's sampler now, with a clear error
+        t0 = time.perf_counter()
+        self.teacher = self._teacher(cache and not callable(data))
+        self.teacher_seconds = time.perf_counter() - t0
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+
+    # ---------------------------------------------------------------- teacher
+    def new_net(self, n_times: int = 1) -> TimeMLP:
+        """A fresh MLP of this scale's size taking ``n_times`` times."""
+        return TimeMLP(2, self.scale.width, self.scale.depth, n_times).to(self.device)
+
+    def student_net(self, n_times: int = 1) -> TimeMLP:
+        """A trainable copy of the teacher taking ``n_times`` times (extra ones start at zero weight)."""
+        net = TimeMLP.from_net(self.teacher, n_times).to(self.device)
+        for p in net.parameters():
+            p.requires_grad_(True)
+        return net.train()
+
+    def _teacher(self, use_cache: bool) -> TimeMLP:
+        sc = self.scale
+        cfg = dict(data=self.name, steps=sc.teacher_steps, width=sc.width, depth=sc.depth,
+                   batch=sc.batch, seed=self.seed, version=1)
+        build = lambda: TimeMLP(2, sc.width, sc.depth, 1).to(self.device)  # noqa: E731
+        train = lambda net: train_flow_teacher(net, self.data, sc.teacher_steps, sc.batch,  # noqa: E731
+                                               seed=self.seed, device=self.device, progress=self.progress)
+        if use_cache:
+            return load_or_train(f"toy2d-teacher-{self.name}", cfg, build, train, verbose=False)
+        net = build()
+        train(net)
+        return net.eval()
+
+    def velocity(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The teacher's velocity ``v(x, t)``."""
+        return self.teacher(x, t)
+
+    # ---------------------------------------------------------------- draws
+    def sample_data(self, n: int, seed: int) -> torch.Tensor:
+        return sample_data(self.data, n, seed=seed, device=self.device)
+
+    def noise(self, n: int, seed: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(seed)
+        return torch.randn(n, 2, generator=g).to(self.device)
+
+    def noise_batch(self, n: int | None = None) -> torch.Tensor:
+        """Fresh Gaussian noise shaped like a data batch (from the global RNG)."""
+        return torch.randn(n or self.scale.batch, 2, device=self.device)
+
+    def data_batch(self, n: int | None = None) -> torch.Tensor:
+        """A fresh training batch (from the global RNG, so it follows the recipe's seed)."""
+        n = n or self.scale.batch
+        return sample_data(self.data, n, seed=int(torch.randint(0, 2**31 - 1, (1,))), device=self.device)
+
+    @torch.no_grad()
+    def teacher_sample(self, z: torch.Tensor, nfe: int = TEACHER_NFE, method: str = TEACHER_METHOD) -> torch.Tensor:
+        """The teacher's ODE solution from noise ``z`` (the reference for coupled errors)."""
+        return teacher_ode(self.velocity, z, nfe, method)
+
+    # ---------------------------------------------------------------- evaluation
+    @cached_property
+    def eval_noise(self) -> torch.Tensor:
+        return self.noise(self.scale.eval_n, self.seed + 7)
+
+    @cached_property
+    def eval_data(self) -> torch.Tensor:
+        return self.sample_data(self.scale.eval_n, self.seed + 11)
+
+    @cached_property
+    def eval_teacher(self) -> torch.Tensor:
+        return self.teacher_sample(self.eval_noise)
+
+    def distance(self, x: torch.Tensor) -> float:
+        kw = {"n_proj": self.scale.n_proj} if self.metric_name == "sliced_w2" else {}
+        return self.metric(x, self.eval_data, **kw)
+
+    @cached_property
+    def floor(self) -> float:
+        """The metric between two independent held-out draws: the best any sampler can show."""
+        return self.distance(self.sample_data(self.scale.eval_n, self.seed + 13))
+
+    @torch.no_grad()
+    def evaluate(self, sample: Callable[..., torch.Tensor], nfe: int | None = None) -> dict:
+        """Evaluate ``sample(z)`` (or ``sample(z, nfe)``) on the fixed evaluation noise.
+
+        Returns ``value`` (the metric to held-out data), ``floor``, ``ratio = value / floor`` and
+        ``coupled`` (mean distance to the teacher's ODE solution from the same noise).
+        """
+        x = sample(self.eval_noise) if nfe is None else sample(self.eval_noise, nfe)
+        if x.shape != self.eval_noise.shape:
+            raise ValueError(f"a sampler must return shape {tuple(self.eval_noise.shape)}, got {tuple(x.shape)}")
+        if not torch.isfinite(x).all():
+            raise ValueError("the sampler produced NaN or inf; the student has diverged")
+        v = self.distance(x)
+        return {"value": v, "floor": self.floor, "ratio": v / self.floor,
+                "coupled": coupled_error(x, self.eval_teacher)}
+
+    @torch.no_grad()
+    def teacher_curve(self, nfes=(1, 2, 4, 8, 16, 32, 64), method: str = "euler") -> dict[int, float]:
+        """The teacher's metric at each NFE with one sampler: its quality-versus-cost curve."""
+        return {n: self.distance(sample_ode(self.velocity, self.eval_noise, n, method)) for n in nfes}
+
+    def fit(self, step, n_steps: int, desc: str):
+        """:func:`fit` with this experiment's progress setting."""
+        return fit(step, n_steps, desc=desc, progress=self.progress)
+
+    def __repr__(self):
+        return (f"Toy2D({self.name!r}, scale={self.scale.name!r}, teacher={n_params(self.teacher):,} params, "
+                f"device={self.device!r})")
