@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
-from distill_lab.core import registry
 from distill_lab.__main__ import main
+from distill_lab.core import registry
 from distill_lab.core.bench import STEP_ROW_KEYS, format_step_table, write_json
 from distill_lab.toy2d.bench import resolve_data, run_toy2d
 from distill_lab.toy2d.experiment import Toy2D
@@ -69,6 +69,19 @@ def test_bench_rows_are_measured_against_the_teacher(tiny_exp, monkeypatch, tmp_
     loaded = json.loads((tmp_path / "b.json").read_text())
     assert [set(r) for r in loaded] == [set(STEP_ROW_KEYS)] * len(rows)
     assert all(r["seeds"] == [0] for r in loaded)
+
+
+def test_the_teacher_depends_on_the_seed_alone():
+    """Same seed, same teacher, whatever the process's random state (torch seeds its default generator
+    differently in every process, so an unseeded initialisation made every run's rows different)."""
+    teachers = []
+    for state, seed in ((123, 0), (456, 0), (123, 1)):
+        torch.manual_seed(state)
+        teachers.append(Toy2D("moons", scale=TINY, seed=seed, cache=False, progress=False).teacher)
+    same, other_seed = teachers[1], teachers[2]
+    for a, b, c in zip(teachers[0].parameters(), same.parameters(), other_seed.parameters()):
+        assert torch.equal(a, b)
+    assert not all(torch.equal(a, c) for a, c in zip(teachers[0].parameters(), other_seed.parameters()))
 
 
 def test_data_can_be_named_by_module_and_function():

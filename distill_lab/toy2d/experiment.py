@@ -101,9 +101,14 @@ class Toy2D(StepExperiment):
 
     def _teacher(self, use_cache: bool) -> TimeMLP:
         sc = self.scale
+        # version 2: the initialisation is seeded too (version 1 drew it from the process's random state)
         cfg = dict(data=self.name, steps=sc.teacher_steps, width=sc.width, depth=sc.depth,
-                   batch=sc.batch, seed=self.seed, version=1)
-        build = lambda: TimeMLP(2, sc.width, sc.depth, 1).to(self.device)  # noqa: E731
+                   batch=sc.batch, seed=self.seed, version=2)
+
+        def build() -> TimeMLP:
+            seed_everything(self.seed)  # the teacher's initial weights depend on the seed alone
+            return TimeMLP(2, sc.width, sc.depth, 1).to(self.device)
+
         train = lambda net: train_flow_teacher(net, self.data, sc.teacher_steps, sc.batch,  # noqa: E731
                                                seed=self.seed, device=self.device, progress=self.progress)
         if use_cache:
