@@ -79,8 +79,8 @@ def main(argv=None) -> int:
 
 
 def _tour(args, scale) -> int:
-    from .toy2d import resolve_data
     from .tour import run_tour
+    from .toy2d import resolve_data
 
     try:
         data = resolve_data(args.data)

@@ -5,11 +5,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from distill_lab.cifar.flow_experiment import CifarFlow
 from distill_lab.cifar.flow_config import ImageScale, default_teacher_dir, image_scale, to_flow_images
+from distill_lab.cifar.flow_experiment import CifarFlow
 from distill_lab.methods.arch import (arch_distill_loss, attention_cost, attention_layers, capture_attention,
-                                      forward_seconds, linear_attention_student, use_fused_softmax,
-                                      mixer_seconds, train_linear_attention)
+                                      forward_seconds, linear_attention_student, mixer_seconds,
+                                      train_linear_attention, use_fused_softmax)
 from distill_lab.nets.unet import TimeUNet
 
 

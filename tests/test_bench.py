@@ -8,11 +8,11 @@ import torch
 from distill_lab.__main__ import main
 from distill_lab.core import registry
 from distill_lab.core.bench import STEP_ROW_KEYS, format_step_table, write_json
-from distill_lab.toy2d.bench import resolve_data, run_toy2d
-from distill_lab.toy2d.experiment import Toy2D
+from distill_lab.core.scale import Scale
 from distill_lab.methods.step.students import VelocityStudent
 from distill_lab.nets.utils import clone_frozen
-from distill_lab.core.scale import Scale
+from distill_lab.toy2d.bench import resolve_data, run_toy2d
+from distill_lab.toy2d.experiment import Toy2D
 
 # every method the toy-2D track promises (issue: trajectory, consistency, flow-map, DM, reward families)
 EXPECTED = {"trajectory", "progressive", "cd", "ct", "scm", "tbcm", "hypersd", "ctm", "lagrangian",

@@ -6,6 +6,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from test_image_flow import TINY, pooled_features, synthetic_data
 
 from distill_lab.__main__ import main
 from distill_lab.cifar import bench as cifar_bench
@@ -16,13 +17,11 @@ from distill_lab.core.bench import STEP_ROW_KEYS, TRACKS, bench_methods
 from distill_lab.methods.step.dmd import ConvDiscriminator, Discriminator, make_discriminator
 from distill_lab.nets.unet import TimeUNet
 
-from test_image_flow import TINY, pooled_features, synthetic_data
-
-# two Adam steps per method, small batches and pools: the whole track in seconds
 # the step-distillation methods the image track runs (issue 4, item 2), in the toy recipes' order
 ISSUE_4_METHODS = ["trajectory", "progressive", "cd", "ct", "scm", "tbcm", "lagrangian", "progressive_flow_map",
                    "dmd", "dmd2", "rcm"]
 CIFAR_GEN_METHODS = bench_methods("cifar-gen")
+# two Adam steps per method, small batches and pools: the whole track in seconds
 FAST = {name: dict(steps=2) for name in CIFAR_GEN_METHODS}
 FAST["trajectory"].update(pool=16)
 FAST["progressive"].update(start=8)

@@ -13,9 +13,9 @@ import torch
 from torch.nn import functional as F
 
 from distill_lab.cifar import data as cifar
-from distill_lab.cifar.data import (CLASSES, GpuLoader, batch_crop, batch_flip, cifar_for_scale,
-                                    load_cifar10, make_loaders, normalize, subset)
 from distill_lab.cifar.classifiers import MODELS, get_model, n_params
+from distill_lab.cifar.data import (CLASSES, GpuLoader, batch_crop, batch_flip, cifar_for_scale, load_cifar10,
+                                    make_loaders, normalize, subset)
 
 ROOT = Path(__file__).resolve().parents[1]
 N_TRAIN, N_TEST = 3, 2  # synthetic images per class

@@ -9,14 +9,14 @@ import pytest
 import torch
 from torch import nn
 
-from distill_lab.metrics import classification as clsm
-from distill_lab.cifar.data import GpuLoader, batch_flip, normalize, subset
 from distill_lab.cifar.classifiers import TinyCNN
 from distill_lab.cifar.classify import (IndexedLoader, evaluate_classifier, kd, one_cycle, predict_logits,
                                         stratified_indices, train_classifier)
+from distill_lab.cifar.data import GpuLoader, batch_flip, normalize, subset
+from distill_lab.cifar.kd_teacher import (DEFAULT_DIR, TeacherUnavailable, load_or_train_teacher, load_teacher,
+                                          recipe, save_teacher)
+from distill_lab.metrics import classification as clsm
 from distill_lab.metrics.classification import metrics_from_logits
-from distill_lab.cifar.kd_teacher import (DEFAULT_DIR, TeacherUnavailable, load_or_train_teacher,
-                                          load_teacher, recipe, save_teacher)
 
 ROOT = Path(__file__).resolve().parents[1]
 

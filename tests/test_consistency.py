@@ -6,15 +6,14 @@ import copy
 import pytest
 import torch
 
-from distill_lab.toy2d.experiment import Toy2D
 from distill_lab.core.flows import GaussianLinearFlow, expand_t, interpolate
-from distill_lab.methods.step.students import ConsistencyFunction, FlowMap
-from distill_lab.nets.mlp import TimeMLP
 from distill_lab.core.registry import get_recipe
 from distill_lab.core.scale import Scale
-from distill_lab.methods.step.consistency import (consistency_tangent, cd_loss, ct_loss, ctm_diagonal_loss,
-                                                  ctm_loss, scm_loss, segment_end, trajectory_pairs,
-                                                  tscd_loss)
+from distill_lab.methods.step.consistency import (cd_loss, consistency_tangent, ct_loss, ctm_diagonal_loss,
+                                                  ctm_loss, scm_loss, segment_end, trajectory_pairs, tscd_loss)
+from distill_lab.methods.step.students import ConsistencyFunction, FlowMap
+from distill_lab.nets.mlp import TimeMLP
+from distill_lab.toy2d.experiment import Toy2D
 
 SHAPES = [(2,), (3, 8, 8)]
 G = GaussianLinearFlow(mu=1.5, sigma=0.5)

@@ -6,13 +6,13 @@ import pytest
 import torch
 
 from distill_lab.core import flows
-from distill_lab.metrics import samples as metrics
-from distill_lab.toy2d import data as toy2d
-from distill_lab.methods.step.students import ConsistencyFunction, FlowMap, OneStepGenerator
-from distill_lab.nets.mlp import TimeMLP
-from distill_lab.nets.utils import n_params
 from distill_lab.core.scale import get_scale
 from distill_lab.core.train import TrainingDiverged, fit, load_or_train
+from distill_lab.methods.step.students import ConsistencyFunction, FlowMap, OneStepGenerator
+from distill_lab.metrics import samples as metrics
+from distill_lab.nets.mlp import TimeMLP
+from distill_lab.nets.utils import n_params
+from distill_lab.toy2d import data as toy2d
 
 SHAPES = [(2,), (3, 8, 8)]
 

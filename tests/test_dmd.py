@@ -4,10 +4,9 @@ import pytest
 import torch
 
 from distill_lab.core.flows import GaussianLinearFlow
-from distill_lab.methods.step.dmd import (Discriminator, adm_discriminator_loss, adm_generator_loss,
-                                          cdm_loss, continuous_schedule, dmd_loss, dmd_regression_loss,
-                                          fake_score_loss, frozen, gan_discriminator_loss,
-                                          gan_generator_loss, student_rollout)
+from distill_lab.methods.step.dmd import (Discriminator, adm_discriminator_loss, adm_generator_loss, cdm_loss,
+                                          continuous_schedule, dmd_loss, dmd_regression_loss, fake_score_loss,
+                                          frozen, gan_discriminator_loss, gan_generator_loss, student_rollout)
 from distill_lab.methods.step.students import OneStepGenerator
 from distill_lab.nets.mlp import TimeMLP
 
@@ -211,8 +210,8 @@ def test_bad_inputs_raise_clear_errors():
 
 @pytest.fixture(scope="module")
 def tiny_exp():
-    from distill_lab.toy2d.experiment import Toy2D
     from distill_lab.core.scale import Scale
+    from distill_lab.toy2d.experiment import Toy2D
     sc = Scale("ci", teacher_steps=50, width=32, depth=2, batch=64, student_steps=5, eval_n=256,
                n_proj=16, device="cpu")
     return Toy2D("8gaussians", scale=sc, cache=False, progress=False)

@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from distill_lab.core.flows import GaussianLinearFlow, expand_t, sample_ode
+from distill_lab.core.scale import Scale
 from distill_lab.methods.step import flow_map as fm
 from distill_lab.methods.step.students import FlowMap
 from distill_lab.nets.mlp import TimeMLP
-from distill_lab.core.scale import Scale
 
 G = GaussianLinearFlow(mu=1.5, sigma=0.5)
 SHAPES = [(2,), (3, 8, 8)]

@@ -7,10 +7,9 @@ import pytest
 import torch
 
 from distill_lab.cifar import features as feat
-from distill_lab.metrics import frechet as gm
-from distill_lab.cifar.data import normalize
 from distill_lab.cifar.classifiers import TinyCNN
-
+from distill_lab.cifar.data import normalize
+from distill_lab.metrics import frechet as gm
 
 
 def random_rotation(d, g):

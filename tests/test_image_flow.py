@@ -7,13 +7,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from distill_lab.core.flows import sample_ode
-from distill_lab.cifar.flow_experiment import CifarFlow
 from distill_lab.cifar.flow_config import ImageScale, to_flow_images
-from distill_lab.methods.step.students import OneStepGenerator
-from distill_lab.core.registry import get_recipe
+from distill_lab.cifar.flow_experiment import CifarFlow
 from distill_lab.cifar.flow_teacher import (FlowTeacherUnavailable, load_flow_teacher, save_flow_teacher,
                                             train_flow_teacher)
+from distill_lab.core.flows import sample_ode
+from distill_lab.core.registry import get_recipe
+from distill_lab.methods.step.students import OneStepGenerator
 from distill_lab.nets.unet import TimeUNet
 
 TINY = ImageScale(resolution=8, unet=dict(base=8, mults=(1, 2)), teacher_steps=4, teacher_batch=8,
@@ -107,8 +107,8 @@ def test_teacher_folder_roundtrip_and_hash_check(tmp_path):
 @pytest.mark.parametrize("name", ["ci", "default", "gpu"])
 @pytest.mark.parametrize("variant", ["", "attn"])
 def test_every_scales_unet_builds_and_trains_a_step_at_its_resolution(name, variant):
-    from distill_lab.core.flows import flow_matching_loss
     from distill_lab.cifar.flow_config import build_unet, image_scale
+    from distill_lab.core.flows import flow_matching_loss
     isc = image_scale(name, variant)
     torch.manual_seed(0)
     net = build_unet(isc)

@@ -2,22 +2,21 @@
 tiny data with teachers saved to a temporary folder: every recipe runs, runs are cached and reloaded,
 and the bench rows mean what their docstring says."""
 
+import dataclasses
 import json
 
 import pytest
 import torch
-
-import dataclasses
+from test_classify import colour_data  # images whose class is their dominant colour
 
 from distill_lab.__main__ import main
 from distill_lab.cifar import kd_experiment
 from distill_lab.cifar.kd_experiment import CifarKD, kd_config
 from distill_lab.cifar.kd_recipes import CIFAR_ROW_KEYS, run_cifar
+from distill_lab.cifar.kd_teacher import build_model, recipe, save_teacher
 from distill_lab.core import registry
 from distill_lab.core.bench import bench_methods, write_json
-from distill_lab.cifar.kd_teacher import build_model, recipe, save_teacher
 from distill_lab.core.train import seed_everything
-from test_classify import colour_data  # images whose class is their dominant colour
 
 
 def make_teachers(root):

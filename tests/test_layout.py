@@ -184,6 +184,7 @@ def test_every_recipe_names_its_track_family_and_paper():
 # ------------------------------------------------------------------ every recipe has a bench row
 def _tiny_toy2d():
     from test_bench import TINY
+
     from distill_lab.toy2d import Toy2D
 
     exp = Toy2D("moons", scale=TINY, cache=False, progress=False)
@@ -194,11 +195,12 @@ def _tiny_toy2d():
 
 
 def _tiny_cifar_gen():
+    import torch
     from test_bench_cifar_gen import TINY_BENCH
     from test_image_flow import pooled_features, synthetic_data
+
     from distill_lab.cifar import CifarFlow
     from distill_lab.nets.unet import TimeUNet
-    import torch
 
     torch.manual_seed(0)
     return CifarFlow("ci", teacher=TimeUNet(base=8, mults=(1, 2)), data=synthetic_data(),
@@ -207,6 +209,7 @@ def _tiny_cifar_gen():
 
 def _tiny_cifar(tmp_path, monkeypatch):
     from test_kd_track import make_teachers
+
     from distill_lab.cifar import kd_experiment
 
     root, data = make_teachers(tmp_path / "teachers")

@@ -5,18 +5,18 @@ import math
 import pytest
 import torch
 
-from distill_lab.toy2d.experiment import Toy2D
 from distill_lab.core.flows import GaussianLinearFlow, interpolate
+from distill_lab.core.registry import get_recipe
+from distill_lab.core.scale import Scale
 from distill_lab.methods.step.consistency import scm_loss
 from distill_lab.methods.step.dmd import dmd_loss
 from distill_lab.methods.step.rcm import rcm_losses, rollout_input, train_rcm
-from distill_lab.methods.step.reward import (beta_sweep, mean_reward, reward_disk, reward_linear,
-                                             reward_right, rtdmd_loss, tilted_reference, tilted_velocity,
-                                             train_rtdmd, train_stage1)
+from distill_lab.methods.step.reward import (beta_sweep, mean_reward, reward_disk, reward_linear, reward_right,
+                                             rtdmd_loss, tilted_reference, tilted_velocity, train_rtdmd,
+                                             train_stage1)
 from distill_lab.methods.step.students import ConsistencyFunction
 from distill_lab.nets.mlp import TimeMLP
-from distill_lab.core.registry import get_recipe
-from distill_lab.core.scale import Scale
+from distill_lab.toy2d.experiment import Toy2D
 
 SHAPES = [(2,), (3, 8, 8)]
 

@@ -6,7 +6,7 @@ import torch
 
 from distill_lab.core.flows import GaussianLinearFlow, expand_t, teacher_ode
 from distill_lab.methods.step.trajectory import (ProgressiveStudent, progressive_loss, progressive_target,
-                                                 trajectory_loss, train_progressive, train_trajectory)
+                                                 train_progressive, train_trajectory, trajectory_loss)
 from distill_lab.nets.mlp import TimeMLP
 
 SHAPES = [(2,), (3, 8, 8)]

@@ -7,10 +7,9 @@ import pytest
 import torch
 
 from distill_lab.methods.step.students import ConsistencyFunction, FlowMap, OneStepGenerator
-from distill_lab.nets.utils import n_params
 from distill_lab.nets.attention import Attention, mix_tokens
 from distill_lab.nets.unet import TimeUNet
-
+from distill_lab.nets.utils import n_params
 
 
 def tiny(**kw):

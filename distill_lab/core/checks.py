@@ -10,7 +10,6 @@ import math
 import torch
 
 
-
 def check_logits(name: str, x: torch.Tensor) -> torch.Tensor:
     if not isinstance(x, torch.Tensor) or x.dim() < 2:
         raise ValueError(f"{name} must be a tensor [B, ..., C] with classes last, got "

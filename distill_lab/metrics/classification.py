@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..core.checks import check_logits, check_pair, check_labels, check_probs
+from ..core.checks import check_labels, check_logits, check_pair, check_probs
 
 
 @torch.no_grad()

@@ -13,12 +13,13 @@ class logits and a language model's token logits. The metrics that judge them li
 :mod:`distill_lab.metrics.classification` and :mod:`distill_lab.metrics.representation`.
 """
 
+from . import kernel_sd  # noqa: F401  (closed-form self-distillation: kd.kernel_sd.*)
+from .adaptive import (TAIDSchedule, consensus_loss, consensus_targets, paced_kd_loss, paced_weights,  # noqa: F401
+                       taid_loss, taid_target)
 from .common import kl_per_example  # noqa: F401
 from .hinton import kd_loss  # noqa: F401
-from .self_distill import (self_distill_targets, soft_target_loss, self_distill_loss,
-    anchored_target, anchored_recursion, anchored_distill_loss, generation_kls)  # noqa: F401
-from .adaptive import (taid_target, taid_loss, TAIDSchedule, paced_weights, paced_kd_loss,
-    consensus_targets, consensus_loss)  # noqa: F401
-from .self_supervised import (random_teacher_loss, DINOHead, rotate_batch, sla_joint_labels,
-    sla_loss, sla_aggregate, sla_sd_loss, feature_diversity_loss, ema_self_distill_loss)  # noqa: F401
-from . import kernel_sd  # noqa: F401  (closed-form self-distillation: kd.kernel_sd.*)
+from .self_distill import (anchored_distill_loss, anchored_recursion, anchored_target,  # noqa: F401
+                           generation_kls, self_distill_loss, self_distill_targets, soft_target_loss)
+from .self_supervised import (DINOHead, ema_self_distill_loss, feature_diversity_loss,  # noqa: F401
+                              random_teacher_loss, rotate_batch, sla_aggregate, sla_joint_labels, sla_loss,
+                              sla_sd_loss)

@@ -7,9 +7,7 @@
 * :func:`consensus_targets`, :func:`consensus_loss` -- multi-teacher consensus weighted by agreement
   (after AVSD, 2026; the weighting here is this lab's, see its docstring).
 
-Conventions. Logits have the class dimension last, ``[B, C]`` or ``[B, ..., C]`` (every leading
-position is one example); labels have the leading shape ``[B, ...]``. Losses average over examples.
-A "teacher" tensor passed to a loss is detached inside it: no gradient ever reaches a teacher.
+The conventions (classes last, mean over examples, teachers detached) are :mod:`.common`'s.
 """
 
 from __future__ import annotations
@@ -19,8 +17,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ...core.checks import check_logits, check_pair, check_temperature, check_weight, check_labels
-from .common import _log, kl_per_example, _soft_ce_kl, _mix_with_labels
+from ...core.checks import check_labels, check_logits, check_pair, check_temperature, check_weight
+from .common import _log, _mix_with_labels, _soft_ce_kl, kl_per_example
 
 
 # ============================================================================ TAID

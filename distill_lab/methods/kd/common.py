@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ...core.checks import check_pair, check_temperature, check_labels
+from ...core.checks import check_labels, check_pair, check_temperature
 
 
 def _kl_probs(p: torch.Tensor, log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:

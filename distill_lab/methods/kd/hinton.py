@@ -3,9 +3,7 @@ the teacher's temperature-softened distribution, with a cross-entropy on the lab
 
 * :func:`kd_loss` -- ``alpha T^2 KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) CE``.
 
-Conventions. Logits have the class dimension last, ``[B, C]`` or ``[B, ..., C]`` (every leading
-position is one example); labels have the leading shape ``[B, ...]``. Losses average over examples.
-A "teacher" tensor passed to a loss is detached inside it: no gradient ever reaches a teacher.
+The conventions (classes last, mean over examples, teachers detached) are :mod:`.common`'s.
 """
 
 from __future__ import annotations
@@ -14,7 +12,7 @@ import torch
 
 from ...core.checks import check_pair, check_temperature, check_weight
 from ...metrics.classification import agreement
-from .common import kl_per_example, _mix_with_labels
+from .common import _mix_with_labels, kl_per_example
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: float = 4.0,

@@ -9,9 +9,7 @@
 
 The closed-form case (kernel ridge regression, Mobahi et al. 2020) is :mod:`.kernel_sd`.
 
-Conventions. Logits have the class dimension last, ``[B, C]`` or ``[B, ..., C]`` (every leading
-position is one example); labels have the leading shape ``[B, ...]``. Losses average over examples.
-A "teacher" tensor passed to a loss is detached inside it: no gradient ever reaches a teacher.
+The conventions (classes last, mean over examples, teachers detached) are :mod:`.common`'s.
 """
 
 from __future__ import annotations
@@ -19,7 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ...core.checks import check_logits, check_temperature, check_weight, check_labels, check_probs
+from ...core.checks import check_labels, check_logits, check_probs, check_temperature, check_weight
 from .common import _kl_probs, _log, _soft_ce_kl
 
 

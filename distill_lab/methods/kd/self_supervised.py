@@ -11,9 +11,7 @@
 
 Their yardsticks (linear probe, effective rank, collapse) are in :mod:`distill_lab.metrics.representation`.
 
-Conventions. Logits have the class dimension last, ``[B, C]`` or ``[B, ..., C]`` (every leading
-position is one example); labels have the leading shape ``[B, ...]``. Losses average over examples.
-A "teacher" tensor passed to a loss is detached inside it: no gradient ever reaches a teacher.
+The conventions (classes last, mean over examples, teachers detached) are :mod:`.common`'s.
 """
 
 from __future__ import annotations
@@ -23,8 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...core.checks import check_pair, check_temperature
-from ...metrics.representation import effective_rank, flat_features
 from ...metrics.classification import accuracy
+from ...metrics.representation import effective_rank, flat_features
 from .common import _kl_probs, kl_per_example
 
 

@@ -22,9 +22,9 @@ import torch
 
 from ...core.flows import Velocity, batch_t, interpolate
 from ...core.registry import recipe
-from .students import ConsistencyFunction
 from .consistency import scm_loss
 from .dmd import dmd_loss, fake_score_loss, frozen
+from .students import ConsistencyFunction
 
 
 def _check(x: torch.Tensor, name: str) -> None:
