@@ -1,4 +1,4 @@
-"""Command line: ``python -m distill_lab {tour,bench} ...``; ``--help`` on each.
+"""Command line: ``python -m distill_lab {tour,bench,gpu-check} ...``; ``--help`` on each.
 
 ``bench TRACK`` works the same way for every track (``--list``, ``--methods``, ``--json``, ``--scale``):
 each track package registers its bench track and recipes when imported (:mod:`distill_lab.core.bench`),
@@ -55,6 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--seeds", type=int, nargs="+", default=None,
                    help="cifar: seeds to average over (default: the scale's, 0 1 2)")
     b.add_argument("--epochs", type=float, default=None, help="cifar: override the scale's epochs (smoke tests)")
+    g = sub.add_parser("gpu-check", help="every track's gpu-scale figures in one time-boxed run")
+    g.add_argument("--budget-minutes", type=float, default=10.0, help="stop starting parts after this (default 10)")
+    g.add_argument("--json", default=None, help="write the environment and the rows to this JSON file")
+    g.add_argument("--device", default=None, help="cuda (default) or cpu (only with --tiny)")
+    g.add_argument("--tiny", action="store_true", help="every part at toy size (runs on a CPU in a minute)")
+    g.add_argument("--parts", default=None, help="comma-separated subset of the parts (default: all)")
+    g.add_argument("--compile", action="store_true", help="torch.compile the image networks (slower to start)")
     return ap
 
 
@@ -70,11 +77,13 @@ def main(argv=None) -> int:
     from .core.scale import get_scale
 
     try:
-        scale = get_scale(args.scale, device=args.device)
+        scale = get_scale(getattr(args, "scale", None), device=args.device)
     except ValueError as err:
         return _error(str(err))
     if args.command == "tour":
         return _tour(args, scale)
+    if args.command == "gpu-check":
+        return _gpu_check(args)
     return _bench(args, scale)
 
 
@@ -88,6 +97,21 @@ def _tour(args, scale) -> int:
         return _error(str(err))
     res = run_tour(data, scale=scale, out=args.out, seed=args.seed, progress=not args.quiet)
     return 1 if any(r.get("error") for r in res["rows"]) else 0
+
+
+def _gpu_check(args) -> int:
+    import os
+
+    from . import gpu_check
+
+    if args.compile:
+        os.environ["DISTILL_LAB_COMPILE"] = "1"
+    parts = gpu_check.PARTS if not args.parts else tuple(p.strip() for p in args.parts.split(","))
+    try:
+        out = gpu_check.run(args.budget_minutes, device=args.device, tiny=args.tiny, parts=parts, json_path=args.json)
+    except (RuntimeError, ValueError) as err:
+        return _error(str(err))
+    return 1 if any(r.get("error") for r in out["rows"]) else 0
 
 
 def _bench(args, scale) -> int:

@@ -76,6 +76,8 @@ class CifarFlow(StepExperiment):
     """
 
     metric_name = "fd_classifier"
+    # a time.perf_counter() value after which training loops stop early (time-boxed runs of gpu-check)
+    deadline: float | None = None
 
     def __init__(self, scale: str | Scale | None = None, teacher: TimeUNet | None = None,
                  teacher_dir: str | Path | None = None, data: dict | None = None,
@@ -246,8 +248,10 @@ class CifarFlow(StepExperiment):
         return out
 
     def fit(self, step, n_steps: int, desc: str):
-        """:func:`distill_lab.core.train.fit` with this experiment's progress setting."""
-        return fit(step, n_steps, desc=desc, progress=self.progress)
+        """:func:`~distill_lab.core.train.fit` with this experiment's progress setting, the scale's
+        NaN-check interval, and :attr:`deadline`."""
+        return fit(step, n_steps, desc=desc, progress=self.progress, check_every=self.scale.check_every,
+                   deadline=self.deadline)
 
     def __repr__(self):
         return (f"CifarFlow({self.name!r}, scale={self.scale.name!r}, teacher={n_params(self.teacher):,} params, "

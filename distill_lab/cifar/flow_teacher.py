@@ -35,9 +35,11 @@ from pathlib import Path
 import torch
 
 from ..core.checkpoints import check_folder, file_records, float32_state, fp16_state, machine
+from ..core.distributed import Dist
 from ..core.flows import flow_matching_loss
 from ..core.scale import get_scale
 from ..core.train import fit, seed_everything
+from ..nets.attention import Attention
 from ..nets.unet import TimeUNet
 from ..nets.utils import clone_frozen, ema_update, n_params
 from .flow_config import ImageScale, build_unet, default_teacher_dir, image_scale, image_scale_dict, load_flow_data
@@ -51,7 +53,9 @@ class FlowTeacherUnavailable(FileNotFoundError):
 
 
 def train_flow_teacher(train_x: torch.Tensor, isc: ImageScale, seed: int = 0, steps: int | None = None,
-                       device: str = "cpu", progress: bool = True) -> tuple[TimeUNet, dict]:
+                       device: str = "cpu", progress: bool = True, amp: bool = False, check_every: int = 1,
+                       compile: bool = False, dist: Dist | None = None, deadline: float | None = None,
+                       log_every: int = 100) -> tuple[TimeUNet, dict]:
     """Flow-match a :class:`TimeUNet` on images ``train_x: [N, 3, R, R]`` in ``[-1, 1]``.
 
     Each step: a batch of ``isc.teacher_batch`` random images, each mirrored with probability 1/2,
@@ -60,36 +64,60 @@ def train_flow_teacher(train_x: torch.Tensor, isc: ImageScale, seed: int = 0, st
     ``ema <- d ema + (1 - d) theta`` with ``d = min(isc.teacher_ema, (1 + i) / (10 + i))`` (a short
     average early on, so the EMA is not stuck near the random initialisation).
 
-    Returns ``(ema_net, info)`` with ``info = {"steps", "train_seconds", "history"}``.
+    ``amp``, ``check_every``, ``compile``: the gpu scale's fast paths (bf16 autocast with the U-Net in
+    channels-last layout and its softmax attention fused, on CUDA; the NaN check every ``check_every``
+    steps; ``torch.compile``). ``dist`` (:func:`distill_lab.core.distributed.setup`): under ``torchrun``
+    every process draws the same global batch, noise and times and trains on its share, DDP averaging
+    the gradients, so the run is the one-process run (:mod:`distill_lab.core.distributed`).
+    ``deadline``: stop early at that ``time.perf_counter()`` value.
+
+    Returns ``(ema_net, info)`` with ``info = {"steps", "train_seconds", "history"}`` (``steps``: the
+    steps that ran).
     """
     steps = steps or isc.teacher_steps
+    d = dist or Dist(device=str(device))
+    fast = amp and str(device).startswith("cuda")
     seed_everything(seed)
     net = build_unet(isc).to(device).train()
     ema = clone_frozen(net)
+    if fast:
+        net = net.to(memory_format=torch.channels_last)
+        for m in net.modules():
+            if isinstance(m, Attention):
+                m.fused = True  # the same function by the fastest kernel; the teacher (ema) stays written out
+    model = d.wrap(net)
+    model = torch.compile(model) if compile else model
     opt = torch.optim.Adam(net.parameters(), lr=isc.teacher_lr)
     warm = max(1, steps // 50)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda i: min(1.0, (i + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(i, steps) / steps)))
     train_x = train_x.to(device)
+    fmt = torch.channels_last if fast else torch.contiguous_format
 
     def step(i):
+        # the global batch, identical on every process (same seed, same draws), then this process's share
         idx = torch.randint(0, train_x.shape[0], (isc.teacher_batch,), device=device)
         x1 = train_x[idx]
         flip = torch.rand(x1.shape[0], device=device) < 0.5
         x1 = torch.where(flip.view(-1, 1, 1, 1), x1.flip(-1), x1)
-        loss = flow_matching_loss(net, x1)
+        x0 = torch.randn_like(x1)
+        t = torch.rand(x1.shape[0], device=device)
+        x1, x0, t = d.shard(x1, x0, t)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=fast):
+            loss = flow_matching_loss(model, x1.contiguous(memory_format=fmt), x0.contiguous(memory_format=fmt), t)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         gn = torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
         opt.step()
         sched.step()
         ema_update(ema, net, min(isc.teacher_ema, (1 + i) / (10 + i)))
-        return {"loss": loss, "grad_norm": gn}
+        return {"loss": d.mean(loss), "grad_norm": gn}
 
-    hist = fit(step, steps, desc="flow teacher (CIFAR-10)", log_every=100, progress=progress)
+    hist = fit(step, steps, desc="flow teacher (CIFAR-10)", log_every=log_every, progress=progress and d.main,
+               check_every=check_every, deadline=deadline)
     for b_ema, b in zip(ema.buffers(), net.buffers()):  # TimeUNet has no running statistics; copy anyway
         b_ema.copy_(b)
-    return ema.eval(), {"steps": steps, "train_seconds": hist["seconds"], "history": hist}
+    return ema.eval(), {"steps": hist["steps"], "train_seconds": hist["seconds"], "history": hist}
 
 
 def _net_from_state(unet_cfg: dict, state: dict) -> TimeUNet:
@@ -156,6 +184,7 @@ def load_or_train_flow_teacher(path: str | os.PathLike | None = None, scale=None
     print(f"no valid flow teacher at {path}; training one (scale {sc.name}{', variant ' + variant if variant else ''})")
     isc = image_scale(sc, variant)
     flow_data = load_flow_data(isc, data)
-    net, info = train_flow_teacher(flow_data["train"], isc, device=sc.device, progress=progress)
+    net, info = train_flow_teacher(flow_data["train"], isc, device=sc.device, progress=progress, amp=sc.amp,
+                                   check_every=sc.check_every, compile=sc.compile)
     save_flow_teacher(net, path, isc, info, scale=sc)
     return load_flow_teacher(path)

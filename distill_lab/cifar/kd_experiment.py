@@ -108,7 +108,11 @@ class CifarKD(KDExperiment):
     test_x, test_y : the test images every student is judged on.
     teacher_logits : float32 ``[2, N, 10]``, the teacher on ``x`` (plain, mirrored).
     teacher_metrics : the teacher's ``{"acc", "nll", "ece"}`` on ``test_x``.
+    deadline : ``None``, or a ``time.perf_counter()`` value at which every student's training stops
+        early (time-boxed measurements; such runs are never cached).
     """
+
+    deadline: float | None = None
 
     def __init__(self, scale=None, data: dict | None = None, teacher_dir=DEFAULT_DIR, cache: bool = True,
                  progress: bool = True, **overrides):
@@ -158,8 +162,10 @@ class CifarKD(KDExperiment):
         experiment's budget; ``kwargs`` (``loss_fn``, ``teacher_logits``, ``batch_loss``,
         ``after_step``) pick the method."""
         loader = IndexedLoader(self.x, self.y, self.cfg.batch_size, train=True, seed=seed, device=self.device)
+        sc = self.scale
         hist = train_classifier(model, loader, epochs=self.cfg.epochs, lr=self.cfg.lr, seed=seed,
-                                progress=self.progress, desc=desc, **kwargs)
+                                progress=self.progress, desc=desc, amp=sc.amp, compile=sc.compile,
+                                check_every=sc.check_every, deadline=self.deadline, **kwargs)
         self.last_history = hist
         return hist
 
@@ -219,7 +225,8 @@ class CifarKD(KDExperiment):
         key = cache_key(method=method, seed=seed, options=opts, code=_CODE_VERSION, **self._config())
         path = cache_dir() / f"kd-{method}-{key}.pt"
         model = extra = None
-        if self.cache and path.exists():
+        cache = self.cache and self.deadline is None  # a time-boxed run is not the full run
+        if cache and path.exists():
             try:
                 saved = torch.load(path, map_location="cpu", weights_only=False)
                 model = rec.build(self, **opts) if rec.build else get_model(self.cfg.student)
@@ -235,7 +242,7 @@ class CifarKD(KDExperiment):
             seconds = time.perf_counter() - t0
             # the (last) training run's logged losses, every 50 steps
             extra.setdefault("history", self.last_history)
-            if self.cache:
+            if cache:
                 tmp = path.with_suffix(f".{os.getpid()}.tmp")  # concurrent runs never share a file
                 torch.save({"state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                             "seconds": seconds, "extra": extra}, tmp)

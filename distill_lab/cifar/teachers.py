@@ -8,6 +8,11 @@ labs, with its quality curve). Each writes a folder of fp16 weights and a ``mani
     python -m distill_lab.cifar.teachers flow --scale ci                 # datasets/teachers/cifar10_flow_ci
     python -m distill_lab.cifar.teachers flow --scale ci --variant attn  # lab 22's softmax-attention teacher
 
+The same command runs on several GPUs (or CPU processes) under ``torchrun``, one training run in data
+parallel (:mod:`distill_lab.core.distributed`); only rank 0 writes the folder::
+
+    torchrun --nproc-per-node 8 -m distill_lab.cifar.teachers flow --scale gpu
+
 What each trains, and how, is in :mod:`distill_lab.cifar.kd_teacher` and :mod:`distill_lab.cifar.flow_teacher`.
 """
 
@@ -21,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from ..core import distributed
 from ..core.checkpoints import update_manifest
 from ..core.scale import SCALES, get_scale
 from .data import load_cifar10
@@ -58,27 +64,37 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def main(argv=None) -> dict:
+def main(argv=None) -> dict | None:
+    """Train and write one teacher; returns its manifest (``None`` on the other ranks of a ``torchrun``)."""
     args = build_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
     command = f"{PROG} " + shlex.join(sys.argv[1:] if argv is None else argv)
-    return (_kd if args.teacher == "kd" else _flow)(args, command)
+    dist = distributed.setup(get_scale(args.scale).device)
+    try:
+        return (_kd if args.teacher == "kd" else _flow)(args, command, dist)
+    finally:
+        distributed.cleanup()
 
 
-def _kd(args, command: str) -> dict:
-    data = load_cifar10()
+def _kd(args, command: str, dist) -> dict | None:
+    data = load_cifar10(verbose=dist.main)
     model_rc = recipe(args.scale)
-    print(f"teacher {model_rc['model']} on {len(data['train_x'])} images, scale {get_scale(args.scale).name}, "
-          f"{torch.get_num_threads()} thread(s)", flush=True)
+    if dist.main:
+        print(f"teacher {model_rc['model']} on {len(data['train_x'])} images, scale {get_scale(args.scale).name}, "
+              f"{torch.get_num_threads()} thread(s), {dist.world} process(es)", flush=True)
     model, info = train_teacher(data, args.scale, progress=not args.no_progress, epochs=args.epochs,
-                                label_smoothing=args.label_smoothing, seed=args.seed)
+                                label_smoothing=args.label_smoothing, seed=args.seed, dist=dist)
+    if not dist.main:
+        return None
     print(f"trained in {info['train_seconds']:.0f} s; computing logits", flush=True)
     manifest = save_teacher(model, data, args.out, info, command=command)
     print(json.dumps({k: manifest[k] for k in ("train_seconds", "test", "mean_entropy", "files")}, indent=2))
     return manifest
 
 
-def _flow(args, command: str) -> dict:
+def _flow(args, command: str, dist) -> dict | None:
+    if args.evaluate_only and not dist.main:
+        return None
     sc = get_scale(args.scale)
     isc = image_scale(sc, args.variant)
     out = Path(args.out) if args.out else default_teacher_dir(sc, args.variant)
@@ -90,11 +106,15 @@ def _flow(args, command: str) -> dict:
         command = old.get("command", command)
     else:
         flow_data = load_flow_data(isc, cifar)
-        print(f"flow teacher TimeUNet({isc.unet}) on {len(flow_data['train'])} images of "
-              f"{isc.resolution}x{isc.resolution}, {args.steps or isc.teacher_steps} steps, scale {sc.name}, "
-              f"{torch.get_num_threads()} thread(s)", flush=True)
-        net, info = train_flow_teacher(flow_data["train"], isc, seed=args.seed, steps=args.steps, device=sc.device,
-                                       progress=not args.no_progress)
+        if dist.main:
+            print(f"flow teacher TimeUNet({isc.unet}) on {len(flow_data['train'])} images of "
+                  f"{isc.resolution}x{isc.resolution}, {args.steps or isc.teacher_steps} steps, scale {sc.name}, "
+                  f"{torch.get_num_threads()} thread(s), {dist.world} process(es)", flush=True)
+        net, info = train_flow_teacher(flow_data["train"], isc, seed=args.seed, steps=args.steps,
+                                       device=dist.device, progress=not args.no_progress, amp=sc.amp,
+                                       check_every=sc.check_every, compile=sc.compile, dist=dist)
+        if not dist.main:
+            return None
         info["final_loss"] = float(sum(info["history"]["loss"][-10:]) / len(info["history"]["loss"][-10:]))
         print(f"trained in {info['train_seconds']:.0f} s; measuring the NFE curve", flush=True)
     save_flow_teacher(net, out, isc, info, command=command, scale=sc, data_source=cifar.get("source", ""))

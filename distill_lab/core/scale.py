@@ -1,7 +1,8 @@
 """One switch for how big every experiment is: ``ci``, ``default`` or ``gpu``.
 
-The scale changes only numbers (network widths, step counts, sample sizes), never the code path.
-It is read, in this order, from an explicit argument, the ``DISTILL_LAB_SCALE`` environment variable
+The scale changes numbers (network widths, step counts, sample sizes) and, at ``gpu``, switches on
+fast paths (bf16 autocast, fewer host-device synchronisations, optionally ``torch.compile``); the code
+that runs is the same at every scale. It is read, in this order, from an explicit argument, the ``DISTILL_LAB_SCALE`` environment variable
 (which is how nbval runs the labs small), and finally ``default``.
 
     >>> from distill_lab.core.scale import get_scale
@@ -12,6 +13,7 @@ It is read, in this order, from an explicit argument, the ``DISTILL_LAB_SCALE`` 
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 
@@ -19,6 +21,7 @@ import torch
 
 SCALES = ("ci", "default", "gpu")
 ENV_VAR = "DISTILL_LAB_SCALE"
+COMPILE_ENV = "DISTILL_LAB_COMPILE"  # "1": torch.compile the image networks at the gpu scale
 
 
 @dataclass(frozen=True)
@@ -38,10 +41,24 @@ class Scale:
     eval_n: int  # held-out points for a metric
     n_proj: int  # projections for the sliced Wasserstein distance
     device: str
+    # the gpu scale's fast paths (off at ci and default, so their code path and numbers are unchanged):
+    amp: bool = False  # bf16 autocast for the image networks' training and sampling, on CUDA only
+    check_every: int = 1  # steps between the training loop's NaN checks (each check waits for the GPU)
+    compile: bool = False  # torch.compile the image networks (opt-in: $DISTILL_LAB_COMPILE=1 at gpu)
 
     def pick(self, ci, default, gpu):
         """Return the value that belongs to this scale; recipes use it for their own knobs."""
         return {"ci": ci, "default": default, "gpu": gpu}[self.name]
+
+    @property
+    def on_cuda(self) -> bool:
+        return str(self.device).startswith("cuda")
+
+    def autocast(self):
+        """``torch.autocast`` to bf16 when this scale asks for it and runs on CUDA, else a no-op context."""
+        if self.amp and self.on_cuda:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
 
 def _default_device() -> str:
@@ -75,4 +92,5 @@ def get_scale(name: str | Scale | None = None, device: str | None = None) -> Sca
         return Scale("default", teacher_steps=10000, width=256, depth=3, batch=1024, student_steps=5000,
                      eval_n=10000, n_proj=512, device=dev)
     return Scale("gpu", teacher_steps=20000, width=512, depth=4, batch=4096, student_steps=20000,
-                 eval_n=20000, n_proj=1024, device=dev)
+                 eval_n=20000, n_proj=1024, device=dev, amp=True, check_every=25,
+                 compile=os.environ.get(COMPILE_ENV, "") == "1")

@@ -40,35 +40,47 @@ def _as_float(v):
 
 
 def fit(step: Callable[[int], object], n_steps: int, desc: str = "train", log_every: int = 50,
-        progress: bool = True) -> dict:
-    """Run ``step(i)`` for ``i < n_steps``; return ``{"step": [...], key: [...], "seconds": s}``.
+        progress: bool = True, check_every: int = 1, deadline: float | None = None) -> dict:
+    """Run ``step(i)`` for ``i < n_steps``; return ``{"step": [...], key: [...], "seconds": s, "steps": n}``.
 
     The watched loss is ``step``'s return value, or its ``"loss"`` entry when it returns a dict (the
-    other entries are logged too). A non-finite loss raises :class:`TrainingDiverged` naming ``desc``
-    and the step, with a hint on what usually causes it.
+    other entries are logged every ``log_every`` steps). The loss is checked every ``check_every``
+    steps (each check waits for the device; the gpu scale checks every 25): a non-finite loss raises
+    :class:`TrainingDiverged` naming ``desc`` and the step it was seen at, with a hint on what usually
+    causes it. ``deadline`` (a ``time.perf_counter()`` value) stops the loop early, for time-boxed
+    measurements (``python -m distill_lab gpu-check``): ``"steps"`` says how many steps ran.
     """
     if n_steps < 1:
         raise ValueError(f"{desc}: n_steps must be at least 1, got {n_steps}")
+    if check_every < 1:
+        raise ValueError(f"{desc}: check_every must be at least 1, got {check_every}")
     hist: dict[str, list] = {"step": []}
     t0 = time.perf_counter()
     bar = tqdm(range(n_steps), desc=desc, disable=not progress, leave=False, mininterval=0.5)
+    done = 0
     for i in bar:
         out = step(i)
+        done = i + 1
         logs = out if isinstance(out, dict) else {"loss": out}
         if "loss" not in logs:
             raise ValueError(f"{desc}: a step that returns a dict must include a 'loss' entry")
-        loss = _as_float(logs["loss"])
-        if not np.isfinite(loss):
-            raise TrainingDiverged(
-                f"{desc}: the loss became {loss} at step {i} of {n_steps}. Lower the learning rate, "
-                "check the inputs for NaN, or enable gradient clipping."
-            )
-        if i % log_every == 0 or i == n_steps - 1:
+        logged = i % log_every == 0 or i == n_steps - 1
+        if logged or i % check_every == 0:
+            loss = _as_float(logs["loss"])
+            if not np.isfinite(loss):
+                raise TrainingDiverged(
+                    f"{desc}: the loss became {loss} at step {i} of {n_steps}. Lower the learning rate, "
+                    "check the inputs for NaN, or enable gradient clipping."
+                )
+        if logged:
             hist["step"].append(i)
             for k, v in logs.items():
                 hist.setdefault(k, []).append(_as_float(v))
             bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
+        if deadline is not None and time.perf_counter() >= deadline:
+            break
     hist["seconds"] = time.perf_counter() - t0
+    hist["steps"] = done
     return hist
 
 

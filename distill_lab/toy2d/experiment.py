@@ -33,7 +33,7 @@ TEACHER_METHOD = "midpoint"
 
 def train_flow_teacher(net: torch.nn.Module, data: str | Sampler, steps: int, batch: int,
                        lr: float = 2e-3, seed: int = 0, device: str = "cpu",
-                       progress: bool = True) -> dict:
+                       progress: bool = True, check_every: int = 1, deadline: float | None = None) -> dict:
     """Train ``net`` as a velocity field by flow matching on fresh draws of ``data``.
 
     Adam with a cosine-decayed learning rate. Returns :func:`fit`'s history.
@@ -53,7 +53,8 @@ def train_flow_teacher(net: torch.nn.Module, data: str | Sampler, steps: int, ba
         sched.step()
         return loss
 
-    return fit(step, steps, desc="flow-matching teacher", progress=progress)
+    return fit(step, steps, desc="flow-matching teacher", progress=progress, check_every=check_every,
+               deadline=deadline)
 
 
 class Toy2D(StepExperiment):
@@ -66,13 +67,19 @@ class Toy2D(StepExperiment):
     seed : fixes the teacher's training and every evaluation draw.
     metric : ``"sliced_w2"`` (default) or ``"energy"``.
     cache : load the teacher from the cache when it was trained before with the same settings.
+    deadline : a ``time.perf_counter()`` value at which every training loop of this experiment stops,
+        the teacher's included (then it is not cached); for time-boxed measurements.
     """
 
     shape = (2,)  # one sample: a point in the plane
+    # a time.perf_counter() value after which training loops stop early (time-boxed runs of gpu-check)
+    deadline: float | None = None
 
     def __init__(self, data: str | Sampler = "checkerboard", scale: str | Scale | None = None,
-                 seed: int = 0, metric: str = "sliced_w2", cache: bool = True, progress: bool = True):
+                 seed: int = 0, metric: str = "sliced_w2", cache: bool = True, progress: bool = True,
+                 deadline: float | None = None):
         self.data = data
+        self.deadline = deadline
         self.name = dataset_name(data)
         self.scale = get_scale(scale)
         self.seed = seed
@@ -82,7 +89,9 @@ class Toy2D(StepExperiment):
         self.device = self.scale.device
         sample_data(data, 8, seed=0)  # validate a user's sampler now, with a clear error
         t0 = time.perf_counter()
-        self.teacher = self._teacher(cache and not callable(data))
+        self.teacher_history = None  # the teacher's training log, when it was trained (not loaded)
+        # a time-boxed teacher may stop short of its steps: never cache it under the full run's key
+        self.teacher = self._teacher(cache and not callable(data) and deadline is None)
         self.teacher_seconds = time.perf_counter() - t0
         for p in self.teacher.parameters():
             p.requires_grad_(False)
@@ -109,8 +118,11 @@ class Toy2D(StepExperiment):
             seed_everything(self.seed)  # the teacher's initial weights depend on the seed alone
             return TimeMLP(2, sc.width, sc.depth, 1).to(self.device)
 
-        train = lambda net: train_flow_teacher(net, self.data, sc.teacher_steps, sc.batch,  # noqa: E731
-                                               seed=self.seed, device=self.device, progress=self.progress)
+        def train(net):
+            self.teacher_history = train_flow_teacher(net, self.data, sc.teacher_steps, sc.batch, seed=self.seed,
+                                                      device=self.device, progress=self.progress,
+                                                      check_every=sc.check_every, deadline=self.deadline)
+
         if use_cache:
             return load_or_train(f"toy2d-teacher-{self.name}", cfg, build, train, verbose=False)
         net = build()
@@ -187,8 +199,10 @@ class Toy2D(StepExperiment):
         return {n: self.distance(sample_ode(self.velocity, self.eval_noise, n, method)) for n in nfes}
 
     def fit(self, step, n_steps: int, desc: str):
-        """:func:`fit` with this experiment's progress setting."""
-        return fit(step, n_steps, desc=desc, progress=self.progress)
+        """:func:`~distill_lab.core.train.fit` with this experiment's progress setting, the scale's
+        NaN-check interval, and :attr:`deadline`."""
+        return fit(step, n_steps, desc=desc, progress=self.progress, check_every=self.scale.check_every,
+                   deadline=self.deadline)
 
     def __repr__(self):
         return (f"Toy2D({self.name!r}, scale={self.scale.name!r}, teacher={n_params(self.teacher):,} params, "

@@ -1,0 +1,50 @@
+"""``python -m distill_lab gpu-check``: every part runs at toy size on the CPU, and the real run
+refuses a machine without CUDA with a message that says what to do."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from distill_lab import gpu_check
+from distill_lab.__main__ import main
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_without_cuda_the_real_run_refuses_with_a_clear_message(capsys):
+    assert main(["gpu-check"]) == 2
+    err = capsys.readouterr().err
+    assert "no CUDA device" in err and "--device cpu --tiny" in err
+    assert main(["gpu-check", "--device", "cpu"]) == 2
+    assert "needs a CUDA device" in capsys.readouterr().err
+    assert main(["gpu-check", "--device", "cpu", "--tiny", "--parts", "nope"]) == 2
+    assert "unknown part(s) ['nope']" in capsys.readouterr().err
+
+
+def test_every_part_runs_at_toy_size_on_the_cpu(tmp_path, monkeypatch, capsys):
+    src = os.environ.get("DISTILL_LAB_CIFAR")
+    if not src or not Path(src).exists():
+        pytest.skip("the CIFAR parts need the offline copy ($DISTILL_LAB_CIFAR)")
+    monkeypatch.setenv("DISTILL_LAB_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "gpu_check.json"
+    assert main(["gpu-check", "--device", "cpu", "--tiny", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    res = json.loads(out.read_text())
+    rows = res["rows"]
+    assert res["tiny"] and res["environment"]["device"] == "cpu"
+    assert {(r["track"], r["part"]) for r in rows} == {
+        ("cifar", "kd teacher"), ("toy2d", "teacher"), ("toy2d", "trajectory"), ("toy2d", "dmd"),
+        ("cifar-gen", "flow teacher"), ("cifar-gen", "trajectory"), ("cifar-gen", "dmd"),
+        ("cifar", "labels"), ("cifar", "hinton_kd")}
+    for r in rows:
+        assert r["error"] is None, r
+        assert r["seconds"] > 0 and r["quality"] is not None and r["steps"], r
+        assert r["part"] in printed
+    assert len(rows) == len(gpu_check.PARTS) + 4  # the toy2d and cifar-gen parts hold three and two rows
+
+
+def test_a_part_that_no_longer_fits_the_budget_is_skipped_and_says_so(tmp_path):
+    res = gpu_check.run(budget_minutes=0.01, device="cpu", tiny=True, parts=("toy2d",))
+    assert [r["part"] for r in res["rows"]] == ["skipped"] and "left of the budget" in res["rows"][0]["what"]
