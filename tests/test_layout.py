@@ -21,7 +21,7 @@ PKG = ROOT / "distill_lab"
 
 # who may import whom: a module imports its own subpackage and lower layers only
 LAYER = {"core": 0, "nets": 1, "metrics": 1, "methods": 2, "toy2d": 3, "cifar": 3, "video": 3, "llm": 3}
-TOP = {"__main__", "tour", "__init__"}  # the command line and the tour may use every track
+TOP = {"__main__", "tour", "gpu_check", "__init__"}  # the command line, the tour and gpu-check use every track
 
 
 def modules() -> dict[str, Path]:
