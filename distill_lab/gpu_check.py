@@ -26,6 +26,9 @@ in the budget is skipped, and its row says so. The parts:
     distance in classifier features (not FID) over its floor.
 ``cifar / labels``, ``cifar / hinton_kd``
     The KD track's students at the gpu scale (resnet8x4 on 50,000 images) for a few epochs.
+``toy2d / every recipe``, ``cifar-gen / every recipe``
+    Every registered step-distillation recipe for two steps at toy size on this device (a small
+    ``Toy2D``; the committed CIFAR teacher on 100 images): does each one run on it at all.
 
 The video and LLM tracks add their parts when they exist. Each row: track, part, what ran, seconds,
 steps run of planned, steps per second, peak GPU memory, the quality figure and its reference. Without
@@ -45,9 +48,9 @@ import torch
 
 from .core.scale import Scale, get_scale
 
-PARTS = ("kd_teacher", "toy2d", "flow_teacher", "flow_distill", "kd_students")
+PARTS = ("kd_teacher", "toy2d", "flow_teacher", "flow_distill", "kd_students", "recipes")
 # each part's time box in seconds at the gpu scale (the order is the order of value)
-BOXES = {"kd_teacher": 120, "toy2d": 120, "flow_teacher": 25, "flow_distill": 70, "kd_students": 90}
+BOXES = {"kd_teacher": 120, "toy2d": 120, "flow_teacher": 25, "flow_distill": 70, "kd_students": 90, "recipes": 60}
 AIRBENCH = "airbench94 on this JPEG copy: 90.7% in 1.93 s (H200, flip TTA; shared/data/README.md)"
 
 
@@ -266,8 +269,50 @@ def part_kd_students(c: Check, box: float) -> None:
                   f"{over['epochs']} epoch(s), seed 0", _boxed(run, box / 2))
 
 
+def part_recipes(c: Check, box: float) -> None:
+    from .cifar.flow_config import IMAGE_SCALES, build_unet
+    from .cifar.flow_experiment import CifarFlow
+    from .core.bench import bench_methods, run_step_bench
+    from .toy2d import Toy2D
+
+    small = Scale("ci", teacher_steps=50, width=32, depth=2, batch=64, student_steps=2, eval_n=200, n_proj=16,
+                  device=c.device)
+
+    def fast(names):
+        out = {n: {"steps": 2} for n in names}
+        out["trajectory"].update(pool=64)
+        out["progressive"].update(start=8)
+        return out
+
+    def run(exp, track, deadline):
+        names = bench_methods(track)
+        exp.recipe_defaults = {**getattr(exp, "recipe_defaults", {}),
+                               **{n: {**getattr(exp, "recipe_defaults", {}).get(n, {}), **v} for n, v in fast(names).items()}}
+        exp.deadline = deadline
+        rows = run_step_bench(exp, names, seed=0, track=track)
+        failed = sorted({f"{r['method']} ({r['error'][:80]})" for r in rows if r.get("error")})
+        ok = len({r["method"] for r in rows if not r.get("error")} & set(names))
+        return {"quality": ok, "quality_name": f"of {len(names)} recipes ran", "error": "; ".join(failed) or None}
+
+    c.measure("toy2d", "every recipe", "each step recipe for 2 steps on a small Toy2D on this device",
+              _boxed(lambda deadline: run(Toy2D("moons", scale=small, cache=False, progress=False), "toy2d",
+                                          deadline), box / 2))
+    isc = replace(IMAGE_SCALES["ci"], teacher_nfe=4, batch=16,
+                  recipes={k: {**v, "batch": 16} for k, v in IMAGE_SCALES["ci"].recipes.items()})
+    teacher = None
+    if c.tiny:  # a random 8 x 8 U-Net in place of the committed teacher: the same code, a CPU's minute
+        isc = replace(isc, resolution=8, unet=dict(base=8, mults=(1, 2)))
+        torch.manual_seed(0)
+        teacher = build_unet(isc)
+    what = ("each image recipe for 2 steps on 100 images, " +
+            ("a random 8x8 U-Net teacher" if c.tiny else "the committed ci teacher"))
+    c.measure("cifar-gen", "every recipe", what, _boxed(lambda deadline: run(
+        CifarFlow(get_scale("ci", device=c.device), teacher=teacher, progress=False, eval_n=100, image_scale=isc),
+        "cifar-gen", deadline), box / 2))
+
+
 RUNNERS = {"kd_teacher": part_kd_teacher, "toy2d": part_toy2d, "flow_teacher": part_flow_teacher,
-           "flow_distill": part_flow_distill, "kd_students": part_kd_students}
+           "flow_distill": part_flow_distill, "kd_students": part_kd_students, "recipes": part_recipes}
 
 
 # ------------------------------------------------------------------ the command

@@ -37,12 +37,14 @@ def test_every_part_runs_at_toy_size_on_the_cpu(tmp_path, monkeypatch, capsys):
     assert {(r["track"], r["part"]) for r in rows} == {
         ("cifar", "kd teacher"), ("toy2d", "teacher"), ("toy2d", "trajectory"), ("toy2d", "dmd"),
         ("cifar-gen", "flow teacher"), ("cifar-gen", "trajectory"), ("cifar-gen", "dmd"),
-        ("cifar", "labels"), ("cifar", "hinton_kd")}
+        ("cifar", "labels"), ("cifar", "hinton_kd"), ("toy2d", "every recipe"), ("cifar-gen", "every recipe")}
     for r in rows:
         assert r["error"] is None, r
-        assert r["seconds"] > 0 and r["quality"] is not None and r["steps"], r
+        assert r["seconds"] > 0 and r["quality"] is not None, r
+        assert r["steps"] or r["part"] == "every recipe", r  # a training part says how many steps ran
         assert r["part"] in printed
-    assert len(rows) == len(gpu_check.PARTS) + 4  # the toy2d and cifar-gen parts hold three and two rows
+    assert [r["quality"] for r in rows if r["part"] == "every recipe"] == [19, 11]
+    assert len(rows) == len(gpu_check.PARTS) + 5  # toy2d: three rows; cifar-gen, kd students, recipes: two
 
 
 def test_a_part_that_no_longer_fits_the_budget_is_skipped_and_says_so(tmp_path):

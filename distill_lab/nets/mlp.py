@@ -72,7 +72,7 @@ class TimeMLP(nn.Module):
         new = cls(net.dim, net.width, net.depth, n_times, n_freq=(net.time.dim - 1) // 2)
         sd = copy.deepcopy(net.state_dict())
         w = sd["net.0.weight"]
-        extra = torch.zeros(w.shape[0], (n_times - net.n_times) * net.time.dim, dtype=w.dtype)
+        extra = torch.zeros(w.shape[0], (n_times - net.n_times) * net.time.dim, dtype=w.dtype, device=w.device)
         sd["net.0.weight"] = torch.cat([w, extra], 1)
         new.load_state_dict(sd)
         return new.to(w.device)
