@@ -11,7 +11,7 @@ in the budget is skipped, and its row says so. The parts:
 
 ``cifar / kd teacher``
     The KD teacher's gpu recipe (:func:`distill_lab.cifar.kd_teacher.recipe`: FastVGG 64-256-256,
-    30 epochs of batch 512, bf16 autocast, channels-last, data on the GPU) on all 50,000 training
+    50 epochs of batch 512, bf16 autocast, channels-last, data on the GPU) on all 50,000 training
     images; its test accuracy, plain and with flip test-time augmentation, beside airbench94's
     90.7% in 1.93 s on the same JPEG copy of CIFAR-10 (``shared/data/README.md``, one H200).
 ``toy2d / teacher``, ``toy2d / trajectory``, ``toy2d / dmd``

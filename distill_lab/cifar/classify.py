@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.distributed import Dist
+from ..core.scale import bf16_ok
 from ..core.train import fit, seed_everything
 from ..methods.kd.hinton import kd_loss
 from ..metrics.classification import metrics_from_logits
@@ -186,7 +187,7 @@ def train_classifier(model: nn.Module, data, steps: int | None = None, epochs: f
                           weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: one_cycle(i, n_steps, warmup))
     batches = itertools.chain.from_iterable(iter(loader) for _ in itertools.count())
-    use_amp = amp and loader.device.type == "cuda"
+    use_amp = amp and bf16_ok(loader.device)
 
     def step(i):
         x, y, idx, flipped = next(batches)  # the global batch: the same on every process

@@ -37,7 +37,7 @@ import torch
 from ..core.checkpoints import check_folder, file_records, float32_state, fp16_state, machine
 from ..core.distributed import Dist
 from ..core.flows import flow_matching_loss
-from ..core.scale import get_scale
+from ..core.scale import bf16_ok, get_scale
 from ..core.train import fit, seed_everything
 from ..nets.attention import Attention
 from ..nets.unet import TimeUNet
@@ -76,7 +76,7 @@ def train_flow_teacher(train_x: torch.Tensor, isc: ImageScale, seed: int = 0, st
     """
     steps = steps or isc.teacher_steps
     d = dist or Dist(device=str(device))
-    fast = amp and str(device).startswith("cuda")
+    fast = amp and bf16_ok(device)
     seed_everything(seed)
     net = build_unet(isc).to(device).train()
     ema = clone_frozen(net)

@@ -26,7 +26,7 @@ Recipe per scale (SGD-Nesterov, one-cycle, batch 256, crop + flip, no label smoo
 * ``ci``: a small :class:`~distill_lab.cifar.classifiers.FastVGG` (stem 16, widths 32-64-128, 293k
   parameters), 2 epochs -- a smoke test.
 * ``default``: the same network, more epochs -- about 10 to 15 minutes on one CPU thread.
-* ``gpu``: the full ``fast_vgg`` (1.98M parameters), 30 epochs of batch 512, bf16 autocast on CUDA.
+* ``gpu``: the full ``fast_vgg`` (1.98M parameters), 50 epochs of batch 512, bf16 autocast on CUDA.
 """
 
 from __future__ import annotations
@@ -67,7 +67,8 @@ def recipe(scale=None) -> dict:
     return {
         "model": sc.pick(ci=small, default=small,
                          gpu={"class": "FastVGG", "widths": [64, 256, 256], "stem": 32}),
-        "epochs": sc.pick(ci=2, default=12, gpu=30),
+        # gpu: 50 epochs reached 90.97% with flip TTA in 23.6 s on one H200 (30: 90.48%, 40: 90.66%; seed 0)
+        "epochs": sc.pick(ci=2, default=12, gpu=50),
         # on a GPU a batch of 512 (the learning rate scaled with it) halves the steps
         "batch_size": sc.pick(ci=256, default=256, gpu=512), "lr": sc.pick(ci=0.1, default=0.1, gpu=0.2),
         "momentum": 0.9, "weight_decay": 5e-4, "warmup": 0.15,

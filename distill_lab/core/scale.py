@@ -55,10 +55,16 @@ class Scale:
         return str(self.device).startswith("cuda")
 
     def autocast(self):
-        """``torch.autocast`` to bf16 when this scale asks for it and runs on CUDA, else a no-op context."""
-        if self.amp and self.on_cuda:
+        """``torch.autocast`` to bf16 when this scale asks for it and runs on a GPU with bf16, else a no-op."""
+        if self.amp and bf16_ok(self.device):
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
+
+
+def bf16_ok(device) -> bool:
+    """Whether ``device`` is a CUDA GPU with bf16 arithmetic (Ampere and later; a T4 has none, so
+    the gpu scale's autocast stays off there and training runs in float32)."""
+    return str(device).startswith("cuda") and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
 
 
 def _default_device() -> str:
