@@ -15,7 +15,7 @@ import warnings
 from .core.scale import ENV_VAR, SCALES
 
 # the packages whose import registers a bench track (a new track adds its package here)
-TRACK_PACKAGES = ("distill_lab.toy2d", "distill_lab.cifar")
+TRACK_PACKAGES = ("distill_lab.toy2d", "distill_lab.cifar", "distill_lab.video")
 
 
 def _load_tracks() -> dict:

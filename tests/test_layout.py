@@ -12,9 +12,10 @@ import pytest
 
 import distill_lab.cifar  # noqa: F401  (registers the cifar tracks and their recipes)
 import distill_lab.toy2d  # noqa: F401  (registers the toy2d track and the step recipes)
+import distill_lab.video  # noqa: F401  (registers the video track and its recipes)
 from distill_lab.__main__ import TRACK_PACKAGES, main
 from distill_lab.core import bench, registry
-from distill_lab.core.experiment import Experiment, KDExperiment, StepExperiment
+from distill_lab.core.experiment import Experiment, KDExperiment, StepExperiment, StreamExperiment
 
 ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "distill_lab"
@@ -156,8 +157,8 @@ def test_readme_package_map_is_the_tree():
 
 
 def test_every_track_package_registers_its_bench():
-    assert set(bench.TRACKS) >= {"toy2d", "cifar", "cifar-gen"}
-    assert TRACK_PACKAGES == ("distill_lab.toy2d", "distill_lab.cifar")
+    assert set(bench.TRACKS) >= {"toy2d", "cifar", "cifar-gen", "video"}
+    assert TRACK_PACKAGES == ("distill_lab.toy2d", "distill_lab.cifar", "distill_lab.video")
     for name, track in bench.TRACKS.items():
         assert set(bench.ROW_CORE) <= set(track.row_keys), name
         assert {"floor", "baseline"} & set(track.row_keys), name
@@ -207,6 +208,20 @@ def _tiny_cifar_gen():
                      feature_fn=pooled_features, image_scale=TINY_BENCH, progress=False)
 
 
+def _tiny_video():
+    from test_video import SMALL, TINY
+    from distill_lab.video import VideoWorld
+    from distill_lab.video.nets import VideoTransformer
+    import torch
+
+    torch.manual_seed(0)
+    exp = VideoWorld("ci", teacher=VideoTransformer(SMALL, "full"), video_scale=TINY, progress=False)
+    exp.recipe_defaults = {r.name: {"pool": 8, "init_steps": 1} for r in registry.recipes("video")
+                           if r.name.startswith(("self_forcing", "causvid"))}
+    exp.recipe_defaults["self_forcing_no_init"].pop("init_steps")
+    return exp
+
+
 def _tiny_cifar(tmp_path, monkeypatch):
     from test_kd_track import make_teachers
 
@@ -218,16 +233,17 @@ def _tiny_cifar(tmp_path, monkeypatch):
                                  test_per_class=2, epochs=1, batch_size=8, seeds=(0,))
 
 
-@pytest.mark.parametrize("track", ["toy2d", "cifar-gen", "cifar"])
+@pytest.mark.parametrize("track", ["toy2d", "cifar-gen", "cifar", "video"])
 def test_every_registered_recipe_has_a_row_on_its_tracks_bench(track, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("DISTILL_LAB_CACHE", str(tmp_path / "cache"))
-    exp = {"toy2d": _tiny_toy2d, "cifar-gen": _tiny_cifar_gen,
+    exp = {"toy2d": _tiny_toy2d, "cifar-gen": _tiny_cifar_gen, "video": _tiny_video,
            "cifar": lambda: _tiny_cifar(tmp_path, monkeypatch)}[track]()
     t = bench.TRACKS[track]
     monkeypatch.setitem(bench.TRACKS, track, bench.BenchTrack(t.name, t.summary, t.row_keys,
                                                               lambda args, scale: exp, t.run, t.table))
     out = tmp_path / "rows.json"
-    assert main(["bench", track, "--scale", "ci", "--quiet", "--json", str(out)]) == 0
+    seeds = ["--seeds", "0"] if track == "video" else []
+    assert main(["bench", track, "--scale", "ci", "--quiet", "--json", str(out), *seeds]) == 0
     capsys.readouterr()
     rows = json.loads(out.read_text())
     assert all(set(r) == set(t.row_keys) for r in rows)
@@ -277,6 +293,8 @@ def test_step_recipes_use_nothing_outside_the_contract():
         assert not extra, f"{path.name} uses exp.{sorted(extra)}, which StepExperiment does not declare"
     extra = experiment_uses(PKG / "cifar" / "kd_recipes.py") - members(KDExperiment) - {"runs"}
     assert not extra, f"kd_recipes.py uses exp.{sorted(extra)}, which KDExperiment does not declare"
+    extra = experiment_uses(PKG / "video" / "recipes.py") - members(StreamExperiment) - {"recipe_defaults"}
+    assert not extra, f"video/recipes.py uses exp.{sorted(extra)}, which StreamExperiment does not declare"
 
 
 def test_contract_check_catches_an_undeclared_attribute(tmp_path):
@@ -285,12 +303,12 @@ def test_contract_check_catches_an_undeclared_attribute(tmp_path):
     assert experiment_uses(p) - members(StepExperiment) == {"secret_teacher_weights"}
 
 
-@pytest.mark.parametrize("kind", ["toy2d", "cifar-gen", "cifar"])
+@pytest.mark.parametrize("kind", ["toy2d", "cifar-gen", "cifar", "video"])
 def test_experiments_implement_every_member_of_their_contract(kind, tmp_path, monkeypatch):
     monkeypatch.setenv("DISTILL_LAB_CACHE", str(tmp_path / "cache"))
-    exp = {"toy2d": _tiny_toy2d, "cifar-gen": _tiny_cifar_gen,
+    exp = {"toy2d": _tiny_toy2d, "cifar-gen": _tiny_cifar_gen, "video": _tiny_video,
            "cifar": lambda: _tiny_cifar(tmp_path, monkeypatch)}[kind]()
-    proto = KDExperiment if kind == "cifar" else StepExperiment
+    proto = {"cifar": KDExperiment, "video": StreamExperiment}.get(kind, StepExperiment)
     assert isinstance(type(exp), type) and proto in type(exp).__mro__, f"{type(exp).__name__} must name {proto.__name__}"
     assert isinstance(exp, Experiment) and isinstance(exp, proto)
     missing = [m for m in sorted(members(proto)) if not implemented_by(exp, m, proto)]

@@ -9,6 +9,9 @@ offers a recipe the pieces it needs. Two contracts exist, one a kind of distilla
   :class:`distill_lab.toy2d.experiment.Toy2D` and :class:`distill_lab.cifar.flow_experiment.CifarFlow`;
   every recipe of :mod:`distill_lab.methods.step` uses nothing else of ``exp``, so a recipe written on
   2D points runs on images unchanged.
+* :class:`StreamExperiment` -- streaming (autoregressive) video distillation: a bidirectional clip
+  teacher and block-causal students (track ``video``). Implemented by
+  :class:`distill_lab.video.experiment.VideoWorld`.
 * :class:`KDExperiment` -- logit-level knowledge and self-distillation of a classifier (track
   ``cifar``; the LLM track's experiment will offer what applies to tokens). Implemented by
   :class:`distill_lab.cifar.kd_experiment.CifarKD`.
@@ -163,3 +166,49 @@ class KDExperiment(Experiment, Protocol):
     def run(self, method: str, seed: int, **options) -> dict:
         """Train (or load from the cache) one registered recipe with ``seed`` and evaluate it."""
         ...
+
+
+@runtime_checkable
+class StreamExperiment(Experiment, Protocol):
+    """A bidirectional clip teacher, its world's clips and a fixed evaluation: what the streaming-video
+    recipes use. Clips are ``[B, F, C, H, W]``; a student streams them in blocks of ``block`` frames."""
+
+    seed: int
+    vscale: Any  # the track's sizes: ``teacher_nfe``, ``student_nfe``, ``frames``, ``block``, ...
+    frames: int  # the training horizon: frames of a training clip
+    block: int  # frames a student generates at once
+    shape: tuple[int, ...]  # one clip's shape ``(frames, C, H, W)``
+    teacher: nn.Module  # the frozen bidirectional network ``teacher(x, t)``
+
+    def velocity(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The teacher's velocity on clips, ``t: [B]`` (a time a clip) or ``[B, F]`` (a time a frame)."""
+        ...
+
+    def causal_net(self, window: int | None = None) -> nn.Module:
+        """A trainable block-causal copy of the teacher: a student's starting point."""
+        ...
+
+    def score_net(self) -> nn.Module:
+        """A trainable bidirectional copy of the teacher: the fake score of distribution matching."""
+        ...
+
+    def data_batch(self, n: int | None = None, frames: int | None = None) -> torch.Tensor:
+        """``n`` fresh real clips of ``frames`` frames (default the horizon), from the global RNG."""
+        ...
+
+    def noise_batch(self, n: int | None = None, frames: int | None = None) -> torch.Tensor:
+        """Gaussian noise shaped like ``n`` clips of ``frames`` frames, from the global RNG."""
+        ...
+
+    def teacher_sample(self, z: torch.Tensor, nfe: int | None = None) -> torch.Tensor:
+        """The teacher's clips from noise ``z`` (its Euler sampler), without gradient."""
+        ...
+
+    def fit(self, step: Callable[[int], Any], n_steps: int, desc: str) -> dict:
+        """:func:`distill_lab.core.train.fit` with this experiment's settings."""
+        ...
+
+    def evaluate(self, student) -> dict:
+        """The student's rollouts past the horizon, measured with the world's physics."""
+        ...
+

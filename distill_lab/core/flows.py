@@ -25,13 +25,17 @@ SAMPLERS = {"euler": 1, "midpoint": 2, "heun": 2}  # function evaluations per st
 
 
 def expand_t(t: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
-    """Broadcast a time ``t`` (a float, ``[]`` or ``[B]``) to ``[B, 1, ..., 1]`` matching ``x``."""
+    """Broadcast a time ``t`` (a float, ``[]`` or ``[B]``) to ``[B, 1, ..., 1]`` matching ``x``.
+
+    A time per element of ``x``'s leading dimensions, e.g. ``[B, F]`` for clips ``[B, F, C, H, W]``
+    with a noise level per frame (diffusion forcing), becomes ``[B, F, 1, 1, 1]``."""
     t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
     if t.dim() == 0:
         t = t.expand(x.shape[0])
-    if t.dim() != 1 or t.shape[0] != x.shape[0]:
-        raise ValueError(f"time must be a scalar or have shape [B]=[{x.shape[0]}], got {tuple(t.shape)}")
-    return t.view(-1, *([1] * (x.dim() - 1)))
+    if not 1 <= t.dim() < x.dim() or tuple(t.shape) != tuple(x.shape[:t.dim()]):
+        raise ValueError(f"time must be a scalar or have shape [B]=[{x.shape[0]}] (or x's leading "
+                         f"dimensions {tuple(x.shape[:-1])}), got {tuple(t.shape)}")
+    return t.view(*t.shape, *([1] * (x.dim() - t.dim())))
 
 
 def batch_t(t: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:

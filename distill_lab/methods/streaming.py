@@ -1,0 +1,109 @@
+"""Autoregressive (streaming) video distillation: the losses that train a block-causal student.
+
+Clips are ``[B, F, C, H, W]``; a student is a callable ``net(x, t)`` with a time per frame ``t: [B, F]``
+whose attention is block-causal (a block of ``block`` frames sees itself and earlier blocks only),
+e.g. :class:`distill_lab.video.nets.VideoTransformer` with ``mask="block_causal"``. Time runs from
+noise (``t = 0``) to data (``t = 1``), so a clean context frame has ``t = 1``. None of these losses
+knows about KV caches or rollouts (:mod:`distill_lab.video.rollout`); all reuse the foundation's
+:func:`~distill_lab.core.flows.flow_matching_loss`, and the distribution-matching stage of the video
+recipes reuses :func:`distill_lab.methods.step.dmd.dmd_loss` and
+:func:`~distill_lab.methods.step.dmd.fake_score_loss` unchanged.
+
+* :func:`teacher_forcing_loss` -- flow matching on one block given the *clean* real frames before it:
+  the training of an autoregressive model on ground-truth context (teacher forcing), whose
+  train-test gap is exposure bias (Huang et al. 2025, "Self Forcing", sec. 3).
+* :func:`diffusion_forcing_loss` -- flow matching with an independent noise level for every frame
+  (Chen et al. 2024, "Diffusion Forcing: Next-token Prediction Meets Full-Sequence Diffusion"): the
+  context a block sees during training is noisy real frames.
+* :func:`ode_regression_loss` -- CausVid's ODE initialisation (Yin et al. 2025, "From Slow
+  Bidirectional to Fast Autoregressive Video Diffusion Models", sec. 4): the causal student learns to
+  jump from points on the straight path between a noise clip and the *teacher's* clip from that noise
+  to the teacher's clip, block by block, given the teacher's earlier frames.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..core.flows import batch_t, flow_matching_loss, interpolate
+
+
+def _check_clip(x: torch.Tensor, block: int, name: str = "clip") -> int:
+    if not isinstance(x, torch.Tensor) or x.dim() != 5:
+        raise ValueError(f"{name} must be frames [B, F, C, H, W], got "
+                         f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+    if block < 1 or x.shape[1] % block:
+        raise ValueError(f"{name} has {x.shape[1]} frames, not a whole number of blocks of {block}; use clips "
+                         f"of a multiple of the block's frames")
+    return x.shape[1] // block
+
+
+def _block_index(n_blocks: int, k, device) -> int:
+    if k is None:
+        return int(torch.randint(0, n_blocks, (1,)))
+    if not 0 <= int(k) < n_blocks:
+        raise ValueError(f"block index {k} is outside the clip's {n_blocks} blocks")
+    return int(k)
+
+
+def block_velocity(net, context: torch.Tensor, block: int):
+    """``v(x_b, t_b)``: ``net``'s velocity on one block ``x_b [B, b, ...]`` placed after the clean
+    ``context [B, k b, ...]`` (their time is 1), at the block's time ``t_b: [B]``."""
+    def v(xb: torch.Tensor, tb: torch.Tensor) -> torch.Tensor:
+        if xb.shape[1] != block:
+            raise ValueError(f"a block has {block} frames, got {xb.shape[1]}")
+        B, c = xb.shape[0], context.shape[1]
+        tb = batch_t(tb, xb)
+        t = torch.cat([torch.ones(B, c, dtype=xb.dtype, device=xb.device), tb[:, None].expand(B, block)], 1)
+        return net(torch.cat([context, xb], 1), t)[:, c:]
+    return v
+
+
+def teacher_forcing_loss(net, clip: torch.Tensor, block: int, k: int | None = None,
+                         t: torch.Tensor | None = None, noise: torch.Tensor | None = None):
+    """Flow matching on block ``k`` (random when ``None``) of real clips, given their clean earlier
+    frames (teacher forcing). No teacher network is involved; the context is real data. Only the
+    block's frames enter the loss; later frames are cut off (block-causal attention never lets them
+    reach block ``k``). ``t: [B]`` the block's time (default uniform). Returns ``(loss, info)``."""
+    n = _check_clip(clip, block)
+    k = _block_index(n, k, clip.device)
+    context, target = clip[:, :k * block], clip[:, k * block:(k + 1) * block]
+    loss = flow_matching_loss(block_velocity(net, context, block), target, x0=noise, t=t)
+    return loss, {"loss": loss.detach(), "block": k}
+
+
+def diffusion_forcing_loss(net, clip: torch.Tensor, block: int, t: torch.Tensor | None = None,
+                           noise: torch.Tensor | None = None):
+    """Flow matching with an independent time per frame, ``t: [B, F]`` uniform in [0, 1] by default
+    (Chen et al. 2024): every block learns to denoise given earlier frames at their own noise levels.
+    Returns ``(loss, info)``."""
+    _check_clip(clip, block)
+    if t is None:
+        t = torch.rand(clip.shape[:2], device=clip.device, dtype=clip.dtype)
+    elif tuple(t.shape) != tuple(clip.shape[:2]):
+        raise ValueError(f"diffusion forcing needs a time per frame, [B, F]={tuple(clip.shape[:2])}, got {tuple(t.shape)}")
+    loss = flow_matching_loss(net, clip, x0=noise, t=t)
+    return loss, {"loss": loss.detach()}
+
+
+def ode_regression_loss(net, z: torch.Tensor, x1: torch.Tensor, block: int, t: torch.Tensor,
+                        k: int | None = None):
+    """CausVid's ODE-pair regression (Yin et al. 2025, sec. 4, "student initialisation"), on one block.
+
+    The teacher provides ``x1``: its clips from the noise clips ``z`` (both ``[B, F, ...]``, computed
+    without gradient by the caller). Block ``k``'s input is the straight-path point
+    ``x_t = (1 - t) z + t x1`` at the student's sampling time ``t: [B]``; its context is the teacher's
+    clean earlier frames; the student's clean prediction ``x_t + (1 - t) v`` regresses ``x1``'s block
+    (mean squared error). ``z`` and ``x1`` are detached: only the student learns."""
+    n = _check_clip(x1, block, "x1")
+    if z.shape != x1.shape:
+        raise ValueError(f"noise and teacher clips must have the same shape, got {tuple(z.shape)} and {tuple(x1.shape)}")
+    k = _block_index(n, k, x1.device)
+    z, x1 = z.detach(), x1.detach()
+    sl = slice(k * block, (k + 1) * block)
+    t = batch_t(t, x1)
+    xt = interpolate(z[:, sl], x1[:, sl], t)
+    v = block_velocity(net, x1[:, :k * block], block)(xt, t)
+    pred = xt + (1 - t).view(-1, 1, 1, 1, 1) * v
+    loss = (pred - x1[:, sl]).pow(2).mean()
+    return loss, {"loss": loss.detach(), "block": k}

@@ -1,0 +1,16 @@
+"""The streaming-video track: a toy world with known physics, a bidirectional teacher, and block-causal
+few-step students that stream (teacher forcing, diffusion forcing, CausVid, Self Forcing and its
+ablations).
+
+* :mod:`.world` -- sprites with velocities, elastic walls and random kicks; rendering and detection;
+* :mod:`.nets` -- the video transformer: full or block-causal attention, RoPE over frames, a KV cache;
+* :mod:`.config` -- the track's sizes per scale;
+* :mod:`.teacher` -- the committed bidirectional teacher (``python -m distill_lab.video.teacher``);
+* :mod:`.rollout` -- streaming with the cache, Self Forcing's training rollout, the teacher's sliding window;
+* :mod:`.metrics` -- frame error, drift, physics residual, dynamic degree, motion Fréchet distance;
+* :mod:`.experiment` -- :class:`VideoWorld`, the experiment the recipes use;
+* :mod:`.recipes` -- one recipe a method; :mod:`.bench` -- the ``video`` bench track (importing this
+  package registers both).
+"""
+
+from .bench import VideoWorld, run_video  # noqa: F401  (registers the track and its recipes)

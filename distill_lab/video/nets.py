@@ -1,0 +1,313 @@
+"""One small video transformer, bidirectional (the teacher) or block-causal with a KV cache (the student).
+
+:class:`VideoTransformer` is ``net(x, t)``: ``x: [B, F, C, H, W]`` frames, ``t: [B]`` (one time for
+the clip) or ``[B, F]`` (a time per frame, diffusion forcing's and the streaming student's), and it
+returns a velocity shaped like ``x``, so the foundation's flow matching, samplers and the shared
+DMD loss take it as they take an MLP or a U-Net. Every frame is cut into ``patch x patch`` patches;
+each patch is a token: a linear embedding, plus a learned embedding of its place in the frame. Time
+runs from noise (``t = 0``) to data (``t = 1``); each frame's time, in Fourier features through an MLP,
+modulates every layer norm of that frame's tokens (adaptive layer norm, as DiT does).
+
+**Attention across frames.** Rotary position embedding (RoPE, Su et al. 2021) on the frame index
+encodes when a token is, so attention depends on frame *offsets* only: a streaming student that
+keeps a window of recent frames sees the offsets it was trained on however long it runs. Masks
+(:func:`frame_mask`):
+
+* ``"full"``: every token sees every frame of the clip (the bidirectional teacher);
+* ``"block_causal"`` with ``block`` frames a block: a token sees its own block and the earlier ones,
+  never a later one (the autoregressive student), optionally only the ``window`` frames before its
+  block (a rolling window).
+
+**Streaming.** :meth:`VideoTransformer.forward_block` runs one block of frames against a
+:class:`KVCache` of earlier frames' keys and values (per layer), and :meth:`KVCache.append` stores the
+block once it is final. The cache keeps ``sink`` first frames and the last ``window`` frames (rolling
+eviction); keys are stored before rotation, with their frame index, and rotated when used, so a sink
+frame is placed just before the window (the offsets stay the trained ones). Without sink frames,
+streaming block by block is exactly the one-pass block-causal forward with the same window
+(tested in float64), so a student trains in one pass and streams with the same weights.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..core.flows import batch_t
+from ..nets.mlp import FourierTime
+
+MASKS = ("full", "block_causal")
+
+
+@dataclass(frozen=True)
+class VideoNetConfig:
+    """The network's shape: frames ``channels x resolution x resolution`` cut in ``patch``-square
+    patches; ``depth`` layers of width ``dim`` with ``heads`` heads and an MLP ``mlp_ratio`` wide."""
+
+    resolution: int = 16
+    channels: int = 1
+    patch: int = 4
+    dim: int = 64
+    depth: int = 3
+    heads: int = 4
+    mlp_ratio: int = 4
+    n_freq: int = 6
+
+    def __post_init__(self):
+        if self.resolution % self.patch:
+            raise ValueError(f"patch {self.patch} does not divide the resolution {self.resolution}")
+        if self.dim % self.heads or (self.dim // self.heads) % 2:
+            raise ValueError(f"dim {self.dim} must split into {self.heads} heads of an even width (RoPE)")
+
+    @property
+    def tokens_per_frame(self) -> int:
+        return (self.resolution // self.patch) ** 2
+
+
+def frame_mask(frames_q: torch.Tensor, frames_k: torch.Tensor, mask: str = "full", block: int = 1,
+               window: int | None = None) -> torch.Tensor:
+    """Which keys each query may attend to, ``[Nq, Nk]`` booleans, from the frame index of every query
+    and key token. ``"block_causal"``: key frame's block <= query frame's block and, with ``window``,
+    the key frame is at most ``window`` frames before the query's block starts."""
+    if mask not in MASKS:
+        raise ValueError(f"unknown attention mask {mask!r}; choose one of {', '.join(MASKS)}")
+    fq, fk = frames_q[:, None], frames_k[None, :]
+    if mask == "full":
+        return torch.ones(fq.shape[0], fk.shape[1], dtype=torch.bool, device=frames_q.device)
+    allowed = (fk // block) <= (fq // block)
+    if window is not None:
+        allowed &= fk >= (fq // block) * block - window
+    return allowed
+
+
+def rope(x: torch.Tensor, pos: torch.Tensor, base: float = 100.0) -> torch.Tensor:
+    """Rotate pairs of channels of ``x [B, heads, N, d]`` by angles ``pos [N] * base^(-2i/d)``."""
+    d = x.shape[-1]
+    freqs = base ** (-torch.arange(0, d, 2, dtype=x.dtype, device=x.device) / d)      # [d/2]
+    ang = pos.to(x.dtype)[:, None] * freqs[None, :]                                     # [N, d/2]
+    cos, sin = ang.cos(), ang.sin()
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    out = torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], -1)
+    return out.flatten(-2)
+
+
+class Layer(nn.Module):
+    """Pre-norm transformer layer; each norm is modulated per token by its frame's time embedding."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: int):
+        super().__init__()
+        self.heads = heads
+        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False)
+        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, mlp_ratio * dim), nn.GELU(), nn.Linear(mlp_ratio * dim, dim))
+        self.mod = nn.Linear(dim, 4 * dim)  # shift and scale of both norms, from the time embedding
+        nn.init.zeros_(self.mod.weight)
+        nn.init.zeros_(self.mod.bias)
+
+    def qkv_heads(self, h: torch.Tensor, emb: torch.Tensor):
+        """``h [B, N, D]`` -> (normalised, modulated) q, k, v ``[B, heads, N, D / heads]``."""
+        s1, b1, _, _ = self.mod(emb).chunk(4, -1)
+        q, k, v = self.qkv(self.norm1(h) * (1 + s1) + b1).chunk(3, -1)
+        B, N, D = h.shape
+        return [a.reshape(B, N, self.heads, D // self.heads).transpose(1, 2) for a in (q, k, v)]
+
+    def finish(self, h: torch.Tensor, attn: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        B, _, N, _ = attn.shape
+        h = h + self.proj(attn.transpose(1, 2).reshape(B, N, -1))
+        _, _, s2, b2 = self.mod(emb).chunk(4, -1)
+        return h + self.mlp(self.norm2(h) * (1 + s2) + b2)
+
+
+class VideoTransformer(nn.Module):
+    """``net(x [B, F, C, H, W], t [B] or [B, F]) -> [B, F, C, H, W]`` (see the module docstring).
+
+    ``mask``, ``block``, ``window``: the attention pattern of :func:`frame_mask`; the teacher uses
+    ``"full"``, a student ``"block_causal"``. :meth:`as_causal` copies a network and sets them.
+    """
+
+    def __init__(self, config: VideoNetConfig = VideoNetConfig(), mask: str = "full", block: int = 1,
+                 window: int | None = None):
+        super().__init__()
+        if mask not in MASKS:
+            raise ValueError(f"unknown attention mask {mask!r}; choose one of {', '.join(MASKS)}")
+        self.config, self.mask, self.block, self.window = config, mask, block, window
+        c = config
+        self.patch_dim = c.channels * c.patch * c.patch
+        self.embed = nn.Linear(self.patch_dim, c.dim)
+        self.pos = nn.Parameter(torch.zeros(c.tokens_per_frame, c.dim))
+        nn.init.normal_(self.pos, std=0.02)
+        self.time = FourierTime(c.n_freq)
+        self.time_mlp = nn.Sequential(nn.Linear(self.time.dim, c.dim), nn.SiLU(), nn.Linear(c.dim, c.dim))
+        self.layers = nn.ModuleList(Layer(c.dim, c.heads, c.mlp_ratio) for _ in range(c.depth))
+        self.norm_out = nn.LayerNorm(c.dim, elementwise_affine=False)
+        self.out_mod = nn.Linear(c.dim, 2 * c.dim)
+        self.out = nn.Linear(c.dim, self.patch_dim)
+        for lin in (self.out_mod, self.out):  # the network starts as v = 0
+            nn.init.zeros_(lin.weight)
+            nn.init.zeros_(lin.bias)
+
+    # ---------------------------------------------------------------- shapes
+    def _check(self, x: torch.Tensor) -> None:
+        c = self.config
+        if x.dim() != 5 or tuple(x.shape[2:]) != (c.channels, c.resolution, c.resolution):
+            raise ValueError(f"frames must be [B, F, {c.channels}, {c.resolution}, {c.resolution}], "
+                             f"got {tuple(x.shape)}")
+
+    def _frame_times(self, t, x: torch.Tensor) -> torch.Tensor:
+        """``t`` as ``[B, F]``: a clip time repeated over the frames, or a time per frame."""
+        B, Fr = x.shape[:2]
+        t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
+        if t.dim() == 2:
+            if tuple(t.shape) != (B, Fr):
+                raise ValueError(f"per-frame times must be [B, F]=[{B}, {Fr}], got {tuple(t.shape)}")
+            return t
+        return batch_t(t, x)[:, None].expand(B, Fr)
+
+    def patchify(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, F, C, R, R] -> [B, F, N, C p p]``."""
+        B, Fr, C, R, _ = x.shape
+        p, n = self.config.patch, R // self.config.patch
+        x = x.reshape(B, Fr, C, n, p, n, p).permute(0, 1, 3, 5, 2, 4, 6)
+        return x.reshape(B, Fr, n * n, C * p * p)
+
+    def unpatchify(self, tok: torch.Tensor) -> torch.Tensor:
+        B, Fr, N, _ = tok.shape
+        c = self.config
+        n, p = c.resolution // c.patch, c.patch
+        x = tok.reshape(B, Fr, n, n, c.channels, p, p).permute(0, 1, 4, 2, 5, 3, 6)
+        return x.reshape(B, Fr, c.channels, c.resolution, c.resolution)
+
+    def _embed(self, x: torch.Tensor, t: torch.Tensor):
+        """Tokens ``[B, F N, D]`` and each token's time embedding ``[B, F N, D]``."""
+        B, Fr = x.shape[:2]
+        N = self.config.tokens_per_frame
+        h = self.embed(self.patchify(x)) + self.pos                                   # [B, F, N, D]
+        emb = self.time_mlp(self.time(t.reshape(-1))).reshape(B, Fr, 1, -1).expand(B, Fr, N, -1)
+        return h.reshape(B, Fr * N, -1), emb.reshape(B, Fr * N, -1)
+
+    def _out(self, h: torch.Tensor, emb: torch.Tensor, B: int, Fr: int) -> torch.Tensor:
+        s, b = self.out_mod(emb).chunk(2, -1)
+        tok = self.out(self.norm_out(h) * (1 + s) + b)
+        return self.unpatchify(tok.reshape(B, Fr, self.config.tokens_per_frame, -1))
+
+    # ---------------------------------------------------------------- one pass over a clip
+    def forward(self, x: torch.Tensor, t, frame_offset: int = 0) -> torch.Tensor:
+        """The velocity of every frame, all frames at once under this network's mask. ``frame_offset``
+        is the index of ``x``'s first frame (for RoPE and the blocks)."""
+        self._check(x)
+        B, Fr = x.shape[:2]
+        N = self.config.tokens_per_frame
+        t = self._frame_times(t, x)
+        h, emb = self._embed(x, t)
+        frames = torch.arange(frame_offset, frame_offset + Fr, device=x.device).repeat_interleave(N)
+        allowed = frame_mask(frames, frames, self.mask, self.block, self.window)
+        for layer in self.layers:
+            q, k, v = layer.qkv_heads(h, emb)
+            q, k = rope(q, frames), rope(k, frames)
+            attn = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+            h = layer.finish(h, attn, emb)
+        return self._out(h, emb, B, Fr)
+
+    # ---------------------------------------------------------------- streaming
+    def forward_block(self, x: torch.Tensor, t, cache: "KVCache", return_kv: bool = False):
+        """Velocity of the block ``x [B, b, C, H, W]`` (frames ``cache.next_frame ...``) attending to
+        the cached frames and to itself. With ``return_kv`` also returns the block's keys and values
+        per layer, for :meth:`KVCache.append` once the block is final."""
+        self._check(x)
+        B, b = x.shape[:2]
+        N = self.config.tokens_per_frame
+        if self.mask == "block_causal" and b != self.block:
+            raise ValueError(f"a streamed block must have {self.block} frames (the network's block), got {b}")
+        if self.window is not None and (cache.window is None or cache.window > self.window):
+            raise ValueError(f"this network attends to the {self.window} frames before a block, but the cache "
+                             f"keeps {'all of them' if cache.window is None else cache.window}: create it with "
+                             f"KVCache(depth, window={self.window}) so old frames are evicted")
+        t = self._frame_times(t, x)
+        h, emb = self._embed(x, t)
+        start = cache.next_frame
+        frames_q = torch.arange(start, start + b, device=x.device).repeat_interleave(N)
+        pos_k = torch.cat([cache.key_positions(N).to(x.device), frames_q])
+        new_kv = []
+        for i, layer in enumerate(self.layers):
+            q, k, v = layer.qkv_heads(h, emb)
+            new_kv.append((k, v))
+            ck, cv = cache.layer(i)
+            if ck is not None:
+                k, v = torch.cat([ck, k], 2), torch.cat([cv, v], 2)
+            attn = F.scaled_dot_product_attention(rope(q, frames_q), rope(k, pos_k), v)
+            h = layer.finish(h, attn, emb)
+        out = self._out(h, emb, B, b)
+        return (out, new_kv) if return_kv else out
+
+    def as_causal(self, block: int, window: int | None = None) -> "VideoTransformer":
+        """A copy with the same weights and a block-causal mask (the student's initialisation)."""
+        net = VideoTransformer(self.config, "block_causal", block, window).to(next(self.parameters()).device)
+        net.load_state_dict(self.state_dict())
+        return net
+
+    def extra_repr(self) -> str:
+        return f"mask={self.mask!r}, block={self.block}, window={self.window}, {asdict(self.config)}"
+
+
+class KVCache:
+    """Keys and values of the frames a streaming network has generated, per layer.
+
+    ``window``: how many of the most recent frames are kept (``None``: all); ``sink``: how many first
+    frames are kept for ever beside them (attention sinks, as in Live Avatar's and MotionStream's
+    rolling sink frames). :meth:`append` adds a finished block and evicts the oldest non-sink frames
+    beyond the window. Keys are stored unrotated; :meth:`key_positions` gives the position each one is
+    rotated to when used: its frame index, except that sink frames sit just before the oldest kept
+    frame, so attention offsets stay within those of training however long the stream runs.
+    """
+
+    def __init__(self, depth: int, window: int | None = None, sink: int = 0):
+        if window is not None and window < 1:
+            raise ValueError(f"window must be at least one frame (or None), got {window}")
+        if sink < 0:
+            raise ValueError(f"sink must be >= 0 frames, got {sink}")
+        self.depth, self.window, self.sink = depth, window, sink
+        self.k: list = [None] * depth
+        self.v: list = [None] * depth
+        self.frames: list[int] = []  # frame index of each cached frame, in order
+        self.next_frame = 0
+
+    def layer(self, i: int):
+        return self.k[i], self.v[i]
+
+    def key_positions(self, tokens_per_frame: int) -> torch.Tensor:
+        if not self.frames:
+            return torch.zeros(0, dtype=torch.long)
+        pos = torch.tensor(self.frames)
+        n_sink = sum(1 for f in self.frames if f < self.sink)
+        if n_sink and len(self.frames) > n_sink and self.frames[n_sink] > n_sink:
+            pos[:n_sink] = self.frames[n_sink] - n_sink + torch.arange(n_sink)  # just before the window
+        return pos.repeat_interleave(tokens_per_frame)
+
+    def append(self, kv: list, frames: int) -> None:
+        """Store a finished block's keys and values (``kv``: per layer ``(k, v)`` ``[B, heads, b N, d]``,
+        ``frames`` frames), then evict the oldest non-sink frames beyond the window."""
+        if len(kv) != self.depth:
+            raise ValueError(f"the cache holds {self.depth} layers, got keys and values for {len(kv)}")
+        for i, (k, v) in enumerate(kv):
+            self.k[i] = k if self.k[i] is None else torch.cat([self.k[i], k], 2)
+            self.v[i] = v if self.v[i] is None else torch.cat([self.v[i], v], 2)
+        self.frames += list(range(self.next_frame, self.next_frame + frames))
+        self.next_frame += frames
+        if self.window is not None:
+            keep = [j for j, f in enumerate(self.frames) if f < self.sink]
+            rest = [j for j, f in enumerate(self.frames) if f >= self.sink]
+            keep += rest[max(0, len(rest) - self.window):]
+            if len(keep) < len(self.frames):
+                per = self.k[0].shape[2] // len(self.frames)
+                idx = torch.tensor([j * per + n for j in keep for n in range(per)], device=self.k[0].device)
+                self.k = [k.index_select(2, idx) for k in self.k]
+                self.v = [v.index_select(2, idx) for v in self.v]
+                self.frames = [self.frames[j] for j in keep]
+
+    def __len__(self) -> int:
+        return len(self.frames)

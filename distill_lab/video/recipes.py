@@ -1,0 +1,219 @@
+"""The streaming-video recipes: a bidirectional many-step teacher into a block-causal few-step student.
+
+Each is ``train(exp, **options) -> StreamingStudent`` on a :class:`~distill_lab.core.experiment.StreamExperiment`
+(:class:`~distill_lab.video.experiment.VideoWorld`), registered on the ``video`` track. The losses come
+from :mod:`distill_lab.methods.streaming` and, for distribution matching, from
+:mod:`distill_lab.methods.step.dmd` (``dmd_loss``, ``fake_score_loss``: the very functions the toy-2D
+and CIFAR recipes use); the rollouts with their KV cache from :mod:`distill_lab.video.rollout`.
+
+* ``teacher_forcing``, ``diffusion_forcing``: autoregressive flow-matching students on real clips,
+  sampled with ``sample_steps`` Euler steps a block (the two training paradigms Self Forcing compares with).
+* ``causvid``: ODE-pair initialisation, then DMD on clips whose blocks the student generated from the
+  *real* frames before them (CausVid, Yin et al. 2025: the distribution-matching stage without rollout).
+* ``self_forcing``: ODE-pair initialisation, then DMD on clips the student streamed on its *own*
+  outputs with its KV cache, the gradient through a random exit step of each block, the critic
+  (fake score) updated ``critic_updates`` times a generator step (Huang et al. 2025).
+* ``self_forcing_no_init``: the same without the ODE initialisation, and ``self_forcing_ramp``: with
+  the rollout's context moving from real to own frames over the first part of training; the two
+  ablations LiveTalk reports (Chen et al. 2025: the initialisation and the schedule of on-policy
+  distillation; the linear ramp is this lab's reading of an on-policy schedule).
+* ``self_forcing_sink``: training rollouts twice the horizon, the cache rolling over a window of one
+  horizon with the first block kept as a sink frame, DMD on the last horizon (KV rolling inside the
+  training rollouts, as MotionStream does, with a rolling sink frame as in Live Avatar and MotionStream).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..core.registry import recipe
+from ..methods.step.dmd import dmd_loss, fake_score_loss, frozen
+from ..methods.streaming import diffusion_forcing_loss, ode_regression_loss, teacher_forcing_loss
+from .rollout import StreamingStudent, self_forcing_rollout, uniform_times
+
+VIDEO = ("video",)
+SELF_FORCING = "Huang, Li, He, Zhou & Shechtman 2025, Self Forcing: Bridging the Train-Test Gap in Autoregressive Video Diffusion"
+
+
+def _adam(params, lr, betas=(0.9, 0.99)):
+    return torch.optim.Adam(params, lr=lr, betas=betas)
+
+
+def _options(exp, overrides: dict, name: str, **defaults) -> dict:
+    unknown = set(overrides) - set(defaults)
+    if unknown:
+        raise ValueError(f"unknown option(s) {sorted(unknown)} for {name}; known: {sorted(defaults)}")
+    return {**defaults, **overrides}
+
+
+def _flow_student(exp, name: str, loss_fn, steps, overrides) -> StreamingStudent:
+    o = _options(exp, overrides, name, batch=exp.scale.batch, lr=3e-4,
+                 sample_steps=max(1, exp.vscale.teacher_nfe // 2))
+    steps = steps or exp.scale.student_steps
+    net = exp.causal_net()
+    opt = _adam(net.parameters(), o["lr"])
+
+    def step(i):
+        loss, info = loss_fn(net, exp.data_batch(o["batch"]), exp.block)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        opt.step()
+        return {"loss": loss.detach()}
+
+    hist = exp.fit(step, steps, desc=name)
+    student = StreamingStudent(net.eval(), steps=o["sample_steps"], sampler="euler", window=exp.frames - exp.block)
+    student.history, student.options = hist, o
+    return student
+
+
+@recipe("teacher_forcing", tracks=VIDEO, family="streaming",
+        paper="teacher forcing of an autoregressive video diffusion model (the baseline of " + SELF_FORCING + ")")
+def train_teacher_forcing(exp, steps=None, **overrides) -> StreamingStudent:
+    """Flow matching of each block on the clean real frames before it
+    (:func:`~distill_lab.methods.streaming.teacher_forcing_loss`), from the teacher's causal copy.
+    Options: ``batch``, ``lr``, ``sample_steps`` (Euler steps a block when streaming)."""
+    return _flow_student(exp, "teacher forcing", teacher_forcing_loss, steps, overrides)
+
+
+@recipe("diffusion_forcing", tracks=VIDEO, family="streaming",
+        paper="Chen et al. 2024, Diffusion Forcing: Next-token Prediction Meets Full-Sequence Diffusion")
+def train_diffusion_forcing(exp, steps=None, **overrides) -> StreamingStudent:
+    """Flow matching with an independent noise level a frame
+    (:func:`~distill_lab.methods.streaming.diffusion_forcing_loss`), from the teacher's causal copy.
+    Options: ``batch``, ``lr``, ``sample_steps``."""
+    return _flow_student(exp, "diffusion forcing", diffusion_forcing_loss, steps, overrides)
+
+
+# ------------------------------------------------------------------ few-step students
+def ode_init(exp, student: StreamingStudent, steps: int, batch: int, lr: float, pool: int) -> dict:
+    """CausVid's ODE initialisation: ``pool`` teacher clips from noise (``teacher_nfe`` Euler steps,
+    once), then :func:`~distill_lab.methods.streaming.ode_regression_loss` at the student's sampling
+    times, a random block a step. Returns the fit history."""
+    with torch.no_grad():
+        z = exp.noise_batch(pool)
+        x1 = torch.cat([exp.teacher_sample(z[i:i + 64]) for i in range(0, pool, 64)])
+    opt = _adam(student.net.parameters(), lr)
+    times = torch.tensor(student.times, device=exp.device)
+
+    def step(i):
+        idx = torch.randint(0, pool, (batch,), device=exp.device)
+        t = times[torch.randint(0, len(times), (batch,), device=exp.device)]
+        loss, info = ode_regression_loss(student.net, z[idx], x1[idx], exp.block, t)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(student.net.parameters(), 1.0)
+        opt.step()
+        return {"loss": loss.detach()}
+
+    return exp.fit(step, steps, desc="ODE-pair initialisation")
+
+
+def teacher_forced_rollout(student: StreamingStudent, z: torch.Tensor, context: torch.Tensor,
+                           grad: bool = True) -> torch.Tensor:
+    """Each block from its noise given the *real* frames before it, with a random exit step and its
+    gradient, as :func:`~distill_lab.video.rollout.self_forcing_rollout` does on the student's own frames:
+    the generation CausVid's distribution matching trains on."""
+    student._check(z)
+    cache, out = student.new_cache(), []
+    n = z.shape[1] // student.block
+    exits = torch.randint(0, len(student.times), (n,)).tolist()
+    for j, i in enumerate(range(0, z.shape[1], student.block)):
+        out.append(student.denoise_block(z[:, i:i + student.block], cache, exit_step=exits[j], grad=grad))
+        student.commit(context[:, i:i + student.block], cache)
+    return torch.cat(out, 1)
+
+
+def _distribution_matching(exp, name: str, steps, overrides, own_context: bool) -> StreamingStudent:
+    """The few-step recipes' shared schedule: (optionally) the ODE initialisation, then ``steps``
+    generator steps of DMD on generated clips, ``critic_updates`` fake-score steps before each."""
+    vsc = exp.vscale
+    o = _options(exp, overrides, name, batch=exp.scale.batch, gen_lr=5e-5, fake_lr=2e-4, critic_updates=2,
+                 sample_steps=vsc.student_nfe, init_steps=exp.scale.student_steps // 2, init_lr=3e-4,
+                 pool=256, ramp=0.0, rollout_factor=1, window=None, sink=0)
+    steps = steps or exp.scale.student_steps
+    # the cache keeps the frames a block saw in training: one horizon minus the block itself
+    window = o["window"] if o["window"] is not None else exp.frames - exp.block
+    student = StreamingStudent(exp.causal_net(), times=uniform_times(o["sample_steps"]), sampler="renoise",
+                               window=window, sink=o["sink"])
+    init_hist = ode_init(exp, student, o["init_steps"], o["batch"], o["init_lr"], o["pool"]) if o["init_steps"] else None
+    fake = exp.score_net()
+    g_opt, f_opt = _adam(student.net.parameters(), o["gen_lr"], (0.0, 0.99)), _adam(fake.parameters(), o["fake_lr"], (0.0, 0.99))
+    B, L = o["batch"], o["rollout_factor"] * exp.frames
+
+    def generate(i, grad: bool):
+        z = exp.noise_batch(B, L)
+        own = own_context and (o["ramp"] <= 0 or torch.rand(()) < min(1.0, i / (o["ramp"] * steps)))
+        clip = (self_forcing_rollout(student, z, grad=grad) if own
+                else teacher_forced_rollout(student, z, exp.data_batch(B, L), grad=grad))
+        return clip[:, -exp.frames:], bool(own)
+
+    def step(i):
+        logs = {}
+        for _ in range(o["critic_updates"]):
+            clip, _ = generate(i, grad=False)
+            lf, info = fake_score_loss(fake, clip)
+            f_opt.zero_grad(set_to_none=True)
+            lf.backward()
+            f_opt.step()
+            logs.update(info)
+        clip, own = generate(i, grad=True)
+        with frozen(fake):
+            loss, info = dmd_loss(clip, exp.velocity, fake)
+        g_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(student.net.parameters(), 1.0)
+        g_opt.step()
+        return {**logs, "loss": loss.detach(), "grad_norm": info["grad_norm"], "own_context": float(own)}
+
+    hist = exp.fit(step, steps, desc=name)
+    student.net.eval()
+    student.history, student.init_history, student.options, student.fake = hist, init_hist, o, fake
+    return student
+
+
+@recipe("causvid", tracks=VIDEO, family="streaming",
+        paper="Yin et al. 2025, From Slow Bidirectional to Fast Autoregressive Video Diffusion Models (CausVid)")
+def train_causvid(exp, steps=None, **overrides) -> StreamingStudent:
+    """ODE-pair initialisation, then DMD with the bidirectional teacher as the real score and a fake
+    score trained on the student's clips, each block generated from the real frames before it.
+    Options: ``batch``, ``gen_lr``, ``fake_lr``, ``critic_updates``, ``sample_steps``, ``init_steps``,
+    ``init_lr``, ``pool``."""
+    return _distribution_matching(exp, "CausVid", steps, overrides, own_context=False)
+
+
+@recipe("self_forcing", tracks=VIDEO, family="streaming", paper=SELF_FORCING)
+def train_self_forcing(exp, steps=None, **overrides) -> StreamingStudent:
+    """Self Forcing: the student streams training clips on its own outputs with its KV cache (random
+    exit step a block, gradient through it only, cache from detached blocks), and DMD on the whole
+    clip against the bidirectional teacher; the fake score takes ``critic_updates`` steps a generator
+    step; initialised by ODE pairs. Options as ``causvid``, plus ``ramp``, ``rollout_factor``,
+    ``window``, ``sink`` (see the registered variants)."""
+    return _distribution_matching(exp, "Self Forcing", steps, overrides, own_context=True)
+
+
+@recipe("self_forcing_no_init", tracks=VIDEO, family="streaming",
+        paper=SELF_FORCING + "; without the ODE initialisation (the ablation of LiveTalk, Chen et al. 2025)")
+def train_self_forcing_no_init(exp, steps=None, **overrides) -> StreamingStudent:
+    """Self Forcing from the teacher's causal copy directly, no ODE-pair initialisation."""
+    return _distribution_matching(exp, "Self Forcing, no init", steps, {"init_steps": 0, **overrides}, own_context=True)
+
+
+@recipe("self_forcing_ramp", tracks=VIDEO, family="streaming",
+        paper=SELF_FORCING + "; on-policy schedule: real-frame context ramped to own rollouts (after LiveTalk, "
+              "Chen et al. 2025; the linear ramp is this lab's)")
+def train_self_forcing_ramp(exp, steps=None, **overrides) -> StreamingStudent:
+    """Self Forcing whose training clips use real-frame context (CausVid's) with a probability that
+    falls linearly to 0 over the first half of the steps, then the student's own rollouts only."""
+    return _distribution_matching(exp, "Self Forcing, ramp", steps, {"ramp": 0.5, **overrides}, own_context=True)
+
+
+@recipe("self_forcing_sink", tracks=VIDEO, family="streaming",
+        paper=SELF_FORCING + "; with KV rolling in training rollouts and a sink frame (MotionStream, "
+              "Shin et al. 2025; Live Avatar's rolling sink frame)")
+def train_self_forcing_sink(exp, steps=None, **overrides) -> StreamingStudent:
+    """Self Forcing on training rollouts twice the horizon whose cache rolls over a window of one
+    horizon with the first block kept as a sink; DMD scores the last horizon of each rollout, so the
+    student trains in the state it streams in past the horizon."""
+    return _distribution_matching(exp, "Self Forcing, sink", steps,
+                                  {"rollout_factor": 2, "sink": exp.block, **overrides}, own_context=True)

@@ -1,0 +1,194 @@
+"""Rollouts: how a causal student streams a clip block by block with its KV cache, and how the
+bidirectional teacher extends a clip. The losses (:mod:`distill_lab.methods.step.dmd`,
+:func:`distill_lab.core.flows.flow_matching_loss`) know nothing of caches; everything about them is here.
+
+A :class:`StreamingStudent` is a block-causal :class:`~distill_lab.video.nets.VideoTransformer` and a
+few-step schedule. It generates a clip block by block (:meth:`StreamingStudent.stream`): the block
+starts as Gaussian noise at ``t = 0`` and is denoised in ``len(times)`` network evaluations while
+attending to the cached frames before it; the finished block is run once more at ``t = 1`` (clean)
+and its keys and values join the cache (a rolling window with optional sink frames,
+:class:`~distill_lab.video.nets.KVCache`). Two update rules between the steps of a block:
+
+* ``"euler"``: ``x <- x + (t' - t) v``, the ODE a flow-matching student (teacher forcing, diffusion
+  forcing) was trained for;
+* ``"renoise"``: predict the clean block ``x1 = x + (1 - t) v`` and noise it afresh to the next time,
+  ``x <- (1 - t') eps + t' x1`` (the few-step sampler of consistency models and of Self Forcing's
+  generator, Huang et al. 2025, whose output is the last prediction ``x1``).
+
+Self Forcing's training rollout is the same loop (:func:`self_forcing_rollout`): the student runs on
+its own outputs, the steps before a randomly chosen exit step run without gradient, the exit step's
+prediction is the block's output and keeps its gradient, and the cache is filled from detached
+outputs, as in the authors' code, so the loss reaches each block's exit step only.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from torch import nn
+
+from .nets import KVCache, VideoTransformer
+
+SAMPLERS = ("euler", "renoise")
+
+
+def uniform_times(steps: int) -> list[float]:
+    """``[0, 1/steps, ..., (steps - 1)/steps]``: where each of ``steps`` evaluations starts."""
+    if steps < 1:
+        raise ValueError(f"a block needs at least one denoising step, got {steps}")
+    return [k / steps for k in range(steps)]
+
+
+class StreamingStudent(nn.Module):
+    """A block-causal network with its sampling schedule; ``sample(z)`` streams a clip from noise
+    ``z [B, F, C, H, W]`` (``F`` a multiple of the block), the interface the bench evaluates.
+
+    ``times``: the time each denoising step starts from (default ``steps`` uniform steps);
+    ``sampler``: ``"euler"`` or ``"renoise"`` (module docstring); ``window``, ``sink``: the cache's
+    rolling window and sink frames at generation (the network's own window, if it has one, by default).
+    """
+
+    def __init__(self, net: VideoTransformer, steps: int = 4, sampler: str = "euler",
+                 times: list[float] | None = None, window: int | None = None, sink: int = 0):
+        super().__init__()
+        if net.mask != "block_causal":
+            raise ValueError("a streaming student needs a block-causal network (VideoTransformer.as_causal)")
+        if sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+        self.net, self.sampler = net, sampler
+        self.times = list(times) if times is not None else uniform_times(steps)
+        if not self.times or not all(0 <= a < b <= 1 for a, b in zip(self.times, self.times[1:] + [1.0])):
+            raise ValueError(f"times must increase within [0, 1), got {self.times}")
+        self.window = window if window is not None else net.window
+        self.sink = sink
+
+    @property
+    def block(self) -> int:
+        return self.net.block
+
+    @property
+    def nfe_per_frame(self) -> int:
+        """Denoising evaluations each frame goes through (the cache pass of a finished block aside)."""
+        return len(self.times)
+
+    def new_cache(self) -> KVCache:
+        return KVCache(self.net.config.depth, window=self.window, sink=self.sink)
+
+    def _check(self, z: torch.Tensor) -> None:
+        if z.dim() != 5 or z.shape[1] % self.block:
+            raise ValueError(f"a streamed clip is [B, F, C, H, W] with F a multiple of the block "
+                             f"({self.block} frames); got {tuple(z.shape)}")
+
+    def denoise_block(self, z: torch.Tensor, cache: KVCache, exit_step: int | None = None,
+                      grad: bool = False) -> torch.Tensor:
+        """One block from noise ``z [B, b, ...]`` given ``cache``; stops after step ``exit_step``
+        (default: the last) and returns that step's clean prediction (``"renoise"``) or the ODE's end
+        (``"euler"``). With ``grad`` only the exit step's evaluation keeps its gradient."""
+        last = len(self.times) - 1 if exit_step is None else exit_step
+        x = z
+        for k in range(last + 1):
+            t = self.times[k]
+            t_next = self.times[k + 1] if k + 1 < len(self.times) else 1.0
+            with torch.set_grad_enabled(grad and k == last):
+                v = self.net.forward_block(x, t, cache)
+                if self.sampler == "euler":
+                    x = x + (t_next - t) * v
+                    if k == last and t_next < 1.0:  # an early exit: its clean prediction
+                        x = x + (1 - t_next) * self.net.forward_block(x, t_next, cache)
+                else:
+                    x1 = x + (1 - t) * v
+                    x = x1 if k == last else (1 - t_next) * torch.randn_like(x1) + t_next * x1
+        return x
+
+    def commit(self, block: torch.Tensor, cache: KVCache) -> None:
+        """Run the finished ``block`` at ``t = 1`` (no gradient) and add its keys and values to ``cache``."""
+        with torch.no_grad():
+            _, kv = self.net.forward_block(block.detach(), 1.0, cache, return_kv=True)
+        cache.append(kv, block.shape[1])
+
+    @torch.no_grad()
+    def sample(self, z: torch.Tensor, nfe: int | None = None) -> torch.Tensor:
+        """Stream a clip from noise ``z``, block by block, on the student's own outputs."""
+        self._check(z)
+        cache, out = self.new_cache(), []
+        for i in range(0, z.shape[1], self.block):
+            x = self.denoise_block(z[:, i:i + self.block], cache)
+            out.append(x)
+            self.commit(x, cache)
+        return torch.cat(out, 1)
+
+    @torch.no_grad()
+    def sample_with_context(self, z: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """Each block from its noise given the *ground-truth* frames before it (``context``, a real clip
+        as long as ``z``): the teacher-forced generation, against which :meth:`sample`'s free run
+        measures exposure bias."""
+        self._check(z)
+        if context.shape != z.shape:
+            raise ValueError(f"the context clip must have the noise's shape {tuple(z.shape)}, got {tuple(context.shape)}")
+        cache, out = self.new_cache(), []
+        for i in range(0, z.shape[1], self.block):
+            out.append(self.denoise_block(z[:, i:i + self.block], cache))
+            self.commit(context[:, i:i + self.block], cache)
+        return torch.cat(out, 1)
+
+    @torch.no_grad()
+    def frames_per_second(self, z: torch.Tensor) -> float:
+        """Frames generated per second when streaming ``z`` (wall clock, this device)."""
+        t0 = time.perf_counter()
+        self.sample(z)
+        if z.is_cuda:
+            torch.cuda.synchronize()
+        return z.shape[0] * z.shape[1] / (time.perf_counter() - t0)
+
+
+def self_forcing_rollout(student: StreamingStudent, z: torch.Tensor, same_exit: bool = False,
+                         grad: bool = True) -> torch.Tensor:
+    """Self Forcing's training rollout (Huang et al. 2025, Algorithm 1): stream the clip on the
+    student's own outputs with the KV cache; for each block a random exit step is drawn (one for all
+    blocks with ``same_exit``), the steps before it run without gradient and the exit step's clean
+    prediction, with its gradient, is the block. The cache is filled from detached blocks. Returns
+    the clip ``[B, F, ...]``, differentiable with respect to the student's parameters (``grad=False``:
+    the same rollout without any gradient, for the critic's samples)."""
+    student._check(z)
+    cache, out = student.new_cache(), []
+    n_blocks = z.shape[1] // student.block
+    exits = torch.randint(0, len(student.times), (1 if same_exit else n_blocks,)).tolist()
+    for j, i in enumerate(range(0, z.shape[1], student.block)):
+        x = student.denoise_block(z[:, i:i + student.block], cache, exit_step=exits[0 if same_exit else j], grad=grad)
+        out.append(x)
+        student.commit(x, cache)
+    return torch.cat(out, 1)
+
+
+@torch.no_grad()
+def teacher_rollout(net: VideoTransformer, z: torch.Tensor, frames: int, nfe: int, context: int) -> torch.Tensor:
+    """The bidirectional teacher past its training horizon: the first ``frames`` frames jointly with
+    ``nfe`` Euler steps; then, window after window of ``frames`` frames, the last ``context`` generated
+    frames held clean (their time fixed at 1) while the next ``frames - context`` are generated from
+    ``z``. ``z`` is ``[B, L, ...]`` with ``L - frames`` a multiple of ``frames - context``."""
+    if net.mask != "full":
+        raise ValueError("teacher_rollout extends clips with a bidirectional (full-attention) network")
+    new = frames - context
+    if not 0 <= context < frames or (z.shape[1] - frames) % new or z.shape[1] < frames:
+        raise ValueError(f"cannot tile {z.shape[1]} frames with windows of {frames} and {context} context frames")
+    B = z.shape[0]
+    out = list(_euler_window(net, z[:, :frames], None, nfe).unbind(1))
+    for s in range(frames, z.shape[1], new):
+        ctx = torch.stack(out[-context:], 1) if context else None
+        window = _euler_window(net, z[:, s:s + new], ctx, nfe)
+        out += list(window[:, context:].unbind(1))
+    return torch.stack(out, 1)
+
+
+def _euler_window(net: VideoTransformer, z: torch.Tensor, ctx: torch.Tensor | None, nfe: int) -> torch.Tensor:
+    x = z if ctx is None else torch.cat([ctx, z], 1)
+    c = 0 if ctx is None else ctx.shape[1]
+    B, Fr = x.shape[:2]
+    for k in range(nfe):
+        t = k / nfe
+        tf = torch.full((B, Fr), t, dtype=x.dtype, device=x.device)
+        tf[:, :c] = 1.0
+        v = net(x, tf)
+        x = torch.cat([x[:, :c], x[:, c:] + v[:, c:] / nfe], 1)
+    return x
