@@ -29,7 +29,6 @@ streaming block by block is exactly the one-pass block-causal forward with the s
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 
 import torch

@@ -172,7 +172,6 @@ def teacher_rollout(net: VideoTransformer, z: torch.Tensor, frames: int, nfe: in
     new = frames - context
     if not 0 <= context < frames or (z.shape[1] - frames) % new or z.shape[1] < frames:
         raise ValueError(f"cannot tile {z.shape[1]} frames with windows of {frames} and {context} context frames")
-    B = z.shape[0]
     out = list(_euler_window(net, z[:, :frames], None, nfe).unbind(1))
     for s in range(frames, z.shape[1], new):
         ctx = torch.stack(out[-context:], 1) if context else None
