@@ -82,6 +82,18 @@ def frame_mask(frames_q: torch.Tensor, frames_k: torch.Tensor, mask: str = "full
     return allowed
 
 
+def spatial_sincos(side: int, dim: int) -> torch.Tensor:
+    """``[side * side, dim]``: a fixed 2D sine-cosine code of each patch's row and column (a quarter of
+    the channels each for sin(row), cos(row), sin(column), cos(column), at geometric frequencies)."""
+    q = dim // 4
+    freqs = 1.0 / (10.0 ** (torch.arange(q, dtype=torch.float64) / max(1, q)))
+    r, c = torch.meshgrid(torch.arange(side, dtype=torch.float64), torch.arange(side, dtype=torch.float64),
+                          indexing="ij")
+    r, c = r.flatten()[:, None] * freqs, c.flatten()[:, None] * freqs
+    code = torch.cat([r.sin(), r.cos(), c.sin(), c.cos()], 1)
+    return torch.nn.functional.pad(code, (0, dim - 4 * q)).float()
+
+
 def rope(x: torch.Tensor, pos: torch.Tensor, base: float = 100.0) -> torch.Tensor:
     """Rotate pairs of channels of ``x [B, heads, N, d]`` by angles ``pos [N] * base^(-2i/d)``."""
     d = x.shape[-1]
@@ -138,8 +150,8 @@ class VideoTransformer(nn.Module):
         c = config
         self.patch_dim = c.channels * c.patch * c.patch
         self.embed = nn.Linear(self.patch_dim, c.dim)
-        self.pos = nn.Parameter(torch.zeros(c.tokens_per_frame, c.dim))
-        nn.init.normal_(self.pos, std=0.02)
+        self.pos = nn.Parameter(torch.zeros(c.tokens_per_frame, c.dim))  # learned, on top of a fixed 2D sin-cos code
+        self.register_buffer("pos_fixed", spatial_sincos(c.resolution // c.patch, c.dim), persistent=False)
         self.time = FourierTime(c.n_freq)
         self.time_mlp = nn.Sequential(nn.Linear(self.time.dim, c.dim), nn.SiLU(), nn.Linear(c.dim, c.dim))
         self.layers = nn.ModuleList(Layer(c.dim, c.heads, c.mlp_ratio) for _ in range(c.depth))
@@ -185,7 +197,7 @@ class VideoTransformer(nn.Module):
         """Tokens ``[B, F N, D]`` and each token's time embedding ``[B, F N, D]``."""
         B, Fr = x.shape[:2]
         N = self.config.tokens_per_frame
-        h = self.embed(self.patchify(x)) + self.pos                                   # [B, F, N, D]
+        h = self.embed(self.patchify(x)) + self.pos + self.pos_fixed                  # [B, F, N, D]
         emb = self.time_mlp(self.time(t.reshape(-1))).reshape(B, Fr, 1, -1).expand(B, Fr, N, -1)
         return h.reshape(B, Fr * N, -1), emb.reshape(B, Fr * N, -1)
 
