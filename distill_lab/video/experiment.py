@@ -36,7 +36,6 @@ from .config import VideoScale, default_teacher_dir, video_scale
 from .metrics import clip_metrics, motion_fd
 from .nets import VideoTransformer
 from .rollout import StreamingStudent, teacher_rollout
-from .teacher import clip_batch, load_or_train_teacher
 
 
 class VideoWorld(StreamExperiment):
@@ -70,6 +69,10 @@ class VideoWorld(StreamExperiment):
         self.shape = (v.frames, v.net.channels, v.resolution, v.resolution)
         t0 = time.perf_counter()
         if teacher is None:
+            # imported here, so that `python -m distill_lab.video.teacher` runs a module the package
+            # has not imported yet
+            from .teacher import load_or_train_teacher
+
             path = Path(teacher_dir) if teacher_dir is not None else default_teacher_dir(base)
             teacher = load_or_train_teacher(path, scale=base, progress=progress)["model"]
         if teacher.mask != "full":
@@ -99,7 +102,7 @@ class VideoWorld(StreamExperiment):
 
     def data_batch(self, n: int | None = None, frames: int | None = None) -> torch.Tensor:
         """``n`` fresh real clips of ``frames`` frames (default: the training horizon), global RNG."""
-        return clip_batch(self.world, n or self.scale.batch, frames or self.frames, self.resolution, self.device)
+        return self.world.clips(n or self.scale.batch, frames or self.frames, self.resolution, self.device)
 
     def noise_batch(self, n: int | None = None, frames: int | None = None) -> torch.Tensor:
         return torch.randn(n or self.scale.batch, frames or self.frames, *self.shape[1:], device=self.device)
@@ -119,7 +122,7 @@ class VideoWorld(StreamExperiment):
         return torch.randn(n, frames, *self.shape[1:], generator=g).to(self.device)
 
     def _real(self, n: int, frames: int, seed: int) -> torch.Tensor:
-        return clip_batch(self.world, n, frames, self.resolution, generator=torch.Generator().manual_seed(seed))
+        return self.world.clips(n, frames, self.resolution, generator=torch.Generator().manual_seed(seed))
 
     @cached_property
     def eval_noise(self) -> torch.Tensor:

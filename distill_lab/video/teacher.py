@@ -42,7 +42,6 @@ from ..nets.utils import clone_frozen, ema_update, n_params
 from .config import VideoScale, default_teacher_dir, video_scale, video_scale_dict
 from .metrics import clip_metrics, motion_fd
 from .nets import VideoNetConfig, VideoTransformer
-from .world import World
 
 FILES = ("teacher.pt",)
 REBUILD = "python -m distill_lab.video.teacher"
@@ -50,14 +49,6 @@ REBUILD = "python -m distill_lab.video.teacher"
 
 class VideoTeacherUnavailable(FileNotFoundError):
     """The video teacher's folder lacks a file, or a file's sha256 differs from the manifest's."""
-
-
-def clip_batch(world: World, n: int, frames: int, resolution: int, device="cpu",
-               generator: torch.Generator | None = None) -> torch.Tensor:
-    """``n`` fresh clips ``[n, frames, 1, R, R]`` of the world; from the global random stream unless a
-    ``generator`` is given."""
-    g = generator or torch.Generator().manual_seed(int(torch.randint(0, 2**31 - 1, (1,))))
-    return world.render(world.simulate(n, frames, generator=g), resolution).to(device)
 
 
 def training_times(n: int, frames: int, device="cpu", per_frame: float = 0.5) -> torch.Tensor:
@@ -82,7 +73,7 @@ def train_teacher(vsc: VideoScale, seed: int = 0, steps: int | None = None, devi
         opt, lambda i: min(1.0, (i + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(i, steps) / steps)))
 
     def step(i):
-        x1 = clip_batch(vsc.world, vsc.teacher_batch, vsc.frames, vsc.resolution, device)
+        x1 = vsc.world.clips(vsc.teacher_batch, vsc.frames, vsc.resolution, device)
         t = training_times(x1.shape[0], vsc.frames, device)
         loss = flow_matching_loss(net, x1, t=t)
         opt.zero_grad(set_to_none=True)
@@ -109,8 +100,8 @@ def teacher_quality(net: VideoTransformer, vsc: VideoScale, n: int | None = None
     t0 = time.perf_counter()
     fake = sample_ode(net, z, vsc.teacher_nfe, "euler")
     secs = time.perf_counter() - t0
-    real = clip_batch(vsc.world, n, vsc.frames, vsc.resolution, generator=torch.Generator().manual_seed(seed + 11))
-    other = clip_batch(vsc.world, n, vsc.frames, vsc.resolution, generator=torch.Generator().manual_seed(seed + 13))
+    real = vsc.world.clips(n, vsc.frames, vsc.resolution, generator=torch.Generator().manual_seed(seed + 11))
+    other = vsc.world.clips(n, vsc.frames, vsc.resolution, generator=torch.Generator().manual_seed(seed + 13))
     mf, mr, mo = (clip_metrics(x.cpu(), vsc.world, vsc.frames) for x in (fake, real, other))
     return {"n": n, "nfe_per_clip": vsc.teacher_nfe, "sample_seconds": round(secs, 2),
             "frame_error": mf["error_1x"], "frame_error_data": mr["error_1x"],

@@ -101,6 +101,13 @@ class World:
             states.append(self.step(states[-1], g))
         return torch.stack(states, 1)
 
+    def clips(self, n: int, frames: int, resolution: int, device="cpu",
+              generator: torch.Generator | None = None) -> torch.Tensor:
+        """``n`` fresh rendered clips ``[n, frames, 1, R, R]``: from ``generator``, or from a generator
+        seeded off the global random stream (so a seeded training run draws the same clips)."""
+        g = generator or torch.Generator().manual_seed(int(torch.randint(0, 2**31 - 1, (1,))))
+        return self.render(self.simulate(n, frames, generator=g), resolution).to(device)
+
     # ---------------------------------------------------------------- pixels
     def render(self, states: torch.Tensor, resolution: int = 16) -> torch.Tensor:
         """States ``[B, F, S, 4]`` (or positions ``[B, F, S, 2]``) to frames ``[B, F, 1, R, R]`` in
