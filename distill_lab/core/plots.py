@@ -1,4 +1,4 @@
-"""Pictures the labs, the tour and the bench share: sample grids and quality-versus-NFE curves."""
+"""Pictures the labs, the tour and the bench share: sample grids, quality-versus-NFE curves, drift curves."""
 
 from __future__ import annotations
 
@@ -62,3 +62,20 @@ def image_rows(rows: dict[str, torch.Tensor], ncol: int, title: str | None = Non
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def drift_plot(curves: dict[str, torch.Tensor], horizon: int | None = None, ax=None,
+               ylabel: str = "frame error (vs clean rendering)"):
+    """Per-frame error curves ``{label: Tensor[F]}`` against the frame index, with the training
+    horizon (``horizon`` frames) marked: how quality decays along a streamed rollout."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5.5, 3.2))
+    for label, c in curves.items():
+        c = c.detach().float().cpu()
+        ax.plot(range(len(c)), c, label=label, lw=1.5)
+    if horizon is not None:
+        ax.axvline(horizon - 0.5, color="k", ls=":", lw=1, label="training horizon")
+    ax.set_xlabel("frame index")
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=7)
+    return ax

@@ -63,7 +63,7 @@ VIDEO_SCALES = {
     # machine shared) they reached a motion FD of 0.034 against 0.144 for 4 x 4 patches (64 wide, 3 deep)
     "ci": VideoScale(world=World(n_sprites=1), net=VideoNetConfig(resolution=16, patch=8, dim=96, depth=4, heads=4),
                      frames=8, block=2, horizon_factor=4, teacher_steps=8000, teacher_batch=32, teacher_lr=1e-3,
-                     teacher_ema=0.999, teacher_nfe=16, batch=16, student_steps=300, student_nfe=2, eval_n=64,
+                     teacher_ema=0.999, teacher_nfe=16, batch=16, student_steps=200, student_nfe=2, eval_n=64,
                      notes="16x16, one sprite, one CPU thread"),
     "default": VideoScale(world=World(n_sprites=1), net=VideoNetConfig(resolution=16, patch=8, dim=128, depth=6, heads=4),
                           frames=8, block=2, horizon_factor=4, teacher_steps=12000, teacher_batch=32,

@@ -68,13 +68,15 @@ class VideoWorld(StreamExperiment):
         self.name = f"toyworld-{v.resolution}px"
         self.shape = (v.frames, v.net.channels, v.resolution, v.resolution)
         t0 = time.perf_counter()
+        self.teacher_manifest = None  # the committed teacher's manifest, when it was loaded from its folder
         if teacher is None:
             # imported here, so that `python -m distill_lab.video.teacher` runs a module the package
             # has not imported yet
             from .teacher import load_or_train_teacher
 
             path = Path(teacher_dir) if teacher_dir is not None else default_teacher_dir(base)
-            teacher = load_or_train_teacher(path, scale=base, progress=progress)["model"]
+            loaded = load_or_train_teacher(path, scale=base, progress=progress)
+            teacher, self.teacher_manifest = loaded["model"], loaded["manifest"]
         if teacher.mask != "full":
             raise ValueError("the video teacher must be bidirectional (mask='full')")
         self.teacher = teacher.to(self.device).eval()

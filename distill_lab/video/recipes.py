@@ -7,7 +7,8 @@ from :mod:`distill_lab.methods.streaming` and, for distribution matching, from
 and CIFAR recipes use); the rollouts with their KV cache from :mod:`distill_lab.video.rollout`.
 
 * ``teacher_forcing``, ``diffusion_forcing``: autoregressive flow-matching students on real clips,
-  sampled with ``sample_steps`` Euler steps a block (the two training paradigms Self Forcing compares with).
+  sampled with ``sample_steps`` Euler steps a block, by default as many as the few-step students
+  take, so every row streams at the same cost (the two paradigms Self Forcing compares with).
 * ``causvid``: ODE-pair initialisation, then DMD on clips whose blocks the student generated from the
   *real* frames before them (CausVid, Yin et al. 2025: the distribution-matching stage without rollout).
 * ``self_forcing``: ODE-pair initialisation, then DMD on clips the student streamed on its *own*
@@ -47,8 +48,7 @@ def _options(exp, overrides: dict, name: str, **defaults) -> dict:
 
 
 def _flow_student(exp, name: str, loss_fn, steps, overrides) -> StreamingStudent:
-    o = _options(exp, overrides, name, batch=exp.scale.batch, lr=3e-4,
-                 sample_steps=max(1, exp.vscale.teacher_nfe // 2))
+    o = _options(exp, overrides, name, batch=exp.scale.batch, lr=3e-4, sample_steps=exp.vscale.student_nfe)
     steps = steps or exp.scale.student_steps
     net = exp.causal_net()
     opt = _adam(net.parameters(), o["lr"])

@@ -155,7 +155,7 @@ def load_teacher(path: str | os.PathLike | None = None, verify: bool = True, mis
 
 def load_or_train_teacher(path: str | os.PathLike | None = None, scale=None, progress: bool = True) -> dict:
     """:func:`load_teacher` when the folder is complete and its hashes match; otherwise train the
-    scale's teacher, write the folder, and load it."""
+    scale's teacher, write the folder with its measured quality, and load it."""
     path = Path(path) if path is not None else default_teacher_dir(scale)
     teacher = load_teacher(path, missing_ok=True)
     if teacher is not None:
@@ -165,6 +165,7 @@ def load_or_train_teacher(path: str | os.PathLike | None = None, scale=None, pro
     vsc = video_scale(sc)
     net, info = train_teacher(vsc, device=sc.device, progress=progress)
     save_teacher(net, path, vsc, info, scale=sc)
+    update_manifest(path, quality=teacher_quality(load_teacher(path)["model"], vsc))
     return load_teacher(path)
 
 
