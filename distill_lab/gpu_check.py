@@ -26,6 +26,12 @@ in the budget is skipped, and its row says so. The parts:
     distance in classifier features (not FID) over its floor.
 ``cifar / labels``, ``cifar / hinton_kd``
     The KD track's students at the gpu scale (resnet8x4 on 50,000 images) for a few epochs.
+``video / teacher``, ``video / self_forcing``, ``video / streaming``
+    The gpu video teacher (32 x 32 frames, two sprites, clips of 16 frames) flow-matching from scratch:
+    steps and clips per second; the committed ``ci`` teacher distilled by Self Forcing with the ``ci``
+    budget on this device, evaluated like ``bench video`` (frames per second of streaming, errors at 1x
+    and 4x the horizon); and a gpu-size causal student streaming rollouts of 4 horizons (64 frames of
+    32 x 32): frames per second.
 ``toy2d / every recipe``, ``cifar-gen / every recipe``
     Every registered step-distillation recipe for two steps at toy size on this device (a small
     ``Toy2D``; the committed CIFAR teacher on 100 images): does each one run on it at all.
@@ -48,9 +54,10 @@ import torch
 
 from .core.scale import Scale, get_scale
 
-PARTS = ("kd_teacher", "toy2d", "flow_teacher", "flow_distill", "kd_students", "recipes")
+PARTS = ("kd_teacher", "toy2d", "flow_teacher", "flow_distill", "kd_students", "video", "recipes")
 # each part's time box in seconds at the gpu scale (the order is the order of value)
-BOXES = {"kd_teacher": 120, "toy2d": 120, "flow_teacher": 25, "flow_distill": 70, "kd_students": 90, "recipes": 60}
+BOXES = {"kd_teacher": 120, "toy2d": 120, "flow_teacher": 25, "flow_distill": 70, "kd_students": 90, "video": 100,
+         "recipes": 60}
 AIRBENCH = "airbench94 on this JPEG copy: 90.7% in 1.93 s (H200, flip TTA; shared/data/README.md)"
 
 
@@ -269,6 +276,69 @@ def part_kd_students(c: Check, box: float) -> None:
                   f"{over['epochs']} epoch(s), seed 0", _boxed(run, box / 2))
 
 
+def part_video(c: Check, box: float) -> None:
+    from .core.registry import get_recipe
+    from .core.train import seed_everything
+    from .video import VideoWorld
+    from .video.config import VIDEO_SCALES
+    from .video.nets import VideoNetConfig
+    from .video.rollout import StreamingStudent
+    from .video.teacher import train_teacher
+
+    vsc = VIDEO_SCALES["gpu"]
+    if c.tiny:
+        vsc = replace(vsc, net=VideoNetConfig(resolution=16, patch=8, dim=32, depth=2, heads=2), frames=4, block=2,
+                      teacher_batch=4)
+
+    def teacher(deadline):
+        steps = 3 if c.tiny else vsc.teacher_steps
+        net, info = train_teacher(vsc, steps=steps, device=c.device, progress=False, deadline=deadline)
+        cps = info["steps"] * vsc.teacher_batch / info["train_seconds"]
+        return {"steps": info["steps"], "steps_planned": steps, "train_seconds": info["train_seconds"],
+                "quality": round(info["history"]["loss"][-1], 4), "quality_name": "flow-matching loss (last logged)",
+                "reference": f"{cps:.0f} clips of {vsc.frames} frames a second"}
+
+    c.measure("video", "teacher", f"VideoTransformer {vsc.net.dim}x{vsc.net.depth}, {vsc.resolution}x{vsc.resolution}, "
+              f"{vsc.world.n_sprites} sprites, clips of {vsc.frames}, batch {vsc.teacher_batch}, from scratch",
+              _boxed(teacher, box / 4))
+
+    def self_forcing(deadline):
+        kw = {}
+        if c.tiny:
+            kw = dict(video_scale=replace(VIDEO_SCALES["ci"], net=vsc.net, frames=4, block=2, student_steps=2,
+                                          teacher_nfe=2, eval_n=4), eval_n=4)
+            torch.manual_seed(0)
+            from .video.nets import VideoTransformer
+            kw["teacher"] = VideoTransformer(vsc.net, "full")
+        exp = VideoWorld(get_scale("ci", device=c.device), progress=False, **kw)
+        exp.deadline = deadline
+        seed_everything(0)
+        st = get_recipe("self_forcing").train(exp, **({"init_steps": 1, "pool": 4} if c.tiny else {}))
+        r, tr = exp.evaluate(st), exp.evaluate_teacher()
+        return {"steps": st.history["steps"], "steps_planned": exp.scale.student_steps,
+                "train_seconds": st.history["seconds"], "quality": round(r["frame_error_4x"], 4),
+                "quality_name": f"frame error at 4x ({r['frame_error_1x']:.4f} at 1x), {r['frames_per_second']:.0f} frames/s",
+                "reference": f"the teacher's sliding window: {tr['frame_error_4x']:.4f} at 4x, "
+                             f"{tr['frames_per_second']:.0f} frames/s; the same run as `bench video --scale ci`"}
+
+    c.measure("video", "self_forcing", ("a random tiny teacher" if c.tiny else "the committed ci teacher")
+              + ", Self Forcing with the ci budget", _boxed(self_forcing, box / 2))
+
+    def streaming(deadline):
+        torch.manual_seed(0)
+        from .video.nets import VideoTransformer
+        net = VideoTransformer(vsc.net, "block_causal", vsc.block).to(c.device).eval()
+        st = StreamingStudent(net, steps=vsc.student_nfe, sampler="renoise", window=vsc.frames - vsc.block)
+        z = torch.randn(4 if c.tiny else 64, vsc.eval_frames, 1, vsc.resolution, vsc.resolution, device=c.device)
+        st.frames_per_second(z[:2])  # warm-up
+        fps = st.frames_per_second(z)
+        return {"quality": round(fps), "quality_name": f"frames/s streaming {z.shape[0]} rollouts of {z.shape[1]} frames",
+                "reference": f"{vsc.student_nfe} steps a block of {vsc.block} frames, cache of {vsc.frames - vsc.block} frames"}
+
+    c.measure("video", "streaming", f"a gpu-size causal student ({vsc.resolution}x{vsc.resolution}, untrained weights)",
+              _boxed(streaming, box / 4))
+
+
 def part_recipes(c: Check, box: float) -> None:
     from .cifar.flow_config import IMAGE_SCALES, build_unet
     from .cifar.flow_experiment import CifarFlow
@@ -312,7 +382,8 @@ def part_recipes(c: Check, box: float) -> None:
 
 
 RUNNERS = {"kd_teacher": part_kd_teacher, "toy2d": part_toy2d, "flow_teacher": part_flow_teacher,
-           "flow_distill": part_flow_distill, "kd_students": part_kd_students, "recipes": part_recipes}
+           "flow_distill": part_flow_distill, "kd_students": part_kd_students, "video": part_video,
+           "recipes": part_recipes}
 
 
 # ------------------------------------------------------------------ the command
