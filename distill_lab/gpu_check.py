@@ -132,6 +132,17 @@ def _boxed(fn: Callable, box: float) -> Callable:
 
 
 # ------------------------------------------------------------------ the parts
+def _train(exp, name: str):
+    """Train the registered recipe ``name`` on ``exp`` from seed 0: ``(student, its fit history, seconds)``."""
+    from .core.registry import get_recipe
+    from .core.train import seed_everything
+
+    seed_everything(0)
+    t = time.perf_counter()
+    st = get_recipe(name).train(exp)
+    return st, getattr(st, "history", None) or {}, time.perf_counter() - t
+
+
 def part_kd_teacher(c: Check, box: float) -> None:
     from .cifar.classify import predict_logits
     from .cifar.kd_teacher import recipe, train_teacher
@@ -157,8 +168,6 @@ def part_kd_teacher(c: Check, box: float) -> None:
 
 
 def part_toy2d(c: Check, box: float) -> None:
-    from .core.registry import get_recipe
-    from .core.train import seed_everything
     from .toy2d import Toy2D
 
     sc = c.scale("gpu")
@@ -182,11 +191,7 @@ def part_toy2d(c: Check, box: float) -> None:
             exp.deadline = deadline
             if c.tiny:
                 exp.recipe_defaults = {name: {"steps": 3}}
-            seed_everything(0)
-            t = time.perf_counter()
-            st = get_recipe(name).train(exp)
-            secs = time.perf_counter() - t
-            hist = getattr(st, "history", None) or {}
+            st, hist, secs = _train(exp, name)
             r = exp.evaluate(st.sample, 1)
             return {"steps": hist.get("steps"), "train_seconds": hist.get("seconds", secs),
                     "quality": round(r["ratio"], 2), "quality_name": "sliced W2 / floor, 1 step",
@@ -222,8 +227,6 @@ def part_flow_teacher(c: Check, box: float) -> None:
 def part_flow_distill(c: Check, box: float) -> None:
     from .cifar.flow_config import IMAGE_SCALES
     from .cifar.flow_experiment import CifarFlow
-    from .core.registry import get_recipe
-    from .core.train import seed_everything
 
     ci = get_scale("ci", device=c.device)
     isc = IMAGE_SCALES["ci"]
@@ -239,11 +242,7 @@ def part_flow_distill(c: Check, box: float) -> None:
                 holder["exp"] = CifarFlow(ci, progress=False, **kw)
             exp = holder["exp"]
             exp.deadline = deadline
-            seed_everything(0)
-            t = time.perf_counter()
-            st = get_recipe(name).train(exp)
-            secs = time.perf_counter() - t
-            hist = getattr(st, "history", None) or {}
+            st, hist, secs = _train(exp, name)
             r = exp.evaluate(st.sample, 1)
             return {"steps": hist.get("steps"), "steps_planned": exp.recipe_defaults.get(name, {}).get("steps"),
                     "train_seconds": hist.get("seconds", secs), "quality": round(r["ratio"], 2),

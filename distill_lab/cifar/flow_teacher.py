@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from ..core.checkpoints import check_folder, file_records, float32_state, fp16_state, machine
+from ..core.checkpoints import check_folder, file_records, float32_state, fp16_state, training_record
 from ..core.distributed import Dist
 from ..core.flows import flow_matching_loss
 from ..core.scale import bf16_ok, get_scale
@@ -138,17 +138,12 @@ def save_flow_teacher(net: TimeUNet, out: str | os.PathLike, isc: ImageScale, in
     net32 = _net_from_state(net.config, state)
     manifest = {
         "what": "CIFAR-10 flow-matching teacher (velocity U-Net) of distill-lab's step-distillation track",
-        "command": command or shlex.join(["python"] + sys.argv),
         "data_source": data_source,
         "scale": get_scale(scale).name,
         "image_scale": image_scale_dict(isc),
         "unet": {k: list(v) if isinstance(v, tuple) else v for k, v in net.config.items()},
         "n_params": n_params(net32),
-        "steps": info.get("steps"),
-        "train_seconds": round(float(info.get("train_seconds", float("nan"))), 1),
-        "final_loss": info.get("final_loss"),
-        "machine": machine(),
-        "torch": torch.__version__,
+        **training_record(info, command or shlex.join(["python"] + sys.argv)),
         "files": file_records(out, FILES),
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")

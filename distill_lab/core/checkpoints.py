@@ -51,6 +51,14 @@ def machine() -> dict:
             "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
 
 
+def training_record(info: dict, command: str) -> dict:
+    """The manifest fields every trained checkpoint records: the command, the steps, the training
+    seconds and final loss (from ``info``), the machine and the torch version."""
+    return {"command": command, "steps": info.get("steps"),
+            "train_seconds": round(float(info.get("train_seconds", float("nan"))), 1),
+            "final_loss": info.get("final_loss"), "machine": machine(), "torch": torch.__version__}
+
+
 def fp16_state(module: nn.Module) -> dict:
     """The module's ``state_dict`` on the CPU with floating-point tensors in fp16 (half the bytes)."""
     return {k: (v.detach().cpu().contiguous().half() if v.is_floating_point() else v.detach().cpu())

@@ -34,7 +34,8 @@ from pathlib import Path
 
 import torch
 
-from ..core.checkpoints import check_folder, file_records, float32_state, fp16_state, machine, update_manifest
+from ..core.checkpoints import (check_folder, file_records, float32_state, fp16_state, training_record,
+                                update_manifest)
 from ..core.flows import flow_matching_loss, sample_ode
 from ..core.scale import get_scale
 from ..core.train import fit, seed_everything
@@ -125,16 +126,11 @@ def save_teacher(net: VideoTransformer, out: str | os.PathLike, vsc: VideoScale,
     torch.save(state, out / "teacher.pt")
     manifest = {
         "what": "the bidirectional flow-matching video teacher of distill-lab's streaming-video track",
-        "command": command or shlex.join(["python"] + sys.argv),
         "scale": get_scale(scale).name,
         "video_scale": video_scale_dict(vsc),
         "net": asdict(net.config),
         "n_params": n_params(net),
-        "steps": info.get("steps"),
-        "train_seconds": round(float(info.get("train_seconds", float("nan"))), 1),
-        "final_loss": info.get("final_loss"),
-        "machine": machine(),
-        "torch": torch.__version__,
+        **training_record(info, command or shlex.join(["python"] + sys.argv)),
         "files": file_records(out, FILES),
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
