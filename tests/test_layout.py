@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 
 import distill_lab.cifar  # noqa: F401  (registers the cifar tracks and their recipes)
+import distill_lab.llm  # noqa: F401  (registers the llm track and its recipes)
 import distill_lab.toy2d  # noqa: F401  (registers the toy2d track and the step recipes)
 import distill_lab.video  # noqa: F401  (registers the video track and its recipes)
 from distill_lab.__main__ import TRACK_PACKAGES, main
 from distill_lab.core import bench, registry
-from distill_lab.core.experiment import Experiment, KDExperiment, StepExperiment, StreamExperiment
+from distill_lab.core.experiment import Experiment, KDExperiment, StepExperiment, StreamExperiment, TokenExperiment
 
 ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "distill_lab"
@@ -157,8 +158,8 @@ def test_readme_package_map_is_the_tree():
 
 
 def test_every_track_package_registers_its_bench():
-    assert set(bench.TRACKS) >= {"toy2d", "cifar", "cifar-gen", "video"}
-    assert TRACK_PACKAGES == ("distill_lab.toy2d", "distill_lab.cifar", "distill_lab.video")
+    assert set(bench.TRACKS) >= {"toy2d", "cifar", "cifar-gen", "video", "llm"}
+    assert TRACK_PACKAGES == ("distill_lab.toy2d", "distill_lab.cifar", "distill_lab.video", "distill_lab.llm")
     for name, track in bench.TRACKS.items():
         assert set(bench.ROW_CORE) <= set(track.row_keys), name
         assert {"floor", "baseline"} & set(track.row_keys), name
@@ -222,6 +223,17 @@ def _tiny_video():
     return exp
 
 
+def _tiny_llm():
+    from test_llm import _tiny_scale
+
+    from distill_lab.llm import LLMTask
+    from distill_lab.llm.tasks import get_task
+    from distill_lab.llm.sft import build_gpt
+
+    ts = _tiny_scale("star")
+    return LLMTask("star", "ci", teacher=build_gpt(get_task("star"), ts.teacher).eval(), task_scale=ts, progress=False)
+
+
 def _tiny_cifar(tmp_path, monkeypatch):
     from test_kd_track import make_teachers
 
@@ -233,16 +245,16 @@ def _tiny_cifar(tmp_path, monkeypatch):
                                  test_per_class=2, epochs=1, batch_size=8, seeds=(0,))
 
 
-@pytest.mark.parametrize("track", ["toy2d", "cifar-gen", "cifar", "video"])
+@pytest.mark.parametrize("track", ["toy2d", "cifar-gen", "cifar", "video", "llm"])
 def test_every_registered_recipe_has_a_row_on_its_tracks_bench(track, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("DISTILL_LAB_CACHE", str(tmp_path / "cache"))
-    exp = {"toy2d": _tiny_toy2d, "cifar-gen": _tiny_cifar_gen, "video": _tiny_video,
+    exp = {"toy2d": _tiny_toy2d, "cifar-gen": _tiny_cifar_gen, "video": _tiny_video, "llm": lambda: [_tiny_llm()],
            "cifar": lambda: _tiny_cifar(tmp_path, monkeypatch)}[track]()
     t = bench.TRACKS[track]
     monkeypatch.setitem(bench.TRACKS, track, bench.BenchTrack(t.name, t.summary, t.row_keys,
                                                               lambda args, scale: exp, t.run, t.table))
     out = tmp_path / "rows.json"
-    seeds = ["--seeds", "0"] if track == "video" else []
+    seeds = ["--seeds", "0"] if track in ("video", "llm") else []
     assert main(["bench", track, "--scale", "ci", "--quiet", "--json", str(out), *seeds]) == 0
     capsys.readouterr()
     rows = json.loads(out.read_text())
@@ -295,6 +307,8 @@ def test_step_recipes_use_nothing_outside_the_contract():
     assert not extra, f"kd_recipes.py uses exp.{sorted(extra)}, which KDExperiment does not declare"
     extra = experiment_uses(PKG / "video" / "recipes.py") - members(StreamExperiment) - {"recipe_defaults"}
     assert not extra, f"video/recipes.py uses exp.{sorted(extra)}, which StreamExperiment does not declare"
+    extra = experiment_uses(PKG / "llm" / "recipes.py") - members(TokenExperiment) - {"recipe_defaults"}
+    assert not extra, f"llm/recipes.py uses exp.{sorted(extra)}, which TokenExperiment does not declare"
 
 
 def test_contract_check_catches_an_undeclared_attribute(tmp_path):
@@ -303,12 +317,12 @@ def test_contract_check_catches_an_undeclared_attribute(tmp_path):
     assert experiment_uses(p) - members(StepExperiment) == {"secret_teacher_weights"}
 
 
-@pytest.mark.parametrize("kind", ["toy2d", "cifar-gen", "cifar", "video"])
+@pytest.mark.parametrize("kind", ["toy2d", "cifar-gen", "cifar", "video", "llm"])
 def test_experiments_implement_every_member_of_their_contract(kind, tmp_path, monkeypatch):
     monkeypatch.setenv("DISTILL_LAB_CACHE", str(tmp_path / "cache"))
-    exp = {"toy2d": _tiny_toy2d, "cifar-gen": _tiny_cifar_gen, "video": _tiny_video,
+    exp = {"toy2d": _tiny_toy2d, "cifar-gen": _tiny_cifar_gen, "video": _tiny_video, "llm": _tiny_llm,
            "cifar": lambda: _tiny_cifar(tmp_path, monkeypatch)}[kind]()
-    proto = {"cifar": KDExperiment, "video": StreamExperiment}.get(kind, StepExperiment)
+    proto = {"cifar": KDExperiment, "video": StreamExperiment, "llm": TokenExperiment}.get(kind, StepExperiment)
     assert isinstance(type(exp), type) and proto in type(exp).__mro__, f"{type(exp).__name__} must name {proto.__name__}"
     assert isinstance(exp, Experiment) and isinstance(exp, proto)
     missing = [m for m in sorted(members(proto)) if not implemented_by(exp, m, proto)]

@@ -16,6 +16,8 @@ afresh from a fixed seed.
 
 from __future__ import annotations
 
+import statistics
+
 import json
 import math
 import time
@@ -89,6 +91,12 @@ def format_recipes(rs: Iterable[Recipe]) -> str:
         detail = f"nfe {','.join(map(str, r.nfes))}" if r.nfes else (r.metric or "")
         lines.append(f"{r.name:22s} {r.family:30s} {detail:10s} {r.paper}" + ("  [baseline]" if r.baseline else ""))
     return "\n".join(lines)
+
+
+def mean_spread(values) -> tuple[float, float]:
+    """Mean and sample standard deviation over seeds (spread 0 for one value)."""
+    values = [float(v) for v in values]
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
 def write_json(rows: list[dict], keys: tuple[str, ...], path: str | Path) -> None:

@@ -13,8 +13,11 @@ offers a recipe the pieces it needs. Two contracts exist, one a kind of distilla
   teacher and block-causal students (track ``video``). Implemented by
   :class:`distill_lab.video.experiment.VideoWorld`.
 * :class:`KDExperiment` -- logit-level knowledge and self-distillation of a classifier (track
-  ``cifar``; the LLM track's experiment will offer what applies to tokens). Implemented by
-  :class:`distill_lab.cifar.kd_experiment.CifarKD`.
+  ``cifar``). Implemented by :class:`distill_lab.cifar.kd_experiment.CifarKD`.
+* :class:`TokenExperiment` -- token-level distillation of a language model on a checkable task
+  (track ``llm``): a frozen teacher GPT, fresh problems, a student of fixed size and budget.
+  Implemented by :class:`distill_lab.llm.experiment.LLMTask`; the losses it feeds are the KD
+  track's own (:mod:`distill_lab.methods.kd`), on logits ``[B, T, V]``.
 
 They are :class:`typing.Protocol` classes that the experiments name as their base, so a reader sees
 the contract in one place and a type checker can hold them to it; the tests check that every member
@@ -212,3 +215,34 @@ class StreamExperiment(Experiment, Protocol):
         """The student's rollouts past the horizon, measured with the world's physics."""
         ...
 
+
+
+@runtime_checkable
+class TokenExperiment(Experiment, Protocol):
+    """A frozen teacher language model, a task with fresh problems and exact-match checking, and a fixed
+    evaluation: what the LLM recipes use. Completions and scoring go through
+    :mod:`distill_lab.llm.rollout`; ``exp.budget`` sequences of ``exp.batch`` is every student's budget."""
+
+    seed: int
+    task: Any  # the :class:`~distill_lab.llm.tasks.Task`: tokenizer, problems, ``check``
+    teacher: nn.Module  # the frozen teacher GPT, ``teacher(tokens) -> logits [B, T, V]``
+    privileged: bool  # the teacher reads the task's teacher prompt (privileged information)
+    steps: int  # the students' optimiser steps
+    batch: int  # sequences a step
+    lr: float  # the students' learning rate
+
+    def student(self) -> nn.Module:
+        """A fresh student GPT on ``device`` (the size is the experiment's), in training mode."""
+        ...
+
+    def problems(self, n: int | None = None) -> list:
+        """``n`` (default ``batch``) fresh training-split problems, from the global RNG."""
+        ...
+
+    def fit(self, step: Callable[[int], Any], n_steps: int, desc: str) -> dict:
+        """:func:`distill_lab.core.train.fit` with this experiment's settings."""
+        ...
+
+    def evaluate(self, student: nn.Module) -> dict:
+        """Greedy exact-match accuracy (percent) on the fixed held-out problems, and its details."""
+        ...

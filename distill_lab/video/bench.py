@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import time
 
-from ..core.bench import BenchTrack, bench_methods, register_track, text_table
+from ..core.bench import BenchTrack, bench_methods, mean_spread, register_track, text_table
 from ..core.registry import get_recipe
 from ..core.train import seed_everything
 from . import recipes  # noqa: F401  (registers the video recipes)
-from .experiment import VideoWorld, mean_spread
+from .experiment import VideoWorld
 
 VIDEO_ROW_KEYS = ("method", "metric", "value", "floor", "nfe_per_frame", "frames_per_second", "frame_error_1x",
                   "frame_error_4x", "frame_error_4x_spread", "drift_slope", "exposure_gap", "dynamic_degree",

@@ -19,7 +19,6 @@ Frames per second are timed on this device; NFE per frame are the student's deno
 
 from __future__ import annotations
 
-import statistics
 import time
 from functools import cached_property
 from pathlib import Path
@@ -198,9 +197,3 @@ class VideoWorld(StreamExperiment):
 
 def _video_scale(scale: Scale) -> VideoScale:
     return video_scale(scale)
-
-
-def mean_spread(values) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for one value)."""
-    values = [float(v) for v in values]
-    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)

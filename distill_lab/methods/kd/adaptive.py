@@ -2,7 +2,7 @@
 
 * :func:`taid_target`, :func:`taid_loss`, :class:`TAIDSchedule` -- TAID (Shing et al., ICLR 2025):
   the target interpolates from the student towards the teacher.
-* :func:`paced_weights`, :func:`paced_kd_loss` -- PACED (Xu et al. 2026): each example weighted by
+* :func:`beta_kernel`, :func:`paced_weights`, :func:`paced_kd_loss` -- PACED (Xu et al. 2026): each example weighted by
   ``p (1 - p)`` of the student's success.
 * :func:`consensus_targets`, :func:`consensus_loss` -- multi-teacher consensus weighted by agreement
   (after AVSD, 2026; the weighting here is this lab's, see its docstring).
@@ -112,6 +112,18 @@ class TAIDSchedule:
 
 
 # ============================================================================ PACED
+def beta_kernel(p: torch.Tensor, a: float = 1.0, b: float = 1.0) -> torch.Tensor:
+    """PACED's weight of a success probability or pass rate ``p`` in [0, 1], Xu et al. (2026): the Beta
+    kernel ``w(p) = p^a (1 - p)^b``, 0 at both ends (mastered and hopeless), largest at ``a / (a + b)``.
+    No gradient (weights select problems; they are not optimised)."""
+    if a < 0 or b < 0:
+        raise ValueError(f"the Beta-kernel exponents must be >= 0, got a={a}, b={b}")
+    p = torch.as_tensor(p).detach().float()
+    if bool(((p < 0) | (p > 1)).any()):
+        raise ValueError("pass rates must lie in [0, 1]")
+    return p.pow(a) * (1.0 - p).pow(b)
+
+
 def paced_weights(student_logits: torch.Tensor, labels: torch.Tensor, a: float = 1.0, b: float = 1.0) -> torch.Tensor:
     """PACED's competence weights, Xu, Sang, Zhou, He & Wang (2026), "PACED: distillation at the frontier
     of student competence" (arXiv 2603.11178), the weight ``w(p) = p^a (1 - p)^b`` (``a = b = 1``:
@@ -127,10 +139,8 @@ def paced_weights(student_logits: torch.Tensor, labels: torch.Tensor, a: float =
     """
     check_logits("student_logits", student_logits)
     labels = check_labels(labels, student_logits)
-    if a < 0 or b < 0:
-        raise ValueError(f"the Beta-kernel exponents must be >= 0, got a={a}, b={b}")
     p = F.softmax(student_logits.detach().float(), dim=-1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
-    return p.pow(a) * (1.0 - p).pow(b)
+    return beta_kernel(p, a, b)
 
 
 def paced_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,

@@ -1,0 +1,99 @@
+"""The ``llm`` bench track: every LLM recipe on each task, several seeds, one table.
+
+    python -m distill_lab bench llm --scale ci --seeds 0 1 2 --json out/bench_llm.json
+    python -m distill_lab bench llm --tasks mult,star --methods sft,word_kd,gkd_fkl
+
+Importing this module registers the track and the recipes (:mod:`.recipes`). A row is one method on
+one task: ``value`` is the student's greedy exact-match accuracy in percent (mean over the seeds;
+``spread`` their standard deviation), ``baseline`` the data-only student's (the ``sft`` recipe: same
+size, warm start, steps and batch), ``teacher_value`` the teacher's on the same held-out problems,
+``student_tokens`` the tokens the student generated in training (0 off-policy), ``train_tokens`` the
+tokens it was trained on, ``on_policy`` whether it learnt on its own samples, ``train_seconds`` the
+mean training time. On the star graph ``first_node`` is the accuracy at the arm's first node.
+"""
+
+from __future__ import annotations
+
+import time
+
+from ..core.bench import BenchTrack, bench_methods, mean_spread, register_track, text_table
+from ..core.registry import get_recipe
+from ..core.train import seed_everything
+from . import recipes  # noqa: F401  (registers the LLM recipes)
+from .experiment import LLMTask
+from .tasks import TASKS
+
+LLM_ROW_KEYS = ("method", "task", "metric", "value", "spread", "baseline", "baseline_spread", "teacher_value", "seeds",
+                "student_tokens", "train_tokens", "on_policy", "first_node", "train_seconds")
+BENCH_TASKS = ("mult", "star", "sort")
+
+
+def run_task(exp: LLMTask, methods=None, seeds=(0, 1, 2)) -> list[dict]:
+    """One row a method (default: every ``llm`` recipe) on ``exp``'s task, each the mean over ``seeds``.
+    The data-only ``sft`` student is trained first; its mean and spread are every row's ``baseline``
+    and ``baseline_spread`` (it has no row of its own)."""
+    names = bench_methods("llm") if methods is None else list(methods)
+    for m in names:
+        get_recipe(m, track="llm")
+    names = ["sft"] + [m for m in names if m != "sft"]
+    rows = []
+    for m in names:
+        res = []
+        for s in seeds:
+            seed_everything(s)
+            t0 = time.perf_counter()
+            student = get_recipe(m).train(exp)
+            secs = time.perf_counter() - t0
+            res.append({**exp.evaluate(student), **{k: student.train_info[k] for k in
+                                                     ("student_tokens", "train_tokens", "on_policy")},
+                        "seconds": secs})
+        acc, spread = mean_spread([r["accuracy"] for r in res])
+        row = {"method": m, "task": exp.name, "metric": "exact_match", "value": acc, "spread": spread,
+               "teacher_value": exp.teacher_eval["accuracy"], "seeds": list(seeds),
+               "student_tokens": mean_spread([r["student_tokens"] for r in res])[0],
+               "train_tokens": mean_spread([r["train_tokens"] for r in res])[0],
+               "on_policy": bool(res[0]["on_policy"]),
+               "first_node": mean_spread([r["first_node"] for r in res])[0] if "first_node" in res[0] else None,
+               "train_seconds": mean_spread([r["seconds"] for r in res])[0]}
+        rows.append(row)
+    base = rows.pop(0)  # the data-only student is every row's baseline, not a row of its own
+    for r in rows:
+        r["baseline"], r["baseline_spread"] = base["value"], base["spread"]
+    return rows
+
+
+def run_llm(exps: list[LLMTask], methods=None, seeds=(0, 1, 2)) -> list[dict]:
+    return [row for exp in exps for row in run_task(exp, methods, seeds)]
+
+
+def _f(v, nd=1):
+    return "-" if v is None else f"{v:.{nd}f}"
+
+
+def format_llm_table(rows: list[dict]) -> str:
+    head = ["task", "method", "on-policy", "exact match %", "+-", "data only", "+-", "teacher", "first node %",
+            "student tokens", "train tokens", "seeds", "train s"]
+    body = [[r["task"], r["method"], "yes" if r["on_policy"] else "no", _f(r["value"]), _f(r["spread"]),
+             _f(r["baseline"]), _f(r["baseline_spread"]), _f(r["teacher_value"]), _f(r["first_node"]),
+             f"{r['student_tokens']:.0f}", f"{r['train_tokens']:.0f}", str(len(r["seeds"])), _f(r["train_seconds"], 0)]
+            for r in rows]
+    return text_table(head, body, ["exact match: greedy decoding on held-out problems (test split); +-: standard "
+                                   "deviation over seeds; data only: the sft row (same student, warm start and budget)"])
+
+
+def _prepare(args, scale) -> list[LLMTask]:
+    tasks = (args.tasks or ",".join(BENCH_TASKS)).split(",")
+    for t in tasks:
+        if t not in TASKS:
+            raise ValueError(f"unknown task {t!r}; choose from {', '.join(TASKS)}")
+    exps = [LLMTask(t, scale, progress=not args.quiet) for t in tasks]
+    for e in exps:
+        print(f"bench llm: {e}")
+    return exps
+
+
+register_track(BenchTrack(
+    name="llm", summary="LLM distillation: tiny GPT students of a tiny GPT teacher on checkable tasks (exact match)",
+    row_keys=LLM_ROW_KEYS, prepare=_prepare,
+    run=lambda exps, methods, args: run_llm(exps, methods, tuple(args.seeds or (0, 1, 2))),
+    table=format_llm_table))

@@ -1,0 +1,135 @@
+"""The LLM experiment: a task, its committed teacher, a student of fixed size and budget, a fixed test set.
+
+:class:`LLMTask` implements :class:`~distill_lab.core.experiment.TokenExperiment`, what the LLM recipes
+(:mod:`distill_lab.llm.recipes`) use::
+
+    exp = LLMTask("mult", scale="ci")               # loads datasets/teachers/llm_mult_ci
+    student = get_recipe("gkd_on").train(exp)       # a GPT
+    exp.evaluate(student)["accuracy"]               # greedy exact match on held-out problems, percent
+
+Every student of one experiment has the same size (the scale's ``student`` GPT), the same number of
+optimiser steps and sequences a step (``steps`` x ``batch``), and is measured on the same
+``eval_n`` held-out problems (test split, fixed by the experiment's seed) by greedy decoding.
+Every student starts from the same warm start (``warm_steps`` supervised steps, once a seed); the
+``sft`` recipe continues it on the data alone: the baseline.
+"""
+
+from __future__ import annotations
+
+import time
+from functools import cached_property
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..core.experiment import TokenExperiment
+from ..core.scale import Scale, get_scale
+from ..core.train import fit
+from ..nets.utils import n_params
+from .config import TaskScale, llm_scale
+from .gpt import GPT
+from .rollout import accuracy, from_model
+from .sft import build_gpt, heldout_problems, train_sft
+from .tasks import Task, Tokenizer, check_same_tokenizer, get_task
+
+
+class LLMTask(TokenExperiment):
+    """Task, teacher and evaluation for one task at one scale.
+
+    Parameters
+    ----------
+    task : ``"mult"``, ``"mult_short"``, ``"star"`` or ``"sort"`` (:mod:`distill_lab.llm.tasks`).
+    scale : ``"ci"``, ``"default"``, ``"gpu"``, a :class:`~distill_lab.core.scale.Scale`, or ``None``.
+    teacher : a trained GPT (default: the task's committed teacher, its hashes checked).
+    task_scale : override the scale's :class:`~distill_lab.llm.config.TaskScale` (tests).
+    steps, eval_n : override the students' steps and the held-out problems.
+    """
+
+    deadline: float | None = None  # a time.perf_counter() value after which training loops stop early
+
+    def __init__(self, task: str = "mult", scale: str | Scale | None = None, teacher: nn.Module | None = None,
+                 teacher_dir: str | Path | None = None, task_scale: TaskScale | None = None,
+                 steps: int | None = None, eval_n: int | None = None, seed: int = 0, progress: bool = True):
+        base = get_scale(scale)
+        self.tscale = ts = task_scale or llm_scale(task, base)
+        self.task: Task = get_task(task, **ts.task_kwargs)
+        self.device, self.seed, self.progress = base.device, seed, progress
+        self.steps, self.batch, self.lr = steps or ts.student_steps, ts.batch, ts.student_lr
+        self.eval_n = eval_n or ts.eval_n
+        self.scale = Scale(base.name, teacher_steps=ts.teacher_steps, width=ts.student.n_embd,
+                           depth=ts.student.n_layer, batch=ts.batch, student_steps=self.steps, eval_n=self.eval_n,
+                           n_proj=0, device=base.device)
+        self.name = self.task.name
+        self.privileged = self.task.privileged
+        t0 = time.perf_counter()
+        self.teacher_manifest = None
+        if teacher is None:
+            # imported here, so that `python -m distill_lab.llm.teacher` runs a module the package
+            # has not imported yet
+            from .teacher import load_teacher
+
+            loaded = load_teacher(task, teacher_dir, scale=base)
+            teacher, self.teacher_manifest = loaded["model"], loaded["manifest"]
+        if self.teacher_manifest is not None:
+            check_same_tokenizer(Tokenizer(self.teacher_manifest["tokenizer"]), self.task.tokenizer)
+        if teacher.config.vocab_size != self.task.tokenizer.vocab_size:
+            raise ValueError(f"the teacher has {teacher.config.vocab_size} tokens, the task's tokenizer "
+                             f"{self.task.tokenizer.vocab_size}: train the teacher on this task "
+                             f"(python -m distill_lab.llm.teacher --task {task})")
+        self.teacher = teacher.to(self.device).eval()
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+        self.teacher_seconds = time.perf_counter() - t0
+        self._warm: dict[int, dict] = {}
+
+    # ---------------------------------------------------------------- networks and draws
+    def student(self) -> GPT:
+        """A fresh student: the scale's student GPT after ``warm_steps`` supervised steps on the data
+        (the warm start is trained once a seed, the seed being ``torch.initial_seed()``, i.e. the one
+        the bench set with ``seed_everything``; the global RNG stream is left as it was)."""
+        seed = torch.initial_seed()
+        if seed not in self._warm:
+            with torch.random.fork_rng():
+                torch.manual_seed(seed)
+                net = build_gpt(self.task, self.tscale.student).to(self.device)
+                if self.tscale.warm_steps:
+                    train_sft(net, [self.task], self.tscale.warm_steps, self.batch, self.lr, desc=f"{self.name} warm start",
+                              progress=self.progress, device=self.device)
+            self._warm[seed] = {k: v.detach().clone() for k, v in net.state_dict().items()}
+        net = build_gpt(self.task, self.tscale.student).to(self.device)
+        net.load_state_dict(self._warm[seed])
+        return net.train()
+
+    def problems(self, n: int | None = None) -> list:
+        return self.task.problems(n or self.batch, "train")
+
+    def fit(self, step: Callable, n_steps: int, desc: str) -> dict:
+        return fit(step, n_steps, desc=desc, progress=self.progress, check_every=self.scale.check_every,
+                   deadline=self.deadline)
+
+    # ---------------------------------------------------------------- evaluation
+    @cached_property
+    def eval_problems(self) -> list:
+        return heldout_problems(self.task, self.eval_n, self.seed)
+
+    def evaluate(self, student: nn.Module, privileged: bool = False) -> dict:
+        """``accuracy`` (greedy exact match, percent) on the held-out problems, and for the star graph
+        ``first_node`` (percent right at the token that needs planning)."""
+        acc = accuracy(student, self.task, self.eval_problems, privileged=privileged, device=self.device)
+        out = {"accuracy": acc}
+        if hasattr(self.task, "first_node_accuracy"):
+            c = from_model(student, self.task, self.eval_problems, "eval", temperature=0.0, privileged=privileged,
+                           device=self.device)
+            out["first_node"] = self.task.first_node_accuracy(self.eval_problems, c.tokens.cpu())
+        return out
+
+    @cached_property
+    def teacher_eval(self) -> dict:
+        """The teacher on the same problems (reading its own, possibly privileged, prompt)."""
+        return self.evaluate(self.teacher, privileged=self.privileged)
+
+    def __repr__(self):
+        return (f"LLMTask({self.name!r}, scale={self.scale.name!r}, teacher={n_params(self.teacher):,} params, "
+                f"student {self.tscale.student}, {self.steps} steps x {self.batch}, device={self.device!r})")

@@ -1,0 +1,256 @@
+"""The LLM track's procedures: where the training sequences come from (data, the teacher's samples, the
+student's own, a teacher-student mixture) crossed with a token-level loss of
+:mod:`distill_lab.methods.kd.token`. Each is ``train(exp, **options) -> GPT`` on a
+:class:`~distill_lab.core.experiment.TokenExperiment` (:class:`~distill_lab.llm.experiment.LLMTask`),
+registered on the ``llm`` track; every one runs through :func:`distill`, one loop, and every
+completion through :mod:`distill_lab.llm.rollout`.
+
+Off-policy (the student never sees its own samples):
+
+* ``sft`` -- cross-entropy on the data: the data-only baseline (no teacher).
+* ``seq_kd`` -- cross-entropy on the teacher's greedy outputs (sequence-level KD, Kim & Rush 2016).
+* ``word_kd`` -- forward KL to the teacher on the data's sequences (word-level KD, Kim & Rush 2016).
+* ``reverse_kl_data`` -- reverse KL on the data's sequences (the mode-seeking loss, off-policy).
+* ``taid_tokens`` -- TAID's interpolated target on the data's sequences (Shing et al. 2025).
+* ``paced_pass_rate`` -- forward KL on the data's sequences, each problem weighted by PACED's Beta kernel of the
+  student's pass rate from ``rollouts`` samples (Xu et al. 2026; the samples only weigh, they are
+  not trained on).
+
+On-policy (the student learns on its own samples):
+
+* ``gkd_fkl``, ``gkd_jsd``, ``gkd_rkl`` -- GKD with the on-policy fraction lambda = 1 and the
+  generalised JSD at beta = 0, 0.5, 1 (Agarwal et al. 2024); ``gkd_mixed`` -- lambda = 0.5: half the
+  steps on the student's samples, half on the data.
+* ``on_policy_pg`` -- sampled-token on-policy distillation: the per-token advantage
+  ``-(log q - log p)`` and a policy-gradient step (the teacher scores only the sampled tokens).
+* ``minillm`` -- teacher-mixed sampling (alpha 0.2) and MiniLLM's policy gradient (Gu et al. 2024).
+* ``distillm`` -- the skew KL (alpha 0.1) on student samples half of the steps and the data the
+  other half (Ko et al. 2024; a fixed share, not the paper's adaptive off-policy schedule and replay buffer).
+
+Every student starts from the experiment's warm start (:meth:`LLMTask.student`) and trains ``exp.steps``
+steps of ``exp.batch`` problems. Student samples are drawn at temperature 1 (the student's own
+distribution).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..core.registry import recipe
+from ..methods.kd.adaptive import TAIDSchedule, beta_kernel
+from ..methods.kd.token import (forward_kl_loss, gjsd_loss, minillm_loss, on_policy_pg_loss, reverse_kl_loss,
+                                skew_kl_loss, taid_token_loss, token_ce_loss)
+from .rollout import Completions, from_data, from_model, score
+
+LLM = ("llm",)
+GKD = "Agarwal, Vieillard, Zhou, Stanczyk, Ramos, Geist & Bachem 2024, On-Policy Distillation of Language Models: Learning from Self-Generated Mistakes"
+KIM_RUSH = "Kim & Rush 2016, Sequence-Level Knowledge Distillation"
+SOURCES = ("data", "teacher", "teacher_greedy", "student", "mixed")
+
+
+def _options(overrides: dict, name: str, **defaults) -> dict:
+    unknown = set(overrides) - set(defaults)
+    if unknown:
+        raise ValueError(f"unknown option(s) {sorted(unknown)} for {name}; known: {sorted(defaults)}")
+    return {**defaults, **overrides}
+
+
+def completions(exp, student, problems, source: str, mix_alpha: float = 0.2) -> Completions:
+    """A batch of completions from ``source``: ``data``, ``teacher`` (its samples at temperature 1),
+    ``teacher_greedy`` (its greedy outputs), ``student`` (the student's samples at temperature 1) or
+    ``mixed`` (MiniLLM's ``mix_alpha`` teacher + ``1 - mix_alpha`` student)."""
+    task, dev = exp.task, exp.device
+    if source == "data":
+        return from_data(task, problems, dev)
+    if source in ("teacher", "teacher_greedy"):
+        return from_model(exp.teacher, task, problems, "teacher", temperature=1.0 if source == "teacher" else 0.0,
+                          privileged=exp.privileged, device=dev)
+    if source == "student":
+        return from_model(student, task, problems, "student", device=dev)
+    if source == "mixed":
+        return from_model(student, task, problems, "mixed", mix_with=exp.teacher, mix_alpha=mix_alpha,
+                          mix_privileged=exp.privileged, device=dev)
+    raise ValueError(f"unknown source {source!r}; choose one of {', '.join(SOURCES)}")
+
+
+def distill(exp, name: str, loss_fn, source: str = "data", lam: float = 0.0, on_policy: str = "student",
+            steps: int | None = None, lr: float | None = None, batch: int | None = None, mix_alpha: float = 0.2,
+            weigh=None, after_step=None):
+    """The one training loop of the LLM track. Each step draws ``batch`` training problems, takes their
+    completions from ``on_policy`` (the student's samples) with probability ``lam`` and from ``source``
+    otherwise (GKD's lambda), scores them with the student (gradient) and the teacher (no gradient, its
+    own prompt), and minimises ``loss_fn(student_logits, teacher_logits, completions) -> loss or
+    (loss, info)``. ``weigh(student, problems) -> [B]`` optionally weights each sequence (PACED);
+    ``after_step(loss)`` runs after each update (TAID's schedule). Returns the student with
+    ``student.train_info``: steps, tokens trained on, student tokens generated, on-policy share."""
+    if not 0.0 <= lam <= 1.0:
+        raise ValueError(f"{name}: the on-policy fraction lambda must lie in [0, 1], got {lam}")
+    steps, lr, batch = steps or exp.steps, lr or exp.lr, batch or exp.batch
+    student = exp.student()
+    opt = torch.optim.AdamW(student.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.1)
+    count = {"train_tokens": 0, "student_tokens": 0, "on_policy_steps": 0}
+
+    def step(i):
+        problems = exp.problems(batch)
+        src = on_policy if (lam > 0 and float(torch.rand(())) < lam) else source
+        c = completions(exp, student, problems, src, mix_alpha)
+        count["train_tokens"] += c.n_tokens
+        if c.on_policy:
+            count["student_tokens"] += c.n_tokens
+            count["on_policy_steps"] += 1
+        s_logits = score(student, exp.task, c)
+        with torch.no_grad():
+            t_logits = score(exp.teacher, exp.task, c, privileged=exp.privileged)
+        mask = c.mask
+        if weigh is not None:  # per-sequence weights, as a per-token weighted mean
+            w = weigh(student, problems).to(s_logits.device)
+            mask = mask & (w[:, None] > 0)
+        out = loss_fn(s_logits, t_logits, c) if weigh is None else loss_fn(s_logits, t_logits, c, w)
+        loss, info = out if isinstance(out, tuple) else (out, {})
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+        opt.step()
+        if after_step is not None:
+            after_step(float(loss.detach()))
+        return {"loss": loss, **{k: v for k, v in info.items() if k != "loss"}}
+
+    hist = exp.fit(step, steps, desc=name)
+    student.train_info = {**count, "steps": hist["steps"], "seconds": hist["seconds"], "history": hist,
+                          "on_policy": count["on_policy_steps"] > 0}
+    return student.eval()
+
+
+# ============================================================================ off-policy
+@recipe("sft", tracks=LLM, family="baseline", paper="supervised fine-tuning on the data (no teacher)", baseline=True)
+def sft(exp, **overrides):
+    """The data-only baseline: cross-entropy on the task's targets, the teacher unused."""
+    o = _options(overrides, "sft", steps=None, lr=None)
+    return distill(exp, "sft", lambda s, t, c: token_ce_loss(s, c.tokens, c.mask), "data", **o)
+
+
+@recipe("seq_kd", tracks=LLM, family="off-policy", paper=KIM_RUSH)
+def seq_kd(exp, **overrides):
+    """Sequence-level KD: cross-entropy on the teacher's greedy outputs (its approximate mode, the
+    beam search of Kim & Rush 2016, eq. 5), its mistakes included."""
+    o = _options(overrides, "seq_kd", steps=None, lr=None, source="teacher_greedy")
+    return distill(exp, "seq_kd", lambda s, t, c: token_ce_loss(s, c.tokens, c.mask), **o)
+
+
+@recipe("word_kd", tracks=LLM, family="off-policy", paper=KIM_RUSH)
+def word_kd(exp, **overrides):
+    """Word-level KD: forward KL to the teacher's next-token distributions on the data's sequences."""
+    o = _options(overrides, "word_kd", steps=None, lr=None, source="data")
+    return distill(exp, "word_kd", lambda s, t, c: forward_kl_loss(s, t, c.mask), **o)
+
+
+@recipe("reverse_kl_data", tracks=LLM, family="off-policy",
+        paper="Gu, Dong, Wei & Huang 2024, MiniLLM: Knowledge Distillation of Large Language Models (the reverse KL)")
+def reverse_kl_data(exp, **overrides):
+    """Reverse KL (exact over the vocabulary) on the data's sequences: mode seeking, off-policy."""
+    o = _options(overrides, "reverse_kl_data", steps=None, lr=None)
+    return distill(exp, "reverse_kl_data", lambda s, t, c: reverse_kl_loss(s, t, c.mask), "data", **o)
+
+
+@recipe("taid_tokens", tracks=LLM, family="adaptive",
+        paper="Shing, Misaki, Bao, Yokoi & Akiba 2025, TAID: Temporally Adaptive Interpolated Distillation")
+def taid_tokens(exp, **overrides):
+    """TAID on the data's sequences: the target moves from the student's own distribution towards the
+    teacher's with :class:`~distill_lab.methods.kd.adaptive.TAIDSchedule` (the CIFAR track's)."""
+    o = _options(overrides, "taid_tokens", steps=None, lr=None, t_start=0.4, alpha=5e-3)
+    sched = TAIDSchedule(o["steps"] or exp.steps, t_start=o["t_start"], alpha=o["alpha"])
+    return distill(exp, "taid_tokens", lambda s, t, c: taid_token_loss(s, t, c.mask, sched.t), "data",
+                   steps=o["steps"], lr=o["lr"], after_step=sched.step)
+
+
+@recipe("paced_pass_rate", tracks=LLM, family="adaptive",
+        paper="Xu, Sang, Zhou, He & Wang 2026, PACED: Distillation at the Frontier of Student Competence")
+def paced_pass_rate(exp, **overrides):
+    """PACED: forward KL on the data's sequences, each problem weighted by ``w(p) = p^a (1 - p)^b`` of
+    the student's pass rate ``p`` over ``rollouts`` samples (temperature 1), normalised over the batch.
+    The pass rate is smoothed, ``(passes + 1) / (rollouts + 2)``, so that while the student solves
+    nothing every problem keeps a small weight (this lab's choice; the paper's rates come from many
+    more rollouts). The weights are under stop-gradient."""
+    o = _options(overrides, "paced_pass_rate", steps=None, lr=None, rollouts=4, a=1.0, b=1.0)
+
+    @torch.no_grad()
+    def weigh(student, problems):
+        reps = [p for p in problems for _ in range(o["rollouts"])]
+        c = from_model(student, exp.task, reps, "student", device=exp.device)
+        ok = torch.tensor([exp.task.check(p, s) for p, s in zip(reps, exp.task.decode_completions(c.tokens.cpu()))],
+                          dtype=torch.float32).view(len(problems), o["rollouts"])
+        w = beta_kernel((ok.sum(1) + 1) / (o["rollouts"] + 2), o["a"], o["b"])
+        return w / w.mean()
+
+    def loss_fn(s, t, c, w):
+        per_tok = forward_kl_loss(s, t, c.mask)  # validated once; the weighted mean below is the loss
+        log_q, log_p = s.float().log_softmax(-1), t.float().log_softmax(-1)
+        kl = (log_p.exp() * (log_p - log_q)).sum(-1)
+        ww = w[:, None].expand_as(kl)
+        loss = (ww * kl)[c.mask].sum() / ww[c.mask].sum()
+        return loss, {"kd_unweighted": per_tok.detach(), "mean_weight": w.mean()}
+
+    return distill(exp, "paced_pass_rate", loss_fn, "data", steps=o["steps"], lr=o["lr"], weigh=weigh)
+
+
+# ============================================================================ on-policy
+def _gkd(exp, name, beta, lam, overrides):
+    o = _options(overrides, name, steps=None, lr=None, beta=beta, lam=lam, source="data")
+    b = o.pop("beta")
+    return distill(exp, name, lambda s, t, c: gjsd_loss(s, t, c.mask, beta=b), **o)
+
+
+@recipe("gkd_fkl", tracks=LLM, family="on-policy", paper=GKD)
+def gkd_fkl(exp, **overrides):
+    """GKD, lambda = 1, beta = 0: forward KL on the student's own samples."""
+    return _gkd(exp, "gkd_fkl", 0.0, 1.0, overrides)
+
+
+@recipe("gkd_jsd", tracks=LLM, family="on-policy", paper=GKD)
+def gkd_jsd(exp, **overrides):
+    """GKD, lambda = 1, beta = 0.5: the generalised JSD on the student's own samples."""
+    return _gkd(exp, "gkd_jsd", 0.5, 1.0, overrides)
+
+
+@recipe("gkd_rkl", tracks=LLM, family="on-policy", paper=GKD)
+def gkd_rkl(exp, **overrides):
+    """GKD, lambda = 1, beta = 1: reverse KL (exact over the vocabulary) on the student's own samples."""
+    return _gkd(exp, "gkd_rkl", 1.0, 1.0, overrides)
+
+
+@recipe("gkd_mixed", tracks=LLM, family="on-policy", paper=GKD)
+def gkd_mixed(exp, **overrides):
+    """GKD, lambda = 0.5, beta = 0.5: half the steps on the student's samples, half on the data."""
+    return _gkd(exp, "gkd_mixed", 0.5, 0.5, overrides)
+
+
+@recipe("on_policy_pg", tracks=LLM, family="on-policy",
+        paper="Agarwal et al. 2024 (GKD) with the sampled-token reverse KL as a per-token reward (Thinking Machines 2025, On-Policy Distillation)")
+def on_policy_pg(exp, **overrides):
+    """Sampled-token on-policy distillation: the student samples, the teacher scores the sampled tokens,
+    and the advantage ``-(log q - log p)`` drives a policy-gradient step
+    (:func:`~distill_lab.methods.kd.token.on_policy_pg_loss`)."""
+    o = _options(overrides, "on_policy_pg", steps=None, lr=None)
+    return distill(exp, "on_policy_pg", lambda s, t, c: on_policy_pg_loss(s, t, c.tokens, c.mask),
+                   "student", **o)
+
+
+@recipe("minillm", tracks=LLM, family="on-policy",
+        paper="Gu, Dong, Wei & Huang 2024, MiniLLM: Knowledge Distillation of Large Language Models")
+def minillm(exp, **overrides):
+    """MiniLLM: samples from ``mix_alpha`` teacher + ``1 - mix_alpha`` student, the single-step reverse
+    KL plus the normalised long-term reward, importance-weighted (:func:`~distill_lab.methods.kd.token.minillm_loss`)."""
+    o = _options(overrides, "minillm", steps=None, lr=None, mix_alpha=0.2)
+    return distill(exp, "minillm", lambda s, t, c: minillm_loss(s, t, c.tokens, c.mask, c.sample_logprobs),
+                   "mixed", **o)
+
+
+@recipe("distillm", tracks=LLM, family="on-policy",
+        paper="Ko, Kim, Chen & Yun 2024, DistiLLM: Towards Streamlined Distillation for Large Language Models")
+def distillm(exp, **overrides):
+    """DistiLLM's skew KL ``KL(p || a p + (1 - a) q)``, a = 0.1, on the student's samples half of the
+    steps and the data the other half (the paper's loss; a fixed on-policy share instead of its
+    adaptive schedule and replay buffer)."""
+    o = _options(overrides, "distillm", steps=None, lr=None, alpha=0.1, lam=0.5)
+    a = o.pop("alpha")
+    return distill(exp, "distillm", lambda s, t, c: skew_kl_loss(s, t, c.mask, alpha=a), "data", **o)

@@ -1,0 +1,65 @@
+"""Supervised training of the tiny GPTs: the loop that trains the teachers, the students' warm start and
+the data-only baseline, and the helpers around it (a GPT sized for a task, the held-out problems).
+
+:func:`train_sft` is teacher forcing on the ground truth: cross-entropy on the target tokens only
+(:func:`distill_lab.methods.kd.token.token_ce_loss`), fresh training-split problems every step, AdamW
+with a warm-up and cosine decay, gradients clipped at norm 1.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..core.train import fit
+from ..methods.kd.token import token_ce_loss
+from .config import NetSize
+from .gpt import GPT, GPTConfig
+from .rollout import from_data, score
+from .tasks import Task
+
+
+def build_gpt(task: Task, size: NetSize) -> GPT:
+    """A fresh tiny GPT sized for ``task`` (its vocabulary, the longest prompt plus target)."""
+    return GPT(GPTConfig(task.tokenizer.vocab_size, task.block_size, size.n_layer, size.n_head, size.n_embd))
+
+
+def cosine_lr(opt, steps: int, warm: int | None = None):
+    warm = warm or max(1, steps // 30)
+    return torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda i: min(1.0, (i + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(i, steps) / steps)))
+
+
+def train_sft(model: GPT, tasks: list[Task], steps: int, batch: int, lr: float, privileged: bool = False,
+              desc: str = "sft", progress: bool = True, device="cpu", deadline: float | None = None) -> dict:
+    """Supervised fine-tuning on fresh data (teacher forcing on the ground truth): the teachers' training
+    and the data-only baseline student. Each step draws ``batch`` training problems, split evenly over
+    ``tasks``. Returns :func:`~distill_lab.core.train.fit`'s history with ``"tokens"`` trained on."""
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.1)
+    sched = cosine_lr(opt, steps)
+    share = max(1, batch // len(tasks))
+    seen = {"tokens": 0}
+
+    def step(i):
+        loss = 0.0
+        for t in tasks:
+            c = from_data(t, t.problems(share, "train"), device)
+            loss = loss + token_ce_loss(score(model, t, c, privileged), c.tokens, c.mask) / len(tasks)
+            seen["tokens"] += c.n_tokens
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        return loss
+
+    model.train()
+    hist = fit(step, steps, desc=desc, progress=progress, deadline=deadline)
+    hist["tokens"] = seen["tokens"]
+    return hist
+
+
+def heldout_problems(task: Task, n: int, seed: int = 0):
+    """The fixed held-out problems every model of a task is measured on."""
+    return task.problems(n, "test", torch.Generator().manual_seed(10_000 + seed))
