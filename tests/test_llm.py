@@ -11,7 +11,7 @@ from distill_lab.core.train import seed_everything
 from distill_lab.llm.config import NetSize, TaskScale, llm_scale
 from distill_lab.llm.experiment import LLMTask
 from distill_lab.llm.gpt import GPT, GPTConfig, generate
-from distill_lab.llm.rollout import from_data, from_model, score
+from distill_lab.llm.rollout import from_data, from_model, greedy_completions, score
 from distill_lab.llm.sft import build_gpt
 from distill_lab.llm.tasks import Multiplication, StarGraph, Tokenizer, check_same_tokenizer, get_task, split_of
 from distill_lab.llm.teacher import LLMTeacherUnavailable, load_teacher, save_teacher
@@ -240,3 +240,17 @@ def test_students_start_from_one_warm_start_a_seed():
     c = exp.student()
     sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa) and not all(torch.equal(sa[k], sc[k]) for k in sa)
+
+
+@pytest.mark.parametrize("name", ["mult", "star"])
+def test_forced_prefix_writes_the_true_chain_first(name):
+    """The exposure-bias measurement gives the model the true chain (star: the planning node) and lets
+    it continue; the completion keeps its full length."""
+    task = get_task(name)
+    m = tiny_gpt(block=task.block_size, dtype=torch.float32)
+    probs = task.problems(3, "train", torch.Generator().manual_seed(0))
+    gen = greedy_completions(m, task, probs, forced_prefix=True)
+    assert gen.shape == (3, task.max_new_tokens)
+    for p, text in zip(probs, task.decode_completions(gen)):
+        assert text.startswith(task.forced_prefix(p)) and len(task.forced_prefix(p)) >= 1
+    assert task.forced_prefix(probs[0]).endswith(">") if name == "mult" else len(task.forced_prefix(probs[0])) == 3

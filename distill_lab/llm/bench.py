@@ -9,7 +9,9 @@ one task: ``value`` is the student's greedy exact-match accuracy in percent (mea
 size, warm start, steps and batch), ``teacher_value`` the teacher's on the same held-out problems,
 ``student_tokens`` the tokens the student generated in training (0 off-policy), ``train_tokens`` the
 tokens it was trained on, ``on_policy`` whether it learnt on its own samples, ``train_seconds`` the
-mean training time. On the star graph ``first_node`` is the accuracy at the arm's first node.
+mean training time; ``forced`` the exact match when the true chain is written for the student and
+``exposure_gap`` = ``forced - value``. On the star graph ``first_node`` is the accuracy at the arm's
+first node.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from .experiment import LLMTask
 from .tasks import TASKS
 
 LLM_ROW_KEYS = ("method", "task", "metric", "value", "spread", "baseline", "baseline_spread", "teacher_value", "seeds",
-                "student_tokens", "train_tokens", "on_policy", "first_node", "train_seconds")
+                "student_tokens", "train_tokens", "on_policy", "forced", "exposure_gap", "first_node", "train_seconds")
 BENCH_TASKS = ("mult", "star", "sort")
 
 
@@ -53,6 +55,8 @@ def run_task(exp: LLMTask, methods=None, seeds=(0, 1, 2)) -> list[dict]:
                "student_tokens": mean_spread([r["student_tokens"] for r in res])[0],
                "train_tokens": mean_spread([r["train_tokens"] for r in res])[0],
                "on_policy": bool(res[0]["on_policy"]),
+               "forced": mean_spread([r["forced"] for r in res])[0],
+               "exposure_gap": mean_spread([r["exposure_gap"] for r in res])[0],
                "first_node": mean_spread([r["first_node"] for r in res])[0] if "first_node" in res[0] else None,
                "train_seconds": mean_spread([r["seconds"] for r in res])[0]}
         rows.append(row)
@@ -71,14 +75,18 @@ def _f(v, nd=1):
 
 
 def format_llm_table(rows: list[dict]) -> str:
-    head = ["task", "method", "on-policy", "exact match %", "+-", "data only", "+-", "teacher", "first node %",
+    head = ["task", "method", "on-policy", "exact match %", "+-", "data only", "+-", "teacher", "true chain %",
+            "exposure gap", "first node %",
             "student tokens", "train tokens", "seeds", "train s"]
     body = [[r["task"], r["method"], "yes" if r["on_policy"] else "no", _f(r["value"]), _f(r["spread"]),
-             _f(r["baseline"]), _f(r["baseline_spread"]), _f(r["teacher_value"]), _f(r["first_node"]),
+             _f(r["baseline"]), _f(r["baseline_spread"]), _f(r["teacher_value"]), _f(r["forced"]),
+             _f(r["exposure_gap"]), _f(r["first_node"]),
              f"{r['student_tokens']:.0f}", f"{r['train_tokens']:.0f}", str(len(r["seeds"])), _f(r["train_seconds"], 0)]
             for r in rows]
     return text_table(head, body, ["exact match: greedy decoding on held-out problems (test split); +-: standard "
-                                   "deviation over seeds; data only: the sft row (same student, warm start and budget)"])
+                                   "deviation over seeds; data only: the sft student (same size, warm start and budget); true chain: "
+                                   "exact match when the true chain is written for the student (star: the first arm "
+                                   "node), exposure gap = true chain - exact match"])
 
 
 def _prepare(args, scale) -> list[LLMTask]:

@@ -30,7 +30,7 @@ from ..core.train import fit
 from ..nets.utils import n_params
 from .config import TaskScale, llm_scale
 from .gpt import GPT
-from .rollout import accuracy, from_model
+from .rollout import accuracy, greedy_completions
 from .sft import build_gpt, heldout_problems, train_sft
 from .tasks import Task, Tokenizer, check_same_tokenizer, get_task
 
@@ -115,14 +115,18 @@ class LLMTask(TokenExperiment):
         return heldout_problems(self.task, self.eval_n, self.seed)
 
     def evaluate(self, student: nn.Module, privileged: bool = False) -> dict:
-        """``accuracy`` (greedy exact match, percent) on the held-out problems, and for the star graph
-        ``first_node`` (percent right at the token that needs planning)."""
-        acc = accuracy(student, self.task, self.eval_problems, privileged=privileged, device=self.device)
-        out = {"accuracy": acc}
+        """On the held-out problems, greedy decoding: ``accuracy`` (exact match, percent); ``forced``,
+        the same when the true chain is written for the model (:meth:`Task.forced_prefix`) and it only
+        continues; ``exposure_gap`` = ``forced - accuracy``, what the model loses by reading its own
+        chain instead of the true one; for the star graph ``first_node`` (percent right at the token
+        that needs planning)."""
+        probs, dev = self.eval_problems, self.device
+        gen = greedy_completions(student, self.task, probs, privileged, device=dev).cpu()
+        out = {"accuracy": self.task.accuracy(probs, gen),
+               "forced": accuracy(student, self.task, probs, privileged=privileged, forced_prefix=True, device=dev)}
+        out["exposure_gap"] = out["forced"] - out["accuracy"]
         if hasattr(self.task, "first_node_accuracy"):
-            c = from_model(student, self.task, self.eval_problems, "eval", temperature=0.0, privileged=privileged,
-                           device=self.device)
-            out["first_node"] = self.task.first_node_accuracy(self.eval_problems, c.tokens.cpu())
+            out["first_node"] = self.task.first_node_accuracy(probs, gen)
         return out
 
     @cached_property

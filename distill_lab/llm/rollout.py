@@ -84,15 +84,34 @@ def score(model: nn.Module, task: Task, batch: Completions, privileged: bool = F
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, task: Task, problems: list[Problem], batch_size: int = 256,
-             privileged: bool = False, device="cpu") -> float:
-    """Greedy-decoding exact-match accuracy in percent on ``problems``."""
+def greedy_completions(model: nn.Module, task: Task, problems: list[Problem], privileged: bool = False,
+                       forced_prefix: bool = False, device="cpu") -> torch.Tensor:
+    """Greedy completions ``[B, N]`` (after the prompt). With ``forced_prefix`` the task's
+    :meth:`~distill_lab.llm.tasks.Task.forced_prefix` of the *true* target (e.g. the chain of thought)
+    is written for the model, which continues from it: teacher forcing up to that point."""
+    prompts = task.encode_prompts(problems, privileged).to(device)
+    prefix = None
+    if forced_prefix:
+        texts = [task.forced_prefix(p) for p in problems]
+        if len({len(t) for t in texts}) > 1:
+            raise ValueError(f"{task.name}: forced prefixes of one batch must have one length")
+        prefix = torch.tensor([task.tokenizer.encode(t) for t in texts], dtype=torch.long, device=device)
+        prompts = torch.cat([prompts, prefix], 1)
     was = model.training
     model.eval()
+    r = generate(model, prompts, task.max_new_tokens - (0 if prefix is None else prefix.shape[1]), temperature=0.0,
+                 eos_id=task.tokenizer.eos_id, pad_id=task.tokenizer.pad_id)
+    model.train(was)
+    return r.generated if prefix is None else torch.cat([prefix, r.generated], 1)
+
+
+def accuracy(model: nn.Module, task: Task, problems: list[Problem], batch_size: int = 256,
+             privileged: bool = False, forced_prefix: bool = False, device="cpu") -> float:
+    """Greedy-decoding exact-match accuracy in percent on ``problems`` (``forced_prefix``: after the
+    true chain, see :func:`greedy_completions`)."""
     right = 0.0
     for i in range(0, len(problems), batch_size):
         chunk = problems[i:i + batch_size]
-        c = from_model(model, task, chunk, "eval", temperature=0.0, privileged=privileged, device=device)
-        right += task.accuracy(chunk, c.tokens.cpu()) * len(chunk) / 100.0
-    model.train(was)
+        gen = greedy_completions(model, task, chunk, privileged, forced_prefix, device)
+        right += task.accuracy(chunk, gen.cpu()) * len(chunk) / 100.0
     return 100.0 * right / max(1, len(problems))

@@ -115,6 +115,11 @@ class Task:
     def draw(self, g: torch.Generator) -> Problem:
         raise NotImplementedError
 
+    def forced_prefix(self, problem: Problem) -> str:
+        """The part of the target given to the model when measuring exposure bias: the chain of thought
+        up to and including ``>`` (the model then writes the answer after a chain it did not write)."""
+        return problem.target[:problem.target.index(">") + 1]
+
     def answer_of(self, completion: str) -> str | None:
         """The final answer written in a completion (the text after the prompt), or None."""
         return completion.rsplit(">", 1)[1] if ">" in completion else None
@@ -265,6 +270,11 @@ class StarGraph(Task):
         prompt = ",".join(edges[i] for i in order) + f"|{centre}/{goal_arm[-1]}="
         path = centre + "".join(goal_arm)
         return Problem(prompt, ">" + path, path, teacher_prompt=prompt + f"#{goal_arm[0]}")
+
+    def forced_prefix(self, problem: Problem) -> str:
+        """``>``, the centre and the goal arm's first node: the planning token given, the rest is the
+        "Clever Hans" continuation (each next node the only child of the last)."""
+        return problem.target[:3]
 
     def first_node_accuracy(self, problems: list[Problem], generated: torch.Tensor) -> float:
         """Percent of completions whose first arm node is right (the token that needs planning)."""
