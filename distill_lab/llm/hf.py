@@ -44,7 +44,7 @@ def _transformers():
     """The ``transformers`` module, or an ImportError that says how to install it."""
     try:
         import transformers
-    except ImportError as e:  # pragma: no cover - exercised only where transformers is absent
+    except ImportError as e:
         raise ImportError("distill_lab.llm.hf needs Hugging Face transformers, an optional dependency of "
                           f"distill-lab: {INSTALL_HINT}") from e
     return transformers
