@@ -132,7 +132,7 @@ def test_multiplication_chain_is_right(chain):
     assert task.write(123, 45).answer == "535500"  # 5535 in six digits, least significant first
 
 
-def test_star_graph_path_is_a_path_and_the_hint_is_its_first_arm_node():
+def test_star_graph_path_is_a_path_and_the_privileged_prompt_holds_it():
     task = StarGraph(3, 4)
     for p in task.problems(100, "train", torch.Generator().manual_seed(3)):
         edges = set(p.prompt.split("|")[0].split(","))
@@ -141,7 +141,7 @@ def test_star_graph_path_is_a_path_and_the_hint_is_its_first_arm_node():
         assert all(path[i] + path[i + 1] in edges for i in range(4))
         start, goal = p.prompt.split("|")[1][:-1].split("/")
         assert path[0] == start and path[-1] == goal
-        assert p.teacher_prompt == p.prompt + "#" + path[1]
+        assert p.teacher_prompt == p.prompt + "#" + path
 
 
 def test_task_and_tokenizer_errors():

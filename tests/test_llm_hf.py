@@ -40,25 +40,7 @@ def _gpt(seed=0, vocab=V, block=BLOCK):
 
 
 def _port(gpt: GPT) -> hf.HFCausalLM:
-    """An HF GPT-2 holding a tiny GPT's weights (GPT-2's Conv1D stores Linear weights transposed)."""
-    c = gpt.config
-    m = hf.tiny_model("gpt2", c.vocab_size, c.block_size, n_layer=c.n_layer, n_embd=c.n_embd, n_head=c.n_head).double()
-    t = m.model.transformer
-    with torch.no_grad():
-        t.wte.weight.copy_(gpt.tok.weight)
-        t.wpe.weight.copy_(gpt.pos.weight)
-        for h, b in zip(t.h, gpt.blocks):
-            for dst, src in ((h.ln_1, b.ln1), (h.ln_2, b.ln2)):
-                dst.weight.copy_(src.weight)
-                dst.bias.copy_(src.bias)
-            for dst, src in ((h.attn.c_attn, b.attn.qkv), (h.attn.c_proj, b.attn.proj), (h.mlp.c_fc, b.mlp[0]),
-                             (h.mlp.c_proj, b.mlp[2])):
-                dst.weight.copy_(src.weight.T)
-                dst.bias.copy_(src.bias)
-        t.ln_f.weight.copy_(gpt.ln_f.weight)
-        t.ln_f.bias.copy_(gpt.ln_f.bias)
-        m.model.lm_head.weight.copy_(gpt.head.weight)
-    return m.eval()
+    return hf.gpt2_from_tiny(gpt.double()).double()
 
 
 # ============================================================================ the adapter's calls

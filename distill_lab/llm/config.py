@@ -57,10 +57,12 @@ _CI = {
     "mult": TaskScale({"digits_a": 3, "digits_b": 3}, T4, NetSize(2, 2, 64), teacher_steps=4000,
                       teacher_batch=64, teacher_lr=2e-3, student_steps=600, batch=32, student_lr=2e-3, eval_n=256,
                       warm_steps=300),
-    "star": TaskScale({"degree": 3, "length": 4}, NetSize(3, 4, 96), NetSize(2, 2, 64), teacher_steps=1500,
+    "star": TaskScale({"degree": 2, "length": 3}, NetSize(3, 4, 96), NetSize(2, 2, 64), teacher_steps=1500,
                       teacher_batch=64, teacher_lr=2e-3, student_steps=600, batch=32, student_lr=2e-3, eval_n=256,
                       warm_steps=300),
-    "sort": TaskScale({"n": 10}, T4, NetSize(1, 2, 32), teacher_steps=1500, teacher_batch=64, teacher_lr=2e-3,
+    # a one-layer student 16 wide: at 32 wide a data-only student already sorts 98% of the lists
+    # (the teacher script's manifest), so the gap would be too small to distil
+    "sort": TaskScale({"n": 10}, T4, NetSize(1, 2, 16), teacher_steps=1500, teacher_batch=64, teacher_lr=2e-3,
                       student_steps=600, batch=32, student_lr=2e-3, eval_n=256,
                       warm_steps=300),
 }

@@ -45,13 +45,16 @@ class LLMTask(TokenExperiment):
     teacher : a trained GPT (default: the task's committed teacher, its hashes checked).
     task_scale : override the scale's :class:`~distill_lab.llm.config.TaskScale` (tests).
     steps, eval_n : override the students' steps and the held-out problems.
+    student_factory : builds an untrained student (default: the scale's student GPT); any model with
+        the track's two calls works, e.g. a Hugging Face model through :mod:`distill_lab.llm.hf`.
     """
 
     deadline: float | None = None  # a time.perf_counter() value after which training loops stop early
 
     def __init__(self, task: str = "mult", scale: str | Scale | None = None, teacher: nn.Module | None = None,
                  teacher_dir: str | Path | None = None, task_scale: TaskScale | None = None,
-                 steps: int | None = None, eval_n: int | None = None, seed: int = 0, progress: bool = True):
+                 steps: int | None = None, eval_n: int | None = None, seed: int = 0, progress: bool = True,
+                 student_factory: Callable[[], nn.Module] | None = None):
         base = get_scale(scale)
         self.tscale = ts = task_scale or llm_scale(task, base)
         self.task: Task = get_task(task, **ts.task_kwargs)
@@ -83,6 +86,7 @@ class LLMTask(TokenExperiment):
             p.requires_grad_(False)
         self.teacher_seconds = time.perf_counter() - t0
         self._warm: dict[int, dict] = {}
+        self.student_factory = student_factory or (lambda: build_gpt(self.task, self.tscale.student))
 
     # ---------------------------------------------------------------- networks and draws
     def student(self) -> GPT:
@@ -93,12 +97,12 @@ class LLMTask(TokenExperiment):
         if seed not in self._warm:
             with torch.random.fork_rng():
                 torch.manual_seed(seed)
-                net = build_gpt(self.task, self.tscale.student).to(self.device)
+                net = self.student_factory().to(self.device)
                 if self.tscale.warm_steps:
                     train_sft(net, [self.task], self.tscale.warm_steps, self.batch, self.lr, desc=f"{self.name} warm start",
                               progress=self.progress, device=self.device)
             self._warm[seed] = {k: v.detach().clone() for k, v in net.state_dict().items()}
-        net = build_gpt(self.task, self.tscale.student).to(self.device)
+        net = self.student_factory().to(self.device)
         net.load_state_dict(self._warm[seed])
         return net.train()
 

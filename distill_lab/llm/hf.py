@@ -12,6 +12,8 @@ gives any ``AutoModelForCausalLM``-like model those two calls, so :func:`~distil
   continue where the cache stopped and a token-by-token decode equals the full forward);
 * :func:`tiny_config` and :func:`tiny_model` -- small randomly initialised GPT-2 or Llama models built
   locally (no download), for tests and for running the track's procedures on a real HF architecture;
+* :func:`gpt2_from_tiny` -- a tiny GPT of this track (a committed teacher) as a ``transformers`` GPT-2
+  with the same logits;
 * :func:`from_pretrained` -- a thin wrapper that downloads a checkpoint from the Hub (needs a network);
 * :func:`check_tokenizers` -- refuses a teacher and a student whose vocabularies differ (token-level
   losses compare distributions over the same ids);
@@ -226,6 +228,32 @@ def tiny_model(kind: str = "gpt2", vocab_size: int | None = None, block_size: in
         torch.manual_seed(seed)
         model = transformers.AutoModelForCausalLM.from_config(cfg)
     return HFCausalLM(model)
+
+
+def gpt2_from_tiny(gpt) -> HFCausalLM:
+    """An HF GPT-2 holding a tiny GPT's weights, computing the same logits (the two architectures are
+    the same: learned positions, pre-norm blocks, exact GELU, an untied head; GPT-2's ``Conv1D``
+    stores a linear layer's weight transposed). How a committed teacher becomes a ``transformers``
+    model: ``gpt2_from_tiny(exp.teacher).model.save_pretrained(folder)``."""
+    c = gpt.config
+    m = tiny_model("gpt2", c.vocab_size, c.block_size, n_layer=c.n_layer, n_embd=c.n_embd, n_head=c.n_head)
+    m = m.to(dtype=next(gpt.parameters()).dtype)
+    t = m.model.transformer
+    with torch.no_grad():
+        t.wte.weight.copy_(gpt.tok.weight)
+        t.wpe.weight.copy_(gpt.pos.weight)
+        for h, b in zip(t.h, gpt.blocks):
+            for dst, src in ((h.ln_1, b.ln1), (h.ln_2, b.ln2)):
+                dst.weight.copy_(src.weight)
+                dst.bias.copy_(src.bias)
+            for dst, src in ((h.attn.c_attn, b.attn.qkv), (h.attn.c_proj, b.attn.proj), (h.mlp.c_fc, b.mlp[0]),
+                             (h.mlp.c_proj, b.mlp[2])):
+                dst.weight.copy_(src.weight.T)
+                dst.bias.copy_(src.bias)
+        t.ln_f.weight.copy_(gpt.ln_f.weight)
+        t.ln_f.bias.copy_(gpt.ln_f.bias)
+        m.model.lm_head.weight.copy_(gpt.head.weight)
+    return m.eval()
 
 
 def from_pretrained(name: str, dtype: torch.dtype = torch.bfloat16, device: str | torch.device | None = None,

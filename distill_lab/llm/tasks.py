@@ -16,10 +16,10 @@ completion by exact match of the final answer. Text becomes tokens with one char
   the path from the centre to a goal leaf. Once the first node of the right arm is written, each next
   node is the only child of the last one (the "Clever Hans" shortcut that teacher forcing rewards);
   the first node needs planning back from the goal. The teacher is *privileged*: its prompt also
-  names that first node (the setting of on-policy self-distillation with privileged information).
-* :class:`Sorting` -- sort a list of digits. Every output token depends on counting over the whole
-  input, so a one-layer, narrow student trails a four-layer teacher clearly at ci, without any chain
-  of thought: the task where capacity, not exposure, makes the gap.
+  holds the path (the setting of on-policy self-distillation with privileged information, OPSD).
+* :class:`Sorting` -- sort a list of digits: no chain of thought, every output token a count over the
+  whole input. The gap here is capacity alone: at ci a one-layer student 16 wide (5 k parameters)
+  trails the 0.8 M-parameter teacher, while one 32 wide nearly matches it (measured in the README).
 
 :func:`get_task` builds one by name (``mult``, ``mult_short``, ``star``, ``sort``).
 """
@@ -245,11 +245,12 @@ class StarGraph(Task):
 
     Prompt ``ab,cd,...|s/g=``: the edges (parent child) in random order, the start (the centre) and
     the goal (a leaf). Target ``>`` then the path from the centre to the goal. The teacher's prompt
-    adds ``#n`` with ``n`` the first node of the goal's arm (privileged information)."""
+    adds ``#`` and the path itself: privileged information, the reference solution that an on-policy
+    self-distillation teacher reads (OPSD); the teacher only has to copy it."""
 
     privileged = True
 
-    def __init__(self, degree: int = 3, length: int = 4, tokenizer=None):
+    def __init__(self, degree: int = 2, length: int = 3, tokenizer=None):
         super().__init__(tokenizer)
         if degree < 2 or length < 2 or degree * length + 1 > 26:
             raise ValueError(f"need degree >= 2, length >= 2 and degree*length+1 <= 26 nodes, got {degree}, {length}")
@@ -269,7 +270,7 @@ class StarGraph(Task):
         goal_arm = arms[_rint(0, self.degree, g)]
         prompt = ",".join(edges[i] for i in order) + f"|{centre}/{goal_arm[-1]}="
         path = centre + "".join(goal_arm)
-        return Problem(prompt, ">" + path, path, teacher_prompt=prompt + f"#{goal_arm[0]}")
+        return Problem(prompt, ">" + path, path, teacher_prompt=prompt + "#" + path)
 
     def forced_prefix(self, problem: Problem) -> str:
         """``>``, the centre and the goal arm's first node: the planning token given, the rest is the
