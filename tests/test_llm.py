@@ -211,6 +211,26 @@ def test_experiment_refuses_a_teacher_of_another_tokenizer(tmp_path):
         LLMTask("sort", "ci", teacher_dir=tmp_path, task_scale=ts, progress=False)
 
 
+def test_short_chain_variant_learns_from_the_teachers_shortened_chains():
+    """On mult_short the teacher reads the full-chain prompt and writes the full chain: seq_kd trains on
+    its chains without the running sums; a token-level recipe refuses with a message naming seq_kd."""
+    from distill_lab.llm.recipes import completions
+
+    ts = _tiny_scale("mult_short")
+    exp = LLMTask("mult_short", "ci", teacher=build_gpt(get_task("mult"), ts.teacher).eval(), task_scale=ts,
+                  progress=False)
+    probs = exp.problems(4)
+    assert all(p.teacher_prompt.replace("*", "x") == p.prompt for p in probs)
+    c = completions(exp, None, probs, "teacher_greedy")
+    full = from_model(exp.teacher, exp.task, probs, "teacher", temperature=0.0, privileged=True)
+    for i, text in enumerate(exp.task.decode_completions(full.tokens)):
+        assert exp.task.tokenizer.decode(c.tokens[i]) == exp.task.student_text(text) and ":" not in exp.task.student_text(text)
+    assert get_recipe("seq_kd").train(exp).train_info["train_tokens"] > 0
+    for name in ("word_kd", "gkd_jsd", "minillm"):
+        with pytest.raises(ValueError, match="seq_kd"):
+            get_recipe(name).train(exp)
+
+
 @pytest.mark.parametrize("task", ["mult", "star"])
 def test_every_recipe_trains_and_reports_its_tokens(task):
     ts = _tiny_scale(task)

@@ -40,7 +40,7 @@ from ..core.registry import recipe
 from ..methods.kd.adaptive import TAIDSchedule, beta_kernel
 from ..methods.kd.token import (forward_kl_loss, gjsd_loss, minillm_loss, on_policy_pg_loss, reverse_kl_loss,
                                 skew_kl_loss, taid_token_loss, token_ce_loss)
-from .rollout import Completions, from_data, from_model, score
+from .rollout import Completions, from_data, from_model, from_texts, score
 
 LLM = ("llm",)
 GKD = "Agarwal, Vieillard, Zhou, Stanczyk, Ramos, Geist & Bachem 2024, On-Policy Distillation of Language Models: Learning from Self-Generated Mistakes"
@@ -63,8 +63,12 @@ def completions(exp, student, problems, source: str, mix_alpha: float = 0.2) -> 
     if source == "data":
         return from_data(task, problems, dev)
     if source in ("teacher", "teacher_greedy"):
-        return from_model(exp.teacher, task, problems, "teacher", temperature=1.0 if source == "teacher" else 0.0,
-                          privileged=exp.privileged, device=dev)
+        c = from_model(exp.teacher, task, problems, "teacher", temperature=1.0 if source == "teacher" else 0.0,
+                       privileged=exp.privileged, device=dev)
+        if task.other_format:  # the teacher's chains, rewritten in the student's (shorter) format
+            texts = [task.student_text(t) for t in task.decode_completions(c.tokens.cpu())]
+            return from_texts(task, problems, texts, "teacher", dev)
+        return c
     if source == "student":
         return from_model(student, task, problems, "student", device=dev)
     if source == "mixed":
@@ -75,16 +79,21 @@ def completions(exp, student, problems, source: str, mix_alpha: float = 0.2) -> 
 
 def distill(exp, name: str, loss_fn, source: str = "data", lam: float = 0.0, on_policy: str = "student",
             steps: int | None = None, lr: float | None = None, batch: int | None = None, mix_alpha: float = 0.2,
-            weigh=None, after_step=None):
+            weigh=None, after_step=None, teacher_logits: bool = True):
     """The one training loop of the LLM track. Each step draws ``batch`` training problems, takes their
     completions from ``on_policy`` (the student's samples) with probability ``lam`` and from ``source``
     otherwise (GKD's lambda), scores them with the student (gradient) and the teacher (no gradient, its
     own prompt), and minimises ``loss_fn(student_logits, teacher_logits, completions) -> loss or
     (loss, info)``. ``weigh(student, problems) -> [B]`` optionally weights each sequence (PACED);
-    ``after_step(loss)`` runs after each update (TAID's schedule). Returns the student with
-    ``student.train_info``: steps, tokens trained on, student tokens generated, on-policy share."""
+    ``after_step(loss)`` runs after each update (TAID's schedule). ``teacher_logits=False``: the loss
+    reads only the tokens (SFT, sequence-level KD), so the teacher does not score them. Returns the
+    student with ``student.train_info``: steps, tokens trained on, student tokens generated, on-policy share."""
     if not 0.0 <= lam <= 1.0:
         raise ValueError(f"{name}: the on-policy fraction lambda must lie in [0, 1], got {lam}")
+    if (teacher_logits or source == "mixed") and exp.task.other_format:
+        raise ValueError(f"{name} compares the teacher's and the student's next-token distributions, but on "
+                         f"{exp.task.name} the teacher writes another format (the full chain) than the student: "
+                         "use a sequence-level recipe (seq_kd, or sft for the data alone), or the task 'mult'")
     steps, lr, batch = steps or exp.steps, lr or exp.lr, batch or exp.batch
     student = exp.student()
     opt = torch.optim.AdamW(student.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.1)
@@ -99,8 +108,10 @@ def distill(exp, name: str, loss_fn, source: str = "data", lam: float = 0.0, on_
             count["student_tokens"] += c.n_tokens
             count["on_policy_steps"] += 1
         s_logits = score(student, exp.task, c)
-        with torch.no_grad():
-            t_logits = score(exp.teacher, exp.task, c, privileged=exp.privileged)
+        t_logits = None
+        if teacher_logits:
+            with torch.no_grad():
+                t_logits = score(exp.teacher, exp.task, c, privileged=exp.privileged)
         mask = c.mask
         if weigh is not None:  # per-sequence weights, as a per-token weighted mean
             w = weigh(student, problems).to(s_logits.device)
@@ -126,15 +137,16 @@ def distill(exp, name: str, loss_fn, source: str = "data", lam: float = 0.0, on_
 def sft(exp, **overrides):
     """The data-only baseline: cross-entropy on the task's targets, the teacher unused."""
     o = _options(overrides, "sft", steps=None, lr=None)
-    return distill(exp, "sft", lambda s, t, c: token_ce_loss(s, c.tokens, c.mask), "data", **o)
+    return distill(exp, "sft", lambda s, t, c: token_ce_loss(s, c.tokens, c.mask), "data", teacher_logits=False, **o)
 
 
 @recipe("seq_kd", tracks=LLM, family="off-policy", paper=KIM_RUSH)
 def seq_kd(exp, **overrides):
     """Sequence-level KD: cross-entropy on the teacher's greedy outputs (its approximate mode, the
-    beam search of Kim & Rush 2016, eq. 5), its mistakes included."""
+    beam search of Kim & Rush 2016, eq. 5), its mistakes included; on ``mult_short`` the teacher's full
+    chains shortened to the student's format."""
     o = _options(overrides, "seq_kd", steps=None, lr=None, source="teacher_greedy")
-    return distill(exp, "seq_kd", lambda s, t, c: token_ce_loss(s, c.tokens, c.mask), **o)
+    return distill(exp, "seq_kd", lambda s, t, c: token_ce_loss(s, c.tokens, c.mask), teacher_logits=False, **o)
 
 
 @recipe("word_kd", tracks=LLM, family="off-policy", paper=KIM_RUSH)

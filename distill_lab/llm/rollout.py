@@ -55,6 +55,17 @@ def from_data(task: Task, problems: list[Problem], device="cpu") -> Completions:
     return Completions(problems, tokens, tokens != task.tokenizer.pad_id, None, "data")
 
 
+def from_texts(task: Task, problems: list[Problem], texts: list[str], source: str, device="cpu") -> Completions:
+    """Completions given as text (e.g. a teacher's outputs rewritten in the student's format), each
+    followed by the end token; padded to the longest."""
+    tok = task.tokenizer
+    rows = [tok.encode(t) + [tok.eos_id] for t in texts]
+    n = max(len(r) for r in rows)
+    tokens = torch.tensor([r + [tok.pad_id] * (n - len(r)) for r in rows], dtype=torch.long, device=device)
+    mask = torch.tensor([[i < len(r) for i in range(n)] for r in rows], dtype=torch.bool, device=device)
+    return Completions(problems, tokens, mask, None, source)
+
+
 def from_model(model: nn.Module, task: Task, problems: list[Problem], source: str, temperature: float = 1.0,
                top_k: int | None = None, privileged: bool = False, mix_with: nn.Module | None = None,
                mix_alpha: float = 0.0, mix_privileged: bool = False, generator: torch.Generator | None = None,

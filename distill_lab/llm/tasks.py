@@ -8,9 +8,10 @@ completion by exact match of the final answer. Text becomes tokens with one char
 
 * :class:`Multiplication` -- ``a * b`` with the digits written least significant first (the order in
   which a person carries), the chain being the partial products ``a * b_j * 10^j`` and their running
-  sums. ``chain="short"`` asks for the partial products and the answer without the running sums: the
-  variant where the student answers with a shorter chain than the teacher wrote. The prompt's
-  operator tells the format (``*`` full, ``x`` short), so one teacher writes and scores both.
+  sums. ``chain="short"`` (operator ``x``) asks for the partial products and the answer without the
+  running sums: the variant where the student answers with a shorter chain than the teacher writes.
+  There the teacher reads the full-chain prompt and its chains, shortened, are the student's targets
+  (sequence-level distillation; token-level losses need the teacher to score the student's own format).
 * :class:`StarGraph` -- path-finding on a star graph (Bachmann & Nagarajan 2024, "The pitfalls of
   next-token prediction"): the edges of ``degree`` arms of ``length`` nodes from a centre, shuffled;
   the path from the centre to a goal leaf. Once the first node of the right arm is written, each next
@@ -26,6 +27,7 @@ completion by exact match of the final answer. Text becomes tokens with one char
 
 from __future__ import annotations
 
+import re
 import zlib
 from dataclasses import dataclass
 
@@ -106,7 +108,8 @@ class Task:
     """A task: ``draw(generator)`` makes one random problem (either split); the rest is shared."""
 
     name = "task"
-    privileged = False  # True when the teacher's prompt holds information the student's lacks
+    privileged = False  # True when the teacher reads its own prompt (information or a format the student's lacks)
+    other_format = False  # True when the teacher writes another format than the student's (see student_text)
 
     def __init__(self, tokenizer: Tokenizer | None = None):
         self.tokenizer = tokenizer or Tokenizer()
@@ -114,6 +117,11 @@ class Task:
     # -- what each task defines
     def draw(self, g: torch.Generator) -> Problem:
         raise NotImplementedError
+
+    def student_text(self, teacher_completion: str) -> str:
+        """A teacher's completion rewritten in the student's format (the identity unless the teacher
+        writes another format)."""
+        return teacher_completion
 
     def forced_prefix(self, problem: Problem) -> str:
         """The part of the target given to the model when measuring exposure bias: the chain of thought
@@ -214,6 +222,8 @@ class Multiplication(Task):
             raise ValueError("digits_a and digits_b must be >= 1")
         self.digits_a, self.digits_b, self.chain = digits_a, digits_b, chain
         self.name = "mult" if chain == "full" else "mult_short"
+        # the short variant: the teacher reads the full-chain prompt and writes the full chain
+        self.privileged = self.other_format = chain == "short"
 
     def write(self, a: int, b: int, chain: str | None = None) -> Problem:
         chain = chain or self.chain
@@ -231,7 +241,15 @@ class Multiplication(Task):
             else:
                 parts.append(f"+{_rev(p, w)}")
         answer = _rev(a * b, w)
-        return Problem(prompt, "".join(parts) + ">" + answer, answer)
+        teacher_prompt = self.write(a, b, "full").prompt if chain == "short" else None
+        return Problem(prompt, "".join(parts) + ">" + answer, answer, teacher_prompt)
+
+    def student_text(self, teacher_completion: str) -> str:
+        """The full chain ``p0+p1:s1+p2>answer`` without its running sums, ``p0+p1+p2>answer`` (short
+        variant); unchanged for the full chain."""
+        if self.chain == "full":
+            return teacher_completion
+        return re.sub(r":[0-9]*", "", teacher_completion)
 
     def draw(self, g):
         a = _rint(10 ** (self.digits_a - 1), 10 ** self.digits_a, g)

@@ -48,8 +48,14 @@ class LLMTeacherUnavailable(FileNotFoundError):
 
 
 def served_tasks(task: str) -> tuple[str, ...]:
-    """The tasks one teacher writes: the multiplication teacher both chains."""
+    """The tasks one teacher is measured on: the multiplication teacher writes the full chain and serves
+    the short-chain variant too (its chains, shortened, are the sequence-level targets there)."""
     return ("mult", "mult_short") if teacher_task(task) == "mult" else (task,)
+
+
+def trained_tasks(task: str) -> tuple[str, ...]:
+    """The tasks a teacher is trained on: its own (the multiplication teacher only the full chain)."""
+    return (teacher_task(task),)
 
 
 def _state_net(manifest: dict, state: dict) -> GPT:
@@ -74,7 +80,7 @@ def load_teacher(task: str, path: str | os.PathLike | None = None, scale=None, v
 def train_teacher(task: str, tsc: TaskScale, seed: int = 0, steps: int | None = None, device="cpu",
                   progress: bool = True) -> tuple[GPT, dict]:
     seed_everything(seed)
-    tasks = [get_task(t, **tsc.task_kwargs) for t in served_tasks(task)]
+    tasks = [get_task(t, **tsc.task_kwargs) for t in trained_tasks(task)]
     net = build_gpt(tasks[0], tsc.teacher).to(device)
     hist = train_sft(net, tasks, steps or tsc.teacher_steps, tsc.teacher_batch, tsc.teacher_lr,
                      privileged=tasks[0].privileged, desc=f"{task} teacher", progress=progress, device=device)
