@@ -21,7 +21,7 @@ import time
 from ..core.bench import BenchTrack, bench_methods, mean_spread, register_track, text_table
 from ..core.registry import get_recipe
 from ..core.train import seed_everything
-from . import recipes  # noqa: F401  (registers the LLM recipes)
+from .recipes import SEQUENCE_LEVEL  # (importing it registers the LLM recipes)
 from .experiment import LLMTask
 from .tasks import TASKS
 
@@ -32,12 +32,15 @@ BENCH_TASKS = ("mult", "star", "sort")
 
 def run_task(exp: LLMTask, methods=None, seeds=(0, 1, 2)) -> list[dict]:
     """One row a method (default: every ``llm`` recipe) on ``exp``'s task, each the mean over ``seeds``.
+    On a task whose teacher writes another format (``mult_short``) only the sequence-level recipes run.
     The data-only ``sft`` student is trained first; its mean and spread are every row's ``baseline``
     and ``baseline_spread`` (it has no row of its own)."""
     names = bench_methods("llm") if methods is None else list(methods)
     for m in names:
         get_recipe(m, track="llm")
     names = ["sft"] + [m for m in names if m != "sft"]
+    if exp.task.other_format:  # the teacher writes another format: sequence-level recipes only
+        names = [m for m in names if m in SEQUENCE_LEVEL]
     rows = []
     for m in names:
         res = []

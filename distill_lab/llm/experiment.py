@@ -45,6 +45,9 @@ class LLMTask(TokenExperiment):
     teacher : a trained GPT (default: the task's committed teacher, its hashes checked).
     task_scale : override the scale's :class:`~distill_lab.llm.config.TaskScale` (tests).
     steps, eval_n : override the students' steps and the held-out problems.
+    pool : train on a fixed pool of this many training problems (prompts and targets) instead of fresh
+        ones every step: the regime of a fixed distillation set, where off-policy training sees the same
+        sequences again and on-policy training samples new ones from the same prompts.
     student_factory : builds an untrained student (default: the scale's student GPT); any model with
         the track's two calls works, e.g. a Hugging Face model through :mod:`distill_lab.llm.hf`.
     """
@@ -54,13 +57,16 @@ class LLMTask(TokenExperiment):
     def __init__(self, task: str = "mult", scale: str | Scale | None = None, teacher: nn.Module | None = None,
                  teacher_dir: str | Path | None = None, task_scale: TaskScale | None = None,
                  steps: int | None = None, eval_n: int | None = None, seed: int = 0, progress: bool = True,
-                 student_factory: Callable[[], nn.Module] | None = None):
+                 student_factory: Callable[[], nn.Module] | None = None, pool: int | None = None):
         base = get_scale(scale)
         self.tscale = ts = task_scale or llm_scale(task, base)
         self.task: Task = get_task(task, **ts.task_kwargs)
         self.device, self.seed, self.progress = base.device, seed, progress
         self.steps, self.batch, self.lr = steps or ts.student_steps, ts.batch, ts.student_lr
         self.eval_n = eval_n or ts.eval_n
+        if pool is not None and pool < 1:
+            raise ValueError(f"pool must be a positive number of problems or None, got {pool}")
+        self.pool = pool
         self.scale = Scale(base.name, teacher_steps=ts.teacher_steps, width=ts.student.n_embd,
                            depth=ts.student.n_layer, batch=ts.batch, student_steps=self.steps, eval_n=self.eval_n,
                            n_proj=0, device=base.device)
@@ -100,6 +106,7 @@ class LLMTask(TokenExperiment):
                 net = self.student_factory().to(self.device)
                 if self.tscale.warm_steps:
                     train_sft(net, [self.task], self.tscale.warm_steps, self.batch, self.lr, desc=f"{self.name} warm start",
+                              draw=self.problems,
                               progress=self.progress, device=self.device)
             self._warm[seed] = {k: v.detach().clone() for k, v in net.state_dict().items()}
         net = self.student_factory().to(self.device)
@@ -107,7 +114,18 @@ class LLMTask(TokenExperiment):
         return net.train()
 
     def problems(self, n: int | None = None) -> list:
-        return self.task.problems(n or self.batch, "train")
+        """``n`` training problems: fresh ones, or with ``pool`` drawn (with replacement) from the
+        experiment's fixed pool of ``pool`` training problems (global RNG either way)."""
+        n = n or self.batch
+        if not self.pool:
+            return self.task.problems(n, "train")
+        idx = torch.randint(0, len(self.pool_problems), (n,)).tolist()
+        return [self.pool_problems[i] for i in idx]
+
+    @cached_property
+    def pool_problems(self) -> list:
+        """The fixed training pool (``pool`` problems, the same for every seed of this experiment)."""
+        return self.task.problems(self.pool, "train", torch.Generator().manual_seed(20_000 + self.seed))
 
     def fit(self, step: Callable, n_steps: int, desc: str) -> dict:
         return fit(step, n_steps, desc=desc, progress=self.progress, check_every=self.scale.check_every,

@@ -46,6 +46,7 @@ LLM = ("llm",)
 GKD = "Agarwal, Vieillard, Zhou, Stanczyk, Ramos, Geist & Bachem 2024, On-Policy Distillation of Language Models: Learning from Self-Generated Mistakes"
 KIM_RUSH = "Kim & Rush 2016, Sequence-Level Knowledge Distillation"
 SOURCES = ("data", "teacher", "teacher_greedy", "student", "mixed")
+SEQUENCE_LEVEL = ("sft", "seq_kd")  # the recipes that need no teacher logits (all that run on mult_short)
 
 
 def _options(overrides: dict, name: str, **defaults) -> dict:

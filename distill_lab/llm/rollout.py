@@ -71,13 +71,14 @@ def from_model(model: nn.Module, task: Task, problems: list[Problem], source: st
                mix_alpha: float = 0.0, mix_privileged: bool = False, generator: torch.Generator | None = None,
                device="cpu") -> Completions:
     """``model``'s samples after the prompts (the teacher prompt when ``privileged``), as many tokens as
-    the task's longest target. With ``mix_with``, MiniLLM's teacher-mixed sampling (``mix_privileged``:
+    the task's longest target (the teacher's, when it reads its own prompt). With ``mix_with``, MiniLLM's teacher-mixed sampling (``mix_privileged``:
     the mixing model reads the teacher prompt)."""
     prompts = task.encode_prompts(problems, privileged).to(device)
     mix_prompt = task.encode_prompts(problems, mix_privileged).to(device) if mix_with is not None else None
     was = model.training
     model.eval()
-    r = generate(model, prompts, task.max_new_tokens, temperature=temperature, top_k=top_k,
+    n_new = task.teacher_max_new_tokens if privileged else task.max_new_tokens
+    r = generate(model, prompts, n_new, temperature=temperature, top_k=top_k,
                  eos_id=task.tokenizer.eos_id, pad_id=task.tokenizer.pad_id, generator=generator,
                  mix_with=mix_with, mix_alpha=mix_alpha, mix_prompt=mix_prompt)
     model.train(was)
@@ -110,7 +111,8 @@ def greedy_completions(model: nn.Module, task: Task, problems: list[Problem], pr
         prompts = torch.cat([prompts, prefix], 1)
     was = model.training
     model.eval()
-    r = generate(model, prompts, task.max_new_tokens - (0 if prefix is None else prefix.shape[1]), temperature=0.0,
+    n_new = task.teacher_max_new_tokens if privileged else task.max_new_tokens
+    r = generate(model, prompts, n_new - (0 if prefix is None else prefix.shape[1]), temperature=0.0,
                  eos_id=task.tokenizer.eos_id, pad_id=task.tokenizer.pad_id)
     model.train(was)
     return r.generated if prefix is None else torch.cat([prefix, r.generated], 1)

@@ -32,10 +32,14 @@ def cosine_lr(opt, steps: int, warm: int | None = None):
 
 
 def train_sft(model: GPT, tasks: list[Task], steps: int, batch: int, lr: float, privileged: bool = False,
-              desc: str = "sft", progress: bool = True, device="cpu", deadline: float | None = None) -> dict:
-    """Supervised fine-tuning on fresh data (teacher forcing on the ground truth): the teachers' training
-    and the data-only baseline student. Each step draws ``batch`` training problems, split evenly over
-    ``tasks``. Returns :func:`~distill_lab.core.train.fit`'s history with ``"tokens"`` trained on."""
+              desc: str = "sft", progress: bool = True, device="cpu", deadline: float | None = None,
+              draw=None) -> dict:
+    """Supervised fine-tuning on the data (teacher forcing on the ground truth): the teachers' training
+    and the students' warm start. Each step draws ``batch`` training problems, split evenly over
+    ``tasks``, fresh ones or, with ``draw(n) -> problems`` (one task only), from wherever it draws (an
+    experiment's fixed pool). Returns :func:`~distill_lab.core.train.fit`'s history with ``"tokens"``."""
+    if draw is not None and len(tasks) != 1:
+        raise ValueError("train_sft: a draw function serves one task")
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.1)
     sched = cosine_lr(opt, steps)
     share = max(1, batch // len(tasks))
@@ -44,7 +48,7 @@ def train_sft(model: GPT, tasks: list[Task], steps: int, batch: int, lr: float, 
     def step(i):
         loss = 0.0
         for t in tasks:
-            c = from_data(t, t.problems(share, "train"), device)
+            c = from_data(t, draw(share) if draw is not None else t.problems(share, "train"), device)
             loss = loss + token_ce_loss(score(model, t, c, privileged), c.tokens, c.mask) / len(tasks)
             seen["tokens"] += c.n_tokens
         opt.zero_grad(set_to_none=True)

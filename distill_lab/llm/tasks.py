@@ -164,8 +164,13 @@ class Task:
         return 1 + len(self.draw(torch.Generator().manual_seed(0)).target)
 
     @property
+    def teacher_max_new_tokens(self) -> int:
+        """The teacher's longest completion (longer than the student's when it writes another format)."""
+        return self.max_new_tokens
+
+    @property
     def block_size(self) -> int:
-        return max(self.prompt_len, self.teacher_prompt_len) + self.max_new_tokens
+        return max(self.prompt_len, self.teacher_prompt_len) + max(self.max_new_tokens, self.teacher_max_new_tokens)
 
     def encode_prompts(self, problems: list[Problem], privileged: bool = False) -> torch.Tensor:
         """``[B, P]`` ids: the start token, then the (student's or teacher's) prompt."""
@@ -243,6 +248,10 @@ class Multiplication(Task):
         answer = _rev(a * b, w)
         teacher_prompt = self.write(a, b, "full").prompt if chain == "short" else None
         return Problem(prompt, "".join(parts) + ">" + answer, answer, teacher_prompt)
+
+    @property
+    def teacher_max_new_tokens(self) -> int:
+        return 1 + len(self.write(10 ** (self.digits_a - 1), 10 ** (self.digits_b - 1), "full").target)
 
     def student_text(self, teacher_completion: str) -> str:
         """The full chain ``p0+p1:s1+p2>answer`` without its running sums, ``p0+p1+p2>answer`` (short
