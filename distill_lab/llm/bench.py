@@ -6,7 +6,8 @@
 Importing this module registers the track and the recipes (:mod:`.recipes`). A row is one method on
 one task: ``value`` is the student's greedy exact-match accuracy in percent (mean over the seeds;
 ``spread`` their standard deviation), ``baseline`` the data-only student's (the ``sft`` recipe: same
-size, warm start, steps and batch), ``teacher_value`` the teacher's on the same held-out problems,
+size, warm start, steps and batch), ``values`` and ``baseline_values`` the seeds' own accuracies (a
+seed's students share its warm start, so differences are best read seed by seed), ``teacher_value`` the teacher's on the same held-out problems,
 ``student_tokens`` the tokens the student generated in training (0 off-policy), ``train_tokens`` the
 tokens it was trained on, ``on_policy`` whether it learnt on its own samples, ``train_seconds`` the
 mean training time; ``forced`` the exact match when the true chain is written for the student and
@@ -25,7 +26,8 @@ from .recipes import SEQUENCE_LEVEL  # (importing it registers the LLM recipes)
 from .experiment import LLMTask
 from .tasks import TASKS
 
-LLM_ROW_KEYS = ("method", "task", "metric", "value", "spread", "baseline", "baseline_spread", "teacher_value", "seeds",
+LLM_ROW_KEYS = ("method", "task", "metric", "value", "spread", "values", "baseline", "baseline_spread",
+                "baseline_values", "teacher_value", "seeds",
                 "student_tokens", "train_tokens", "on_policy", "forced", "exposure_gap", "first_node", "train_seconds")
 BENCH_TASKS = ("mult", "star", "sort")
 
@@ -54,6 +56,7 @@ def run_task(exp: LLMTask, methods=None, seeds=(0, 1, 2)) -> list[dict]:
                         "seconds": secs})
         acc, spread = mean_spread([r["accuracy"] for r in res])
         row = {"method": m, "task": exp.name, "metric": "exact_match", "value": acc, "spread": spread,
+               "values": [r["accuracy"] for r in res],
                "teacher_value": exp.teacher_eval["accuracy"], "seeds": list(seeds),
                "student_tokens": mean_spread([r["student_tokens"] for r in res])[0],
                "train_tokens": mean_spread([r["train_tokens"] for r in res])[0],
@@ -65,7 +68,7 @@ def run_task(exp: LLMTask, methods=None, seeds=(0, 1, 2)) -> list[dict]:
         rows.append(row)
     base = rows.pop(0)  # the data-only student is every row's baseline, not a row of its own
     for r in rows:
-        r["baseline"], r["baseline_spread"] = base["value"], base["spread"]
+        r["baseline"], r["baseline_spread"], r["baseline_values"] = base["value"], base["spread"], base["values"]
     return rows
 
 
@@ -77,17 +80,25 @@ def _f(v, nd=1):
     return "-" if v is None else f"{v:.{nd}f}"
 
 
+def paired(values, base_values) -> tuple[float, float]:
+    """Mean and spread over seeds of a row's accuracy minus the data-only student's of the same seed."""
+    return mean_spread([v - b for v, b in zip(values, base_values)])
+
+
 def format_llm_table(rows: list[dict]) -> str:
-    head = ["task", "method", "on-policy", "exact match %", "+-", "data only", "+-", "teacher", "true chain %",
+    head = ["task", "method", "on-policy", "exact match %", "+-", "data only", "+-", "vs data, paired", "teacher", "true chain %",
             "exposure gap", "first node %",
             "student tokens", "train tokens", "seeds", "train s"]
     body = [[r["task"], r["method"], "yes" if r["on_policy"] else "no", _f(r["value"]), _f(r["spread"]),
-             _f(r["baseline"]), _f(r["baseline_spread"]), _f(r["teacher_value"]), _f(r["forced"]),
+             _f(r["baseline"]), _f(r["baseline_spread"]),
+             "{:+.1f} +- {:.1f}".format(*paired(r["values"], r["baseline_values"])), _f(r["teacher_value"]), _f(r["forced"]),
              _f(r["exposure_gap"]), _f(r["first_node"]),
              f"{r['student_tokens']:.0f}", f"{r['train_tokens']:.0f}", str(len(r["seeds"])), _f(r["train_seconds"], 0)]
             for r in rows]
     return text_table(head, body, ["exact match: greedy decoding on held-out problems (test split); +-: standard "
-                                   "deviation over seeds; data only: the sft student (same size, warm start and budget); true chain: "
+                                   "deviation over seeds; data only: the sft student (same size, warm start and budget); vs data, "
+                                   "paired: the row minus the data-only student of the same seed (same warm start), mean "
+                                   "+- spread over seeds; true chain: "
                                    "exact match when the true chain is written for the student (star: the first arm "
                                    "node), exposure gap = true chain - exact match"])
 
