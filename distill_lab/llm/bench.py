@@ -22,8 +22,8 @@ import time
 from ..core.bench import BenchTrack, bench_methods, mean_spread, register_track, text_table
 from ..core.registry import get_recipe
 from ..core.train import seed_everything
-from .recipes import SEQUENCE_LEVEL  # (importing it registers the LLM recipes)
 from .experiment import LLMTask
+from .recipes import SEQUENCE_LEVEL  # (importing it registers the LLM recipes)
 from .tasks import TASKS
 
 LLM_ROW_KEYS = ("method", "task", "metric", "value", "spread", "values", "baseline", "baseline_spread",
