@@ -143,11 +143,15 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     sc = get_scale(args.scale)
+    if args.task != "all" and args.task not in TASKS:
+        ap.error(f"unknown task {args.task!r}; choose one of {', '.join(t for t in TASKS if t != 'mult_short')}, or all")
     names = ["mult", "star", "sort"] if args.task == "all" else [teacher_task(args.task)]
+    if args.out and len(names) > 1:
+        ap.error("--out names one folder: give it with one --task, not with --task all")
     out = {}
     for task in names:
         tsc = llm_scale(task, sc)
-        folder = Path(args.out) if args.out and len(names) == 1 else default_teacher_dir(task, sc)
+        folder = Path(args.out) if args.out else default_teacher_dir(task, sc)
         command = f"{REBUILD} " + shlex.join(["--task", task] + [a for a in (sys.argv[1:] if argv is None else argv)
                                                                  if a not in ("--task", args.task)])
         print(f"{task} teacher {tsc.teacher}, {args.steps or tsc.teacher_steps} steps, scale {sc.name}, "
