@@ -301,3 +301,27 @@ def test_tokens_of_wrong_shape_raise(name):
     s, t = _logits(B, T, V, seed=1), _logits(B, T, V, seed=2)
     with pytest.raises(ValueError, match="tokens must have"):
         ALL[name](s, t, MASK, _tokens()[:, :-1])
+
+
+def test_weighted_forward_kl_is_the_weighted_mean_of_per_position_kls():
+    """PACED's per-sequence weights: a weighted mean over the masked positions (a plain mean, a sum, or
+    weights that leak into masked positions would differ); a zero-weight row equals masking it out."""
+    g = torch.Generator().manual_seed(7)
+    s = torch.randn(3, 4, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    t = torch.randn(3, 4, 6, generator=g, dtype=torch.float64)
+    mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1]], dtype=torch.bool)
+    w = torch.tensor([0.5, 2.0, 0.0], dtype=torch.float64)[:, None].expand(3, 4)
+    p, q = t.softmax(-1), s.softmax(-1)
+    kl = (p * (p.log() - q.log())).sum(-1)
+    want = (w * kl)[mask].sum() / w[mask].sum()
+    got = tk.forward_kl_loss(s, t, mask, weights=w)
+    torch.testing.assert_close(got, want, atol=1e-12, rtol=0)
+    torch.testing.assert_close(tk.forward_kl_loss(s, t, mask, weights=torch.ones_like(w)), tk.forward_kl_loss(s, t, mask))
+    row_masked = mask.clone()
+    row_masked[2] = False
+    torch.testing.assert_close(tk.forward_kl_loss(s, t, mask, weights=(w > 0).double()),
+                               tk.forward_kl_loss(s, t, row_masked), atol=1e-12, rtol=0)
+    with pytest.raises(ValueError, match="positive sum"):
+        tk.forward_kl_loss(s, t, mask, weights=torch.zeros_like(w))
+    with pytest.raises(ValueError, match="shape"):
+        tk.forward_kl_loss(s, t, mask, weights=w[:, :2])

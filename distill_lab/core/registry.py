@@ -90,6 +90,15 @@ def recipe(name: str, *, tracks: tuple[str, ...], family: str, paper: str, nfes:
     return deco
 
 
+def with_options(overrides: dict, name: str, **defaults) -> dict:
+    """A recipe's options: ``defaults`` updated by ``overrides``; an option the recipe does not know
+    raises ``ValueError`` naming the ones it does (a misspelt option never passes silently)."""
+    unknown = set(overrides) - set(defaults)
+    if unknown:
+        raise ValueError(f"unknown option(s) {sorted(unknown)} for {name}; known: {sorted(defaults)}")
+    return {**defaults, **overrides}
+
+
 def recipes(track: str | None = None) -> list[Recipe]:
     """Every registered recipe (of ``track``, when given), in the order they were registered."""
     return [r for r in RECIPES.values() if track is None or track in r.tracks]

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import torch
 
-from ..core.registry import recipe
+from ..core.registry import recipe, with_options
 from ..methods.kd.adaptive import TAIDSchedule, beta_kernel
 from ..methods.kd.token import (forward_kl_loss, gjsd_loss, minillm_loss, on_policy_pg_loss, reverse_kl_loss,
                                 skew_kl_loss, taid_token_loss, token_ce_loss)
@@ -47,13 +47,6 @@ GKD = "Agarwal, Vieillard, Zhou, Stanczyk, Ramos, Geist & Bachem 2024, On-Policy
 KIM_RUSH = "Kim & Rush 2016, Sequence-Level Knowledge Distillation"
 SOURCES = ("data", "teacher", "teacher_greedy", "student", "mixed")
 SEQUENCE_LEVEL = ("sft", "seq_kd")  # the recipes that need no teacher logits (all that run on mult_short)
-
-
-def _options(overrides: dict, name: str, **defaults) -> dict:
-    unknown = set(overrides) - set(defaults)
-    if unknown:
-        raise ValueError(f"unknown option(s) {sorted(unknown)} for {name}; known: {sorted(defaults)}")
-    return {**defaults, **overrides}
 
 
 def completions(exp, student, problems, source: str, mix_alpha: float = 0.2) -> Completions:
@@ -78,11 +71,11 @@ def completions(exp, student, problems, source: str, mix_alpha: float = 0.2) -> 
     raise ValueError(f"unknown source {source!r}; choose one of {', '.join(SOURCES)}")
 
 
-def distill(exp, name: str, loss_fn, source: str = "data", lam: float = 0.0, on_policy: str = "student",
+def distill(exp, name: str, loss_fn, source: str = "data", lam: float = 0.0,
             steps: int | None = None, lr: float | None = None, batch: int | None = None, mix_alpha: float = 0.2,
             weigh=None, after_step=None, teacher_logits: bool = True):
     """The one training loop of the LLM track. Each step draws ``batch`` training problems, takes their
-    completions from ``on_policy`` (the student's samples) with probability ``lam`` and from ``source``
+    completions from the student's own samples with probability ``lam`` and from ``source``
     otherwise (GKD's lambda), scores them with the student (gradient) and the teacher (no gradient, its
     own prompt), and minimises ``loss_fn(student_logits, teacher_logits, completions) -> loss or
     (loss, info)``. ``weigh(student, problems) -> [B]`` optionally weights each sequence (PACED);
@@ -102,7 +95,7 @@ def distill(exp, name: str, loss_fn, source: str = "data", lam: float = 0.0, on_
 
     def step(i):
         problems = exp.problems(batch)
-        src = on_policy if (lam > 0 and float(torch.rand(())) < lam) else source
+        src = "student" if (lam > 0 and float(torch.rand(())) < lam) else source
         c = completions(exp, student, problems, src, mix_alpha)
         count["train_tokens"] += c.n_tokens
         if c.on_policy:
@@ -113,11 +106,10 @@ def distill(exp, name: str, loss_fn, source: str = "data", lam: float = 0.0, on_
         if teacher_logits:
             with torch.no_grad():
                 t_logits = score(exp.teacher, exp.task, c, privileged=exp.privileged)
-        mask = c.mask
-        if weigh is not None:  # per-sequence weights, as a per-token weighted mean
-            w = weigh(student, problems).to(s_logits.device)
-            mask = mask & (w[:, None] > 0)
-        out = loss_fn(s_logits, t_logits, c) if weigh is None else loss_fn(s_logits, t_logits, c, w)
+        if weigh is None:
+            out = loss_fn(s_logits, t_logits, c)
+        else:  # one weight a sequence, passed to the loss
+            out = loss_fn(s_logits, t_logits, c, weigh(student, problems).to(s_logits.device))
         loss, info = out if isinstance(out, tuple) else (out, {})
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -137,7 +129,7 @@ def distill(exp, name: str, loss_fn, source: str = "data", lam: float = 0.0, on_
 @recipe("sft", tracks=LLM, family="baseline", paper="supervised fine-tuning on the data (no teacher)", baseline=True)
 def sft(exp, **overrides):
     """The data-only baseline: cross-entropy on the task's targets, the teacher unused."""
-    o = _options(overrides, "sft", steps=None, lr=None)
+    o = with_options(overrides, "sft", steps=None, lr=None)
     return distill(exp, "sft", lambda s, t, c: token_ce_loss(s, c.tokens, c.mask), "data", teacher_logits=False, **o)
 
 
@@ -146,14 +138,14 @@ def seq_kd(exp, **overrides):
     """Sequence-level KD: cross-entropy on the teacher's greedy outputs (its approximate mode, the
     beam search of Kim & Rush 2016, eq. 5), its mistakes included; on ``mult_short`` the teacher's full
     chains shortened to the student's format."""
-    o = _options(overrides, "seq_kd", steps=None, lr=None, source="teacher_greedy")
+    o = with_options(overrides, "seq_kd", steps=None, lr=None, source="teacher_greedy")
     return distill(exp, "seq_kd", lambda s, t, c: token_ce_loss(s, c.tokens, c.mask), teacher_logits=False, **o)
 
 
 @recipe("word_kd", tracks=LLM, family="off-policy", paper=KIM_RUSH)
 def word_kd(exp, **overrides):
     """Word-level KD: forward KL to the teacher's next-token distributions on the data's sequences."""
-    o = _options(overrides, "word_kd", steps=None, lr=None, source="data")
+    o = with_options(overrides, "word_kd", steps=None, lr=None, source="data")
     return distill(exp, "word_kd", lambda s, t, c: forward_kl_loss(s, t, c.mask), **o)
 
 
@@ -161,7 +153,7 @@ def word_kd(exp, **overrides):
         paper="Gu, Dong, Wei & Huang 2024, MiniLLM: Knowledge Distillation of Large Language Models (the reverse KL)")
 def reverse_kl_data(exp, **overrides):
     """Reverse KL (exact over the vocabulary) on the data's sequences: mode seeking, off-policy."""
-    o = _options(overrides, "reverse_kl_data", steps=None, lr=None)
+    o = with_options(overrides, "reverse_kl_data", steps=None, lr=None)
     return distill(exp, "reverse_kl_data", lambda s, t, c: reverse_kl_loss(s, t, c.mask), "data", **o)
 
 
@@ -170,7 +162,7 @@ def reverse_kl_data(exp, **overrides):
 def taid_tokens(exp, **overrides):
     """TAID on the data's sequences: the target moves from the student's own distribution towards the
     teacher's with :class:`~distill_lab.methods.kd.adaptive.TAIDSchedule` (the CIFAR track's)."""
-    o = _options(overrides, "taid_tokens", steps=None, lr=None, t_start=0.4, alpha=5e-3)
+    o = with_options(overrides, "taid_tokens", steps=None, lr=None, t_start=0.4, alpha=5e-3)
     sched = TAIDSchedule(o["steps"] or exp.steps, t_start=o["t_start"], alpha=o["alpha"])
     return distill(exp, "taid_tokens", lambda s, t, c: taid_token_loss(s, t, c.mask, sched.t), "data",
                    steps=o["steps"], lr=o["lr"], after_step=sched.step)
@@ -184,7 +176,7 @@ def paced_pass_rate(exp, **overrides):
     The pass rate is smoothed, ``(passes + 1) / (rollouts + 2)``, so that while the student solves
     nothing every problem keeps a small weight (this lab's choice; the paper's rates come from many
     more rollouts). The weights are under stop-gradient."""
-    o = _options(overrides, "paced_pass_rate", steps=None, lr=None, rollouts=4, a=1.0, b=1.0)
+    o = with_options(overrides, "paced_pass_rate", steps=None, lr=None, rollouts=4, a=1.0, b=1.0)
 
     @torch.no_grad()
     def weigh(student, problems):
@@ -196,19 +188,15 @@ def paced_pass_rate(exp, **overrides):
         return w / w.mean()
 
     def loss_fn(s, t, c, w):
-        per_tok = forward_kl_loss(s, t, c.mask)  # validated once; the weighted mean below is the loss
-        log_q, log_p = s.float().log_softmax(-1), t.float().log_softmax(-1)
-        kl = (log_p.exp() * (log_p - log_q)).sum(-1)
-        ww = w[:, None].expand_as(kl)
-        loss = (ww * kl)[c.mask].sum() / ww[c.mask].sum()
-        return loss, {"kd_unweighted": per_tok.detach(), "mean_weight": w.mean()}
+        loss = forward_kl_loss(s, t, c.mask, weights=w[:, None].expand_as(c.mask))
+        return loss, {"mean_weight": w.mean()}
 
     return distill(exp, "paced_pass_rate", loss_fn, "data", steps=o["steps"], lr=o["lr"], weigh=weigh)
 
 
 # ============================================================================ on-policy
 def _gkd(exp, name, beta, lam, overrides):
-    o = _options(overrides, name, steps=None, lr=None, beta=beta, lam=lam, source="data")
+    o = with_options(overrides, name, steps=None, lr=None, beta=beta, lam=lam, source="data")
     b = o.pop("beta")
     return distill(exp, name, lambda s, t, c: gjsd_loss(s, t, c.mask, beta=b), **o)
 
@@ -243,7 +231,7 @@ def on_policy_pg(exp, **overrides):
     """Sampled-token on-policy distillation: the student samples, the teacher scores the sampled tokens,
     and the advantage ``-(log q - log p)`` drives a policy-gradient step
     (:func:`~distill_lab.methods.kd.token.on_policy_pg_loss`)."""
-    o = _options(overrides, "on_policy_pg", steps=None, lr=None)
+    o = with_options(overrides, "on_policy_pg", steps=None, lr=None)
     return distill(exp, "on_policy_pg", lambda s, t, c: on_policy_pg_loss(s, t, c.tokens, c.mask),
                    "student", **o)
 
@@ -253,7 +241,7 @@ def on_policy_pg(exp, **overrides):
 def minillm(exp, **overrides):
     """MiniLLM: samples from ``mix_alpha`` teacher + ``1 - mix_alpha`` student, the single-step reverse
     KL plus the normalised long-term reward, importance-weighted (:func:`~distill_lab.methods.kd.token.minillm_loss`)."""
-    o = _options(overrides, "minillm", steps=None, lr=None, mix_alpha=0.2)
+    o = with_options(overrides, "minillm", steps=None, lr=None, mix_alpha=0.2)
     return distill(exp, "minillm", lambda s, t, c: minillm_loss(s, t, c.tokens, c.mask, c.sample_logprobs),
                    "mixed", **o)
 
@@ -264,6 +252,6 @@ def distillm(exp, **overrides):
     """DistiLLM's skew KL ``KL(p || a p + (1 - a) q)``, a = 0.1, on the student's samples half of the
     steps and the data the other half (the paper's loss; a fixed on-policy share instead of its
     adaptive schedule and replay buffer)."""
-    o = _options(overrides, "distillm", steps=None, lr=None, alpha=0.1, lam=0.5)
+    o = with_options(overrides, "distillm", steps=None, lr=None, alpha=0.1, lam=0.5)
     a = o.pop("alpha")
     return distill(exp, "distillm", lambda s, t, c: skew_kl_loss(s, t, c.mask, alpha=a), "data", **o)

@@ -30,6 +30,7 @@ from __future__ import annotations
 import re
 import zlib
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
@@ -149,26 +150,26 @@ class Task:
         """Exact match of the final answer."""
         return self.answer_of(completion) == problem.answer
 
-    @property
+    @cached_property
     def prompt_len(self) -> int:
         """Tokens of every student prompt (fixed within a task), the start token included."""
         return 1 + len(self.draw(torch.Generator().manual_seed(0)).prompt)
 
-    @property
+    @cached_property
     def teacher_prompt_len(self) -> int:
         return 1 + len(self.draw(torch.Generator().manual_seed(0)).privileged_prompt)
 
-    @property
+    @cached_property
     def max_new_tokens(self) -> int:
         """The longest target, end token included (every target of a task has one length here)."""
         return 1 + len(self.draw(torch.Generator().manual_seed(0)).target)
 
-    @property
+    @cached_property
     def teacher_max_new_tokens(self) -> int:
         """The teacher's longest completion (longer than the student's when it writes another format)."""
         return self.max_new_tokens
 
-    @property
+    @cached_property
     def block_size(self) -> int:
         return max(self.prompt_len, self.teacher_prompt_len) + max(self.max_new_tokens, self.teacher_max_new_tokens)
 
@@ -249,7 +250,7 @@ class Multiplication(Task):
         teacher_prompt = self.write(a, b, "full").prompt if chain == "short" else None
         return Problem(prompt, "".join(parts) + ">" + answer, answer, teacher_prompt)
 
-    @property
+    @cached_property
     def teacher_max_new_tokens(self) -> int:
         return 1 + len(self.write(10 ** (self.digits_a - 1), 10 ** (self.digits_b - 1), "full").target)
 

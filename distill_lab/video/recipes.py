@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import torch
 
-from ..core.registry import recipe
+from ..core.registry import recipe, with_options
 from ..methods.step.dmd import dmd_loss, fake_score_loss, frozen
 from ..methods.streaming import diffusion_forcing_loss, ode_regression_loss, teacher_forcing_loss
 from .rollout import StreamingStudent, self_forcing_rollout, uniform_times
@@ -40,15 +40,8 @@ def _adam(params, lr, betas=(0.9, 0.99)):
     return torch.optim.Adam(params, lr=lr, betas=betas)
 
 
-def _options(exp, overrides: dict, name: str, **defaults) -> dict:
-    unknown = set(overrides) - set(defaults)
-    if unknown:
-        raise ValueError(f"unknown option(s) {sorted(unknown)} for {name}; known: {sorted(defaults)}")
-    return {**defaults, **overrides}
-
-
 def _flow_student(exp, name: str, loss_fn, steps, overrides) -> StreamingStudent:
-    o = _options(exp, overrides, name, batch=exp.scale.batch, lr=3e-4, sample_steps=exp.vscale.student_nfe)
+    o = with_options(overrides, name, batch=exp.scale.batch, lr=3e-4, sample_steps=exp.vscale.student_nfe)
     steps = steps or exp.scale.student_steps
     net = exp.causal_net()
     opt = _adam(net.parameters(), o["lr"])
@@ -128,7 +121,7 @@ def _distribution_matching(exp, name: str, steps, overrides, own_context: bool) 
     """The few-step recipes' shared schedule: (optionally) the ODE initialisation, then ``steps``
     generator steps of DMD on generated clips, ``critic_updates`` fake-score steps before each."""
     vsc = exp.vscale
-    o = _options(exp, overrides, name, batch=exp.scale.batch, gen_lr=5e-5, fake_lr=2e-4, critic_updates=2,
+    o = with_options(overrides, name, batch=exp.scale.batch, gen_lr=5e-5, fake_lr=2e-4, critic_updates=2,
                  sample_steps=vsc.student_nfe, init_steps=exp.scale.student_steps // 2, init_lr=3e-4,
                  pool=256, ramp=0.0, rollout_factor=1, window=None, sink=0)
     steps = steps or exp.scale.student_steps

@@ -84,11 +84,20 @@ def _up(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
-def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of ``values`` over the positions where ``mask`` is True (the mask must select some)."""
+def masked_mean(values: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean of ``values`` over the positions where ``mask`` is True (the mask must select some); with
+    ``weights`` (same shape, >= 0, detached) the weighted mean ``sum w v / sum w`` over those positions."""
     if not bool(mask.any()):
         raise ValueError("the mask selects no position; nothing to average")
-    return values.masked_select(mask).mean()
+    if weights is None:
+        return values.masked_select(mask).mean()
+    if weights.shape != values.shape:
+        raise ValueError(f"weights must have the values' shape {tuple(values.shape)} (one a position), "
+                         f"got {tuple(weights.shape)}")
+    w = weights.detach().to(values.dtype).masked_select(mask)
+    if bool((w < 0).any()) or not float(w.sum()) > 0:
+        raise ValueError("weights must be >= 0 with a positive sum over the masked positions")
+    return (w * values.masked_select(mask)).sum() / w.sum()
 
 
 def _prepare(student_logits, teacher_logits, mask, T: float = 1.0):
@@ -101,14 +110,16 @@ def _prepare(student_logits, teacher_logits, mask, T: float = 1.0):
 
 
 # ============================================================================ divergences
-def forward_kl_loss(student_logits, teacher_logits, mask=None, T: float = 1.0) -> torch.Tensor:
+def forward_kl_loss(student_logits, teacher_logits, mask=None, T: float = 1.0,
+                    weights: torch.Tensor | None = None) -> torch.Tensor:
     """Forward KL ``KL(p || q)`` per position, mean over the mask: word-level knowledge distillation
     (Kim & Rush 2016, "Sequence-level knowledge distillation", eq. 3; the token-level form of Hinton
     et al. 2015). The teacher provides its logits (detached); temperature ``T`` softens both, and the
     loss is scaled by ``T^2`` as in Hinton et al. Mode covering: the student pays wherever the teacher
-    has mass it lacks."""
+    has mass it lacks. ``weights`` (``[B, T]``, under stop-gradient) make it a weighted mean, e.g.
+    PACED's per-problem weights."""
     log_q, log_p, mask = _prepare(student_logits, teacher_logits, mask, T)
-    return (T * T) * masked_mean(_kl_probs(log_p.exp(), log_p, log_q), mask)
+    return (T * T) * masked_mean(_kl_probs(log_p.exp(), log_p, log_q), mask, weights)
 
 
 def reverse_kl_loss(student_logits, teacher_logits, mask=None, T: float = 1.0) -> torch.Tensor:
