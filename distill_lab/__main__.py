@@ -54,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--metric", default="sliced_w2", choices=("sliced_w2", "energy"), help="toy2d: the distance")
     b.add_argument("--seeds", type=int, nargs="+", default=None,
                    help="cifar: seeds to average over (default: the scale's, 0 1 2)")
-    b.add_argument("--tasks", default=None, help="llm: comma-separated tasks (default: mult,star,sort)")
+    b.add_argument("--tasks", default=None, help="llm: comma-separated tasks; task@N trains every student on one fixed set of N "
+                   "problems (default: mult,mult@256,star,sort)")
     b.add_argument("--epochs", type=float, default=None, help="cifar: override the scale's epochs (smoke tests)")
     g = sub.add_parser("gpu-check", help="every track's gpu-scale figures in one time-boxed run")
     g.add_argument("--budget-minutes", type=float, default=10.0, help="stop starting parts after this (default 10)")

@@ -36,7 +36,16 @@ in the budget is skipped, and its row says so. The parts:
     Every registered step-distillation recipe for two steps at toy size on this device (a small
     ``Toy2D``; the committed CIFAR teacher on 100 images): does each one run on it at all.
 
-The video and LLM tracks add their parts when they exist. Each row: track, part, what ran, seconds,
+``llm / sft``, ``llm / word_kd``, ``llm / gkd_fkl``
+    The committed ``ci`` multiplication teacher and the ``ci`` students on one fixed set of 256
+    problems (``mult@256``), seed 0: the run ``bench llm --scale ci --tasks mult@256`` makes on a CPU.
+``llm / hf gkd step``
+    One on-policy GKD step through :class:`~distill_lab.llm.hf.HFCausalLM` on a pair of the shapes of
+    :data:`~distill_lab.llm.hf.GPU_RECIPE` (Qwen2.5 1.5B teacher in bf16, 0.5B student in fp32 with bf16
+    autocast and AdamW), random weights (no download): seconds a step and peak memory beside the
+    README's estimate.
+
+Each row: track, part, what ran, seconds,
 steps run of planned, steps per second, peak GPU memory, the quality figure and its reference. Without
 CUDA the command says so and stops, unless ``--device cpu --tiny`` asks for the toy-size run.
 """
@@ -54,10 +63,10 @@ import torch
 
 from .core.scale import Scale, get_scale
 
-PARTS = ("kd_teacher", "toy2d", "flow_teacher", "flow_distill", "kd_students", "video", "recipes")
+PARTS = ("kd_teacher", "toy2d", "flow_teacher", "flow_distill", "kd_students", "video", "llm", "recipes")
 # each part's time box in seconds at the gpu scale (the order is the order of value)
 BOXES = {"kd_teacher": 120, "toy2d": 120, "flow_teacher": 25, "flow_distill": 70, "kd_students": 90, "video": 100,
-         "recipes": 60}
+         "llm": 100, "recipes": 60}
 AIRBENCH = "airbench94 on this JPEG copy: 90.7% in 1.93 s (H200, flip TTA; shared/data/README.md)"
 
 
@@ -338,6 +347,102 @@ def part_video(c: Check, box: float) -> None:
               _boxed(streaming, box / 4))
 
 
+def part_llm(c: Check, box: float) -> None:
+    from .llm import hf
+    from .llm.config import NetSize, llm_scale
+    from .llm.experiment import LLMTask
+    from .llm.gpt import generate
+    from .core.registry import get_recipe
+    from .llm.sft import build_gpt
+    from .llm.tasks import get_task
+    from .methods.kd.token import gjsd_loss
+
+    holder = {}
+
+    def experiment():
+        if "exp" not in holder:
+            if c.tiny:  # a random tiny teacher and student: the same code in seconds on a CPU
+                ts = replace(llm_scale("mult", "ci"), teacher=NetSize(1, 2, 16), student=NetSize(1, 2, 16),
+                             student_steps=3, warm_steps=2, eval_n=8)
+                torch.manual_seed(0)
+                holder["exp"] = LLMTask("mult", get_scale("ci", device=c.device), task_scale=ts, pool=16,
+                                        teacher=build_gpt(get_task("mult"), ts.teacher), progress=False)
+            else:
+                holder["exp"] = LLMTask("mult", get_scale("ci", device=c.device), pool=256, progress=False)
+        return holder["exp"]
+
+    for name in ("sft", "word_kd", "gkd_fkl"):
+        def run(deadline, name=name):
+            from .core.train import seed_everything
+
+            exp = experiment()
+            exp.deadline = deadline
+            seed_everything(0)
+            st = get_recipe(name).train(exp)
+            r, info = exp.evaluate(st), st.train_info
+            return {"steps": info["steps"], "steps_planned": exp.steps, "train_seconds": info["seconds"],
+                    "quality": round(r["accuracy"], 1), "quality_name": f"exact match % on {exp.name}, seed 0",
+                    "reference": f"teacher {exp.teacher_eval['accuracy']:.1f}%; {info['distinct_sequences']} distinct "
+                                 f"sequences; the run of `bench llm --scale ci --tasks mult@256 --seeds 0`"}
+
+        c.measure("llm", name, ("a random tiny teacher" if c.tiny else "the committed ci teacher")
+                  + ", a fixed set of problems, the ci budget (warm start included in the first)", _boxed(run, box / 5))
+
+    R = hf.GPU_RECIPE
+    shapes = {  # the recipe's pair (Qwen2.5 1.5B and 0.5B) by their published shapes, random weights
+        "teacher": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12),
+        "student": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14)}
+
+    def hf_step(deadline):
+        transformers = hf._transformers()
+        batch, prompt, new = (2, 8, 8) if c.tiny else (R["batch"], R["prompt_tokens"], R["max_new_tokens"])
+        vocab = 64 if c.tiny else R["vocab_size"]
+        models = {}
+        for role, shape in shapes.items():
+            if c.tiny:
+                shape = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2 if role == "teacher" else 1,
+                             num_attention_heads=2)
+            cfg = transformers.Qwen2Config(vocab_size=vocab, num_key_value_heads=2, max_position_embeddings=4096,
+                                           tie_word_embeddings=True, **shape)
+            torch.manual_seed(0)
+            with torch.device(c.device):
+                m = transformers.AutoModelForCausalLM.from_config(cfg)
+            models[role] = hf.HFCausalLM(m.to(torch.bfloat16 if role == "teacher" else torch.float32))
+        teacher, student = models["teacher"].eval(), models["student"]
+        n_s = sum(p.numel() for p in student.parameters())
+        opt = torch.optim.AdamW(student.parameters(), lr=R["lr"])
+        amp = torch.autocast("cuda", torch.bfloat16) if c.device.startswith("cuda") else torch.autocast("cpu", enabled=False)
+        times = []
+        for _ in range(2):  # the first step warms up; the second is timed
+            if c.device.startswith("cuda"):
+                torch.cuda.synchronize()
+            t = time.perf_counter()
+            x = torch.randint(0, vocab, (batch, prompt), device=c.device)
+            with amp:
+                roll = generate(student.eval(), x, new, temperature=1.0)
+                seq = roll.tokens
+                s_logits = student.train()(seq[:, :-1])[:, prompt - 1:]
+                with torch.no_grad():
+                    t_logits = teacher(seq[:, :-1])[:, prompt - 1:]
+            loss = gjsd_loss(s_logits, t_logits, roll.mask[:, prompt:], beta=R["beta"])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if c.device.startswith("cuda"):
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t)
+        est = R["estimate"]
+        return {"steps": 2, "steps_planned": 2, "train_seconds": sum(times), "quality": round(times[-1], 2),
+                "quality_name": f"s a GKD step ({batch} prompts of {prompt} tokens, {new} sampled, student "
+                                f"{n_s / 1e9:.2f} B params)",
+                "reference": f"README estimate: {est['step_s_eager']:.1f} s a step with an eager decoding loop "
+                             f"({est['step_s']:.2f} s compute-bound), {est['memory_gb']:.0f} GB"}
+
+    c.measure("llm", "hf gkd step", ("a tiny random Qwen2-shaped pair" if c.tiny else
+                                     f"{R['teacher']} -> {R['student']} shapes, random weights")
+              + ", one on-policy GKD step through the adapter", _boxed(hf_step, box / 5))
+
+
 def part_recipes(c: Check, box: float) -> None:
     from .cifar.flow_config import IMAGE_SCALES, build_unet
     from .cifar.flow_experiment import CifarFlow
@@ -382,7 +487,7 @@ def part_recipes(c: Check, box: float) -> None:
 
 RUNNERS = {"kd_teacher": part_kd_teacher, "toy2d": part_toy2d, "flow_teacher": part_flow_teacher,
            "flow_distill": part_flow_distill, "kd_students": part_kd_students, "video": part_video,
-           "recipes": part_recipes}
+           "llm": part_llm, "recipes": part_recipes}
 
 
 # ------------------------------------------------------------------ the command

@@ -39,15 +39,18 @@ def test_every_part_runs_at_toy_size_on_the_cpu(tmp_path, monkeypatch, capsys):
         ("cifar", "kd teacher"), ("toy2d", "teacher"), ("toy2d", "trajectory"), ("toy2d", "dmd"),
         ("cifar-gen", "flow teacher"), ("cifar-gen", "trajectory"), ("cifar-gen", "dmd"),
         ("cifar", "labels"), ("cifar", "hinton_kd"), ("toy2d", "every recipe"), ("cifar-gen", "every recipe"),
-        ("video", "teacher"), ("video", "self_forcing"), ("video", "streaming")}
+        ("video", "teacher"), ("video", "self_forcing"), ("video", "streaming"),
+        ("llm", "sft"), ("llm", "word_kd"), ("llm", "gkd_fkl"), ("llm", "hf gkd step")}
     for r in rows:
         assert r["error"] is None, r
         assert r["seconds"] > 0 and r["quality"] is not None, r
         assert r["steps"] or r["part"] in ("every recipe", "streaming"), r  # a training part counts its steps
         assert r["part"] in printed
+    gkd = next(r for r in rows if r["part"] == "gkd_fkl")
+    assert gkd["steps"] == gkd["steps_planned"] and "distinct sequences" in gkd["reference"]
     every = [len(bench_methods("toy2d")), len(bench_methods("cifar-gen"))]
     assert [r["quality"] for r in rows if r["part"] == "every recipe"] == every
-    assert len(rows) == len(gpu_check.PARTS) + 7  # toy2d, video: three rows; cifar-gen, kd students, recipes: two
+    assert len(rows) == len(gpu_check.PARTS) + 10  # toy2d, video: three rows; llm four; cifar-gen, kd students, recipes: two
 
 
 def test_a_part_that_no_longer_fits_the_budget_is_skipped_and_says_so(tmp_path):

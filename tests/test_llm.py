@@ -274,3 +274,31 @@ def test_forced_prefix_writes_the_true_chain_first(name):
     for p, text in zip(probs, task.decode_completions(gen)):
         assert text.startswith(task.forced_prefix(p)) and len(task.forced_prefix(p)) >= 1
     assert task.forced_prefix(probs[0]).endswith(">") if name == "mult" else len(task.forced_prefix(probs[0])) == 3
+
+
+def test_a_fixed_pool_is_every_students_only_data():
+    """``pool=N``: the warm start and every recipe draw their problems from one fixed set of N training
+    problems (the same set for every seed of the experiment); ``mult@N`` names it on the command line."""
+    from distill_lab.llm.bench import parse_task
+
+    ts = _tiny_scale("sort")
+    exp = LLMTask("sort", "ci", teacher=build_gpt(get_task("sort"), ts.teacher).eval(), task_scale=ts,
+                  progress=False, pool=5)
+    pool = {p.prompt for p in exp.pool_problems}
+    assert len(exp.pool_problems) == 5 and exp.name == "sort@5"
+    seed_everything(0)
+    drawn = {p.prompt for _ in range(20) for p in exp.problems(4)}
+    assert drawn <= pool and len(drawn) > 1
+    info = get_recipe("sft").train(exp).train_info  # the data's sequences: at most the pool's 5
+    assert 1 <= info["distinct_sequences"] <= 5 < info["steps"] * exp.batch
+    seed_everything(1)
+    assert [p.prompt for p in exp.pool_problems] == [p.prompt for p in LLMTask(
+        "sort", "ci", teacher=exp.teacher, task_scale=ts, progress=False, pool=5).pool_problems]
+    fresh = LLMTask("sort", "ci", teacher=exp.teacher, task_scale=ts, progress=False)
+    assert fresh.name == "sort" and len({p.prompt for p in fresh.problems(40)}) > 5
+    assert parse_task("mult") == ("mult", None) and parse_task("mult@256") == ("mult", 256)
+    for bad, msg in (("mul@3", "unknown task"), ("mult@", "positive"), ("mult@0", "positive"), ("mult@x", "positive")):
+        with pytest.raises(ValueError, match=msg):
+            parse_task(bad)
+    with pytest.raises(ValueError, match="pool"):
+        LLMTask("sort", "ci", teacher=exp.teacher, task_scale=ts, progress=False, pool=0)

@@ -2,6 +2,7 @@
 
     python -m distill_lab bench llm --scale ci --seeds 0 1 2 --json out/bench_llm.json
     python -m distill_lab bench llm --tasks mult,star --methods sft,word_kd,gkd_fkl
+    python -m distill_lab bench llm --tasks mult@256 --methods sft,word_kd,gkd_fkl   # a fixed set of 256 problems
 
 Importing this module registers the track and the recipes (:mod:`.recipes`). A row is one method on
 one task: ``value`` is the student's greedy exact-match accuracy in percent (mean over the seeds;
@@ -9,10 +10,13 @@ one task: ``value`` is the student's greedy exact-match accuracy in percent (mea
 size, warm start, steps and batch), ``values`` and ``baseline_values`` the seeds' own accuracies (a
 seed's students share its warm start, so differences are best read seed by seed), ``teacher_value`` the teacher's on the same held-out problems,
 ``student_tokens`` the tokens the student generated in training (0 off-policy), ``train_tokens`` the
-tokens it was trained on, ``on_policy`` whether it learnt on its own samples, ``train_seconds`` the
+tokens it was trained on, ``distinct_sequences`` the distinct (prompt, completion) pairs among them,
+``on_policy`` whether it learnt on its own samples, ``train_seconds`` the
 mean training time; ``forced`` the exact match when the true chain is written for the student and
 ``exposure_gap`` = ``forced - value``. On the star graph ``first_node`` is the accuracy at the arm's
-first node.
+first node. ``pool``: ``None`` when every step draws fresh training problems, else the size of the
+fixed training set every student of the row learnt from (a task written ``mult@256`` on the command
+line: :class:`~distill_lab.llm.experiment.LLMTask`'s ``pool``).
 """
 
 from __future__ import annotations
@@ -26,10 +30,10 @@ from .experiment import LLMTask
 from .recipes import SEQUENCE_LEVEL  # (importing it registers the LLM recipes)
 from .tasks import TASKS
 
-LLM_ROW_KEYS = ("method", "task", "metric", "value", "spread", "values", "baseline", "baseline_spread",
+LLM_ROW_KEYS = ("method", "task", "pool", "metric", "value", "spread", "values", "baseline", "baseline_spread",
                 "baseline_values", "teacher_value", "seeds",
-                "student_tokens", "train_tokens", "on_policy", "forced", "exposure_gap", "first_node", "train_seconds")
-BENCH_TASKS = ("mult", "star", "sort")
+                "student_tokens", "train_tokens", "distinct_sequences", "on_policy", "forced", "exposure_gap", "first_node", "train_seconds")
+BENCH_TASKS = ("mult", "mult@256", "star", "sort")
 
 
 def run_task(exp: LLMTask, methods=None, seeds=(0, 1, 2)) -> list[dict]:
@@ -52,14 +56,15 @@ def run_task(exp: LLMTask, methods=None, seeds=(0, 1, 2)) -> list[dict]:
             student = get_recipe(m).train(exp)
             secs = time.perf_counter() - t0
             res.append({**exp.evaluate(student), **{k: student.train_info[k] for k in
-                                                     ("student_tokens", "train_tokens", "on_policy")},
+                                                     ("student_tokens", "train_tokens", "distinct_sequences", "on_policy")},
                         "seconds": secs})
         acc, spread = mean_spread([r["accuracy"] for r in res])
-        row = {"method": m, "task": exp.name, "metric": "exact_match", "value": acc, "spread": spread,
+        row = {"method": m, "task": exp.task.name, "pool": exp.pool, "metric": "exact_match", "value": acc, "spread": spread,
                "values": [r["accuracy"] for r in res],
                "teacher_value": exp.teacher_eval["accuracy"], "seeds": list(seeds),
                "student_tokens": mean_spread([r["student_tokens"] for r in res])[0],
                "train_tokens": mean_spread([r["train_tokens"] for r in res])[0],
+               "distinct_sequences": mean_spread([r["distinct_sequences"] for r in res])[0],
                "on_policy": bool(res[0]["on_policy"]),
                "forced": mean_spread([r["forced"] for r in res])[0],
                "exposure_gap": mean_spread([r["exposure_gap"] for r in res])[0],
@@ -88,27 +93,40 @@ def paired(values, base_values) -> tuple[float, float]:
 def format_llm_table(rows: list[dict]) -> str:
     head = ["task", "method", "on-policy", "exact match %", "+-", "data only", "+-", "vs data, paired", "teacher", "true chain %",
             "exposure gap", "first node %",
-            "student tokens", "train tokens", "seeds", "train s"]
-    body = [[r["task"], r["method"], "yes" if r["on_policy"] else "no", _f(r["value"]), _f(r["spread"]),
+            "student tokens", "train tokens", "distinct seqs", "seeds", "train s"]
+    body = [[r["task"] + (f"@{r['pool']}" if r.get("pool") else ""), r["method"], "yes" if r["on_policy"] else "no", _f(r["value"]), _f(r["spread"]),
              _f(r["baseline"]), _f(r["baseline_spread"]),
              "{:+.1f} +- {:.1f}".format(*paired(r["values"], r["baseline_values"])), _f(r["teacher_value"]), _f(r["forced"]),
              _f(r["exposure_gap"]), _f(r["first_node"]),
-             f"{r['student_tokens']:.0f}", f"{r['train_tokens']:.0f}", str(len(r["seeds"])), _f(r["train_seconds"], 0)]
+             f"{r['student_tokens']:.0f}", f"{r['train_tokens']:.0f}", f"{r['distinct_sequences']:.0f}", str(len(r["seeds"])), _f(r["train_seconds"], 0)]
             for r in rows]
     return text_table(head, body, ["exact match: greedy decoding on held-out problems (test split); +-: standard "
                                    "deviation over seeds; data only: the sft student (same size, warm start and budget); vs data, "
                                    "paired: the row minus the data-only student of the same seed (same warm start), mean "
                                    "+- spread over seeds; true chain: "
                                    "exact match when the true chain is written for the student (star: the first arm "
-                                   "node), exposure gap = true chain - exact match"])
+                                   "node), exposure gap = true chain - exact match; task@N: every student of the row "
+                                   "learnt from one fixed set of N training problems"])
+
+
+def parse_task(spec: str) -> tuple[str, int | None]:
+    """``"mult"`` -> ``("mult", None)``; ``"mult@256"`` -> ``("mult", 256)``: the task and its fixed
+    training set's size (``None``: fresh problems every step)."""
+    name, at, pool = spec.strip().partition("@")
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; choose from {', '.join(TASKS)} (optionally with @N, a fixed "
+                         "set of N training problems, e.g. mult@256)")
+    if not at:
+        return name, None
+    if not pool.isdigit() or int(pool) < 1:
+        raise ValueError(f"{spec!r}: after '@' comes the size of the fixed training set, a positive whole number "
+                         "(e.g. mult@256)")
+    return name, int(pool)
 
 
 def _prepare(args, scale) -> list[LLMTask]:
-    tasks = (args.tasks or ",".join(BENCH_TASKS)).split(",")
-    for t in tasks:
-        if t not in TASKS:
-            raise ValueError(f"unknown task {t!r}; choose from {', '.join(TASKS)}")
-    exps = [LLMTask(t, scale, progress=not args.quiet) for t in tasks]
+    specs = [parse_task(t) for t in (args.tasks or ",".join(BENCH_TASKS)).split(",")]
+    exps = [LLMTask(t, scale, pool=pool, progress=not args.quiet) for t, pool in specs]
     for e in exps:
         print(f"bench llm: {e}")
     return exps

@@ -70,7 +70,7 @@ class LLMTask(TokenExperiment):
         self.scale = Scale(base.name, teacher_steps=ts.teacher_steps, width=ts.student.n_embd,
                            depth=ts.student.n_layer, batch=ts.batch, student_steps=self.steps, eval_n=self.eval_n,
                            n_proj=0, device=base.device)
-        self.name = self.task.name
+        self.name = self.task.name + (f"@{pool}" if pool else "")  # mult@256: a fixed set of 256 problems
         self.privileged = self.task.privileged
         t0 = time.perf_counter()
         self.teacher_manifest = None
@@ -158,4 +158,5 @@ class LLMTask(TokenExperiment):
 
     def __repr__(self):
         return (f"LLMTask({self.name!r}, scale={self.scale.name!r}, teacher={n_params(self.teacher):,} params, "
-                f"student {self.tscale.student}, {self.steps} steps x {self.batch}, device={self.device!r})")
+                f"student {self.tscale.student}, {self.steps} steps x {self.batch}, "
+                f"{f'a fixed set of {self.pool} problems' if self.pool else 'fresh problems'}, device={self.device!r})")

@@ -81,7 +81,8 @@ def distill(exp, name: str, loss_fn, source: str = "data", lam: float = 0.0,
     (loss, info)``. ``weigh(student, problems) -> [B]`` optionally weights each sequence (PACED);
     ``after_step(loss)`` runs after each update (TAID's schedule). ``teacher_logits=False``: the loss
     reads only the tokens (SFT, sequence-level KD), so the teacher does not score them. Returns the
-    student with ``student.train_info``: steps, tokens trained on, student tokens generated, on-policy share."""
+    student with ``student.train_info``: steps, tokens trained on, student tokens generated, distinct
+    (prompt, completion) sequences trained on, whether any step was on-policy."""
     if not 0.0 <= lam <= 1.0:
         raise ValueError(f"{name}: the on-policy fraction lambda must lie in [0, 1], got {lam}")
     if (teacher_logits or source == "mixed") and exp.task.other_format:
@@ -92,12 +93,14 @@ def distill(exp, name: str, loss_fn, source: str = "data", lam: float = 0.0,
     student = exp.student()
     opt = torch.optim.AdamW(student.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.1)
     count = {"train_tokens": 0, "student_tokens": 0, "on_policy_steps": 0}
+    seen = set()  # the distinct (prompt, completion) pairs trained on
 
     def step(i):
         problems = exp.problems(batch)
         src = "student" if (lam > 0 and float(torch.rand(())) < lam) else source
         c = completions(exp, student, problems, src, mix_alpha)
         count["train_tokens"] += c.n_tokens
+        seen.update((p.prompt, tuple(row[m].tolist())) for p, row, m in zip(problems, c.tokens.cpu(), c.mask.cpu()))
         if c.on_policy:
             count["student_tokens"] += c.n_tokens
             count["on_policy_steps"] += 1
@@ -120,7 +123,7 @@ def distill(exp, name: str, loss_fn, source: str = "data", lam: float = 0.0,
         return {"loss": loss, **{k: v for k, v in info.items() if k != "loss"}}
 
     hist = exp.fit(step, steps, desc=name)
-    student.train_info = {**count, "steps": hist["steps"], "seconds": hist["seconds"], "history": hist,
+    student.train_info = {**count, "distinct_sequences": len(seen), "steps": hist["steps"], "seconds": hist["seconds"], "history": hist,
                           "on_policy": count["on_policy_steps"] > 0}
     return student.eval()
 
