@@ -348,11 +348,11 @@ def part_video(c: Check, box: float) -> None:
 
 
 def part_llm(c: Check, box: float) -> None:
+    from .core.registry import get_recipe
     from .llm import hf
     from .llm.config import NetSize, llm_scale
     from .llm.experiment import LLMTask
     from .llm.gpt import generate
-    from .core.registry import get_recipe
     from .llm.sft import build_gpt
     from .llm.tasks import get_task
     from .methods.kd.token import gjsd_loss

@@ -20,7 +20,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from distill_lab.methods.kd import adaptive, hinton, self_distill, token
+from distill_lab.methods.kd import adaptive, hinton, kernel_sd, self_distill, token
+from distill_lab.methods.kd import self_supervised as ssl
 from distill_lab.methods.kd.common import kl_per_example
 
 D = torch.float64  # every input is float64 (set per tensor: a global default would leak into other tests)
@@ -472,7 +473,6 @@ def test_self_distill_targets_from_labels_that_miss_the_last_class():
 
 
 # ============================================================================ kernel self-distillation
-from distill_lab.methods.kd import kernel_sd  # noqa: E402
 
 
 def test_toy_problem_is_the_documented_regression():
@@ -594,7 +594,6 @@ def test_kernel_problem_checks():
 
 
 # ============================================================================ self-supervised self-distillation
-from distill_lab.methods.kd import self_supervised as ssl  # noqa: E402
 
 
 def _ce(p, log_q):
