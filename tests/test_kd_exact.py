@@ -20,8 +20,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from distill_lab.methods.kd import adaptive, hinton, kernel_sd, self_distill, token
+from distill_lab.methods.kd import adaptive, hinton, kernel_sd, self_distill
 from distill_lab.methods.kd import self_supervised as ssl
+from distill_lab.methods.kd import token
 from distill_lab.methods.kd.common import kl_per_example
 
 D = torch.float64  # every input is float64 (set per tensor: a global default would leak into other tests)
