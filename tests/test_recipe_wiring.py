@@ -1,0 +1,108 @@
+"""Recipes wired right: each term reads the networks and samples its paper says, checked by a short
+instrumented run rather than a smoke test.
+
+A recipe can "run" with its critic trained on the data instead of the generator's samples, with real
+and fake handed to the discriminator the other way round, with an EMA target that never moves, or with
+the online network returned in place of the averaged one. The losses' own tests cannot see any of
+that. Here the recipe runs for a step or two on a tiny experiment while the loss functions it calls
+are wrapped to record their inputs.
+"""
+
+import copy
+
+import pytest
+import torch
+
+from distill_lab.core.registry import get_recipe
+from distill_lab.core.scale import Scale
+from distill_lab.methods.step import consistency, dmd
+from distill_lab.methods.step.students import OneStepGenerator
+from distill_lab.toy2d.experiment import Toy2D
+
+DATA_VALUE = 7.0  # every data batch is this constant: no generator sample or noise is equal to it
+
+
+@pytest.fixture(scope="module")
+def tiny_exp():
+    sc = Scale("ci", teacher_steps=30, width=32, depth=2, batch=64, student_steps=2, eval_n=128, n_proj=16,
+               device="cpu")
+    return Toy2D("8gaussians", scale=sc, cache=False, progress=False)
+
+
+def _recorded(monkeypatch, module, name, calls):
+    fn = getattr(module, name)
+
+    def wrapper(*args, **kwargs):
+        calls.append((args, kwargs))
+        return fn(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, wrapper)
+
+
+def test_dmd2_critics_read_generator_samples_and_the_discriminator_gets_real_data(tiny_exp, monkeypatch):
+    exp = copy.copy(tiny_exp)
+    noises = []
+
+    def noise_batch(n=None):
+        z = torch.randn(n or 64, 2)
+        noises.append(z)
+        return z
+
+    exp.noise_batch = noise_batch
+    exp.data_batch = lambda n=None: torch.full((n or 64, 2), DATA_VALUE)
+    calls = {k: [] for k in ("fake_score_loss", "gan_discriminator_loss", "dmd_loss", "gan_generator_loss")}
+    for k, c in calls.items():
+        _recorded(monkeypatch, dmd, k, c)
+    torch.manual_seed(0)
+    gen0 = OneStepGenerator(exp.student_net(1)).eval()  # the generator the recipe starts from
+    torch.manual_seed(0)
+    gen = get_recipe("dmd2").train(exp, steps=1, batch=16, critic_updates=2)
+
+    assert len(calls["fake_score_loss"]) == 2 and len(calls["gan_discriminator_loss"]) == 2
+    assert len(calls["dmd_loss"]) == 1 and len(calls["gan_generator_loss"]) == 1
+    # critic updates: the fake score and the discriminator's negatives are the generator's samples of
+    # the recorded noise (detached); the discriminator's positives are the data
+    for k in range(2):
+        with torch.no_grad():
+            expected = gen0(noises[k])
+        (fake_net, xg), _ = calls["fake_score_loss"][k]
+        assert fake_net is gen.fake and not xg.requires_grad
+        torch.testing.assert_close(xg, expected)
+        (disc, x_fake, x_real), kw = calls["gan_discriminator_loss"][k]
+        assert disc is gen.disc
+        torch.testing.assert_close(x_fake, expected)
+        assert bool((x_real == DATA_VALUE).all())
+    # generator update: DMD's gradient and the GAN term read the same fresh samples, with their graph,
+    # DMD's fake score is the critic just trained, the teacher's velocity the real score
+    (x, real_v, fake_v), _ = calls["dmd_loss"][0]
+    assert x.requires_grad and fake_v is gen.fake and real_v == exp.velocity
+    torch.testing.assert_close(x.detach(), gen0(noises[2]).detach())
+    (disc, xg_gen), _ = calls["gan_generator_loss"][0]
+    assert disc is gen.disc and xg_gen is x
+
+
+def test_consistency_distillation_returns_the_ema_target_moved_at_its_rate(tiny_exp, monkeypatch):
+    """CD's target ``f_ema <- mu f_ema + (1 - mu) f`` after every step, read as the loss's target
+    (second argument) and returned as the sampler; the online network is the one the loss trains."""
+    updates, losses = [], []
+
+    def ema_spy(target, source, decay):
+        before = [p.detach().clone() for p in target.parameters()]
+        consistency.ema_update.__wrapped_original__(target, source, decay)
+        updates.append((target, source, decay, before, [p.detach().clone() for p in source.parameters()],
+                        [p.detach().clone() for p in target.parameters()]))
+
+    ema_spy.__wrapped_original__ = consistency.ema_update
+    monkeypatch.setattr(consistency, "ema_update", ema_spy)
+    _recorded(monkeypatch, consistency, "cd_loss", losses)
+    torch.manual_seed(0)
+    out = get_recipe("cd").train(tiny_exp, steps=3, batch=16, ema=0.7)
+    assert len(updates) == 3 and len(losses) == 3
+    for (target, source, decay, before, src, after), ((f, f_ema, *_), _) in zip(updates, losses):
+        assert decay == 0.7
+        assert target is out and f_ema is out  # the loss's target is the averaged network, which is returned
+        assert source is f and source is not target  # and the online network is what the loss trains
+        assert all(p.requires_grad for p in f.parameters()) and not any(p.requires_grad for p in out.parameters())
+        for b, s, a in zip(before, src, after):
+            torch.testing.assert_close(a, 0.7 * b + 0.3 * s)
+    assert any(not torch.equal(b, a) for b, a in zip(updates[0][3], updates[-1][5]))  # the target moved
