@@ -106,3 +106,42 @@ def test_consistency_distillation_returns_the_ema_target_moved_at_its_rate(tiny_
         for b, s, a in zip(before, src, after):
             torch.testing.assert_close(a, 0.7 * b + 0.3 * s)
     assert any(not torch.equal(b, a) for b, a in zip(updates[0][3], updates[-1][5]))  # the target moved
+
+
+def test_progressive_rounds_hand_each_student_on_as_the_next_frozen_teacher(tiny_exp, monkeypatch):
+    """Salimans & Ho's rounds: round k's student starts as a copy of its teacher, trains on the teacher's
+    two steps of size h = 1 / (2 n) at the student's grid times i / n, and becomes round k + 1's frozen
+    teacher; the first teacher is the flow teacher."""
+    from distill_lab.methods.step import trajectory
+
+    calls = []
+    fn = trajectory.progressive_loss
+
+    def spy(student, teacher, x, t, h):
+        calls.append(dict(student=student, teacher=teacher, t=t.clone(), h=h,
+                          s_params=[p.detach().clone() for p in student.parameters()],
+                          t_params=[p.detach().clone() for p in teacher.parameters()]))
+        return fn(student, teacher, x, t, h)
+
+    monkeypatch.setattr(trajectory, "progressive_loss", spy)
+    torch.manual_seed(0)
+    out = get_recipe("progressive").train(tiny_exp, steps=6, start=8, batch=16, round_weights=[1, 1, 1])
+    assert sorted(int(k) for k in out.nets) == [1, 2, 4]
+    rounds = [calls[0:2], calls[2:4], calls[4:6]]
+    assert len(calls) == 6
+    for k, (n, rc) in enumerate(zip((4, 2, 1), rounds)):
+        first = rc[0]
+        assert first["student"] is out.nets[str(n)] and all(c["student"] is first["student"] for c in rc)
+        assert all(c["h"] == 1.0 / (2 * n) for c in rc)
+        assert all(bool(((c["t"] * n) == (c["t"] * n).round()).all()) and float(c["t"].max()) < 1.0 for c in rc)
+        for a, b in zip(first["s_params"], first["t_params"]):  # the student starts as its teacher
+            torch.testing.assert_close(a, b)
+        teacher = first["teacher"]
+        if k == 0:
+            assert teacher is tiny_exp.teacher
+        else:
+            prev = out.nets[str(2 * n)]
+            assert teacher is not prev and not any(p.requires_grad for p in teacher.parameters())
+            for a, b in zip(teacher.parameters(), prev.parameters()):  # the previous round's final student
+                torch.testing.assert_close(a, b)
+            assert any(not torch.equal(a, b) for a, b in zip(rounds[k - 1][0]["s_params"], prev.parameters()))
