@@ -145,3 +145,41 @@ def test_progressive_rounds_hand_each_student_on_as_the_next_frozen_teacher(tiny
             for a, b in zip(teacher.parameters(), prev.parameters()):  # the previous round's final student
                 torch.testing.assert_close(a, b)
             assert any(not torch.equal(a, b) for a, b in zip(rounds[k - 1][0]["s_params"], prev.parameters()))
+
+
+@pytest.mark.parametrize("name, source", [("word_kd", "data"), ("seq_kd", "teacher"), ("gkd_fkl", "student"),
+                                          ("minillm", "mixed"), ("sft", "data")])
+def test_llm_recipes_score_one_batch_with_both_models(name, source, monkeypatch):
+    """Every LLM recipe's step: the completions come from the recipe's source (the data, the teacher's
+    greedy outputs, the student's own samples, the teacher-mixed samples), the student scores them with
+    gradient and, where the loss needs it, the teacher scores the very same completions without."""
+    from test_llm import _tiny_scale
+
+    from distill_lab.llm import LLMTask
+    from distill_lab.llm import recipes as llm_recipes
+    from distill_lab.llm.sft import build_gpt
+    from distill_lab.llm.tasks import get_task
+
+    ts = _tiny_scale("sort")
+    torch.manual_seed(0)
+    exp = LLMTask("sort", "ci", teacher=build_gpt(get_task("sort"), ts.teacher).eval(), task_scale=ts, progress=False)
+    scored = []
+    score = llm_recipes.score
+
+    def spy(model, task, batch, privileged=False):
+        out = score(model, task, batch, privileged)
+        scored.append((model, batch, out.requires_grad, privileged))
+        return out
+
+    monkeypatch.setattr(llm_recipes, "score", spy)
+    torch.manual_seed(0)
+    student = get_recipe(name).train(exp)
+    steps = student.train_info["steps"]
+    per_step = 1 if name in ("sft", "seq_kd") else 2
+    assert len(scored) == per_step * steps
+    for k in range(steps):
+        (m_s, c_s, grad_s, _), *rest = scored[per_step * k: per_step * (k + 1)]
+        assert m_s is student and grad_s and c_s.source == ("teacher" if source == "teacher" else source)
+        if rest:
+            (m_t, c_t, grad_t, priv), = rest
+            assert m_t is exp.teacher and c_t is c_s and not grad_t and priv == exp.privileged
