@@ -4,15 +4,17 @@ A GAN loss with its sign flipped, or a discriminator loss with real and fake swa
 finite number and still routes gradients to the right parameters, so shape and routing tests pass it.
 These tests look at the direction: a discriminator step on a separable toy separates real from fake
 (real scored higher), and a generator step moves the samples towards what the discriminator calls
-real. Each would fail on the flipped or swapped loss.
+real. Each would fail on the flipped or swapped loss. The last tests check DMD's and CDM's
+distribution-matching gradients, and the fake score's loss, against closed-form velocities.
 """
 
 import pytest
 import torch
 from torch import nn
 
-from distill_lab.methods.step.dmd import (Discriminator, adm_discriminator_loss, adm_generator_loss, frozen,
-                                          gan_discriminator_loss, gan_generator_loss)
+from distill_lab.methods.step.dmd import (Discriminator, adm_discriminator_loss, adm_generator_loss, cdm_loss,
+                                          dmd_loss, fake_score_loss, frozen, gan_discriminator_loss,
+                                          gan_generator_loss)
 
 
 class LinearCritic(nn.Module):
@@ -155,3 +157,98 @@ def test_gan_discriminator_loss_treats_its_arguments_as_fake_then_real(swap):
     loss, info = gan_discriminator_loss(LinearCritic(3.0), *args, t)
     assert (float(loss) > 10.0) == swap
     assert (info["d_real"] > info["d_fake"]) == (not swap)
+
+
+# ------------------------------------------------------------------ the distribution-matching terms, exactly
+
+
+class AffineVelocity(nn.Module):
+    """``v(x, t) = a x + b`` (a closed-form stand-in for a score network)."""
+
+    def __init__(self, a: float, b: float):
+        super().__init__()
+        self.a, self.b = a, b
+
+    def forward(self, x, t):
+        return self.a * x + self.b
+
+
+def _denoise(v, xt, t):
+    """The data prediction on the linear path x_t = (1 - t) eps + t x: x = x_t + (1 - t) v."""
+    return xt + (1 - t)[:, None] * v(xt, t)
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_dmd_loss_gradient_is_the_fake_minus_real_prediction(normalize):
+    torch.manual_seed(0)
+    x = torch.randn(6, 3, dtype=torch.float64).requires_grad_(True)
+    eps = torch.randn(6, 3, dtype=torch.float64)
+    t = torch.linspace(0.1, 0.9, 6, dtype=torch.float64)
+    real, fake = AffineVelocity(-0.5, 1.0), AffineVelocity(0.3, -2.0)
+    loss, info = dmd_loss(x, real, fake, t=t, noise=eps, normalize=normalize)
+    loss.backward()
+    xt = (1 - t)[:, None] * eps + t[:, None] * x.detach()
+    x_real, x_fake = _denoise(real, xt, t), _denoise(fake, xt, t)
+    g = x_fake - x_real
+    w = (x.detach() - x_real).abs().mean(1, keepdim=True)
+    if normalize:
+        g = g / w
+    torch.testing.assert_close(x.grad, g / x.numel())  # d loss / dx = g / numel: a step moves x along -g
+    torch.testing.assert_close(info["grad"], g)
+    assert info["weight"] == pytest.approx(float(w.mean()))
+    torch.testing.assert_close(info["t"], t)
+    x2 = x.detach().clone().requires_grad_(True)
+    default, _ = dmd_loss(x2, real, fake, t=t, noise=eps)  # normalised by default
+    default.backward()
+    torch.testing.assert_close(x2.grad, (x_fake - x_real) / w / x.numel())
+
+
+def test_cdm_loss_extrapolates_with_the_students_velocity_and_passes_t_and_noise_on():
+    torch.manual_seed(1)
+    x_s = torch.randn(5, 2, dtype=torch.float64)
+    s = torch.tensor([0.0, 0.2, 0.5, 0.7, 0.9], dtype=torch.float64)
+    t = torch.full((5,), 0.6, dtype=torch.float64)
+    eps = torch.randn(5, 2, dtype=torch.float64)
+    student = AffineVelocity(0.5, 1.5)
+    real, fake = AffineVelocity(-0.5, 1.0), AffineVelocity(0.3, -2.0)
+    loss, info = cdm_loss(student, x_s, s, real, fake, t=t, noise=eps, normalize=False)
+    x_hat = x_s + (1 - s)[:, None] * (0.5 * x_s + 1.5)
+    torch.testing.assert_close(info["x_hat"], x_hat)
+    ref, _ = dmd_loss(x_hat, real, fake, t=t, noise=eps, normalize=False)
+    torch.testing.assert_close(loss, ref)
+    torch.testing.assert_close(info["t"], t)
+    normalised, _ = cdm_loss(student, x_s, s, real, fake, t=t, noise=eps)  # DMD's weighting by default
+    torch.testing.assert_close(normalised, dmd_loss(x_hat, real, fake, t=t, noise=eps)[0])
+    with pytest.raises(ValueError, match="s must have shape"):
+        cdm_loss(student, x_s, torch.ones(5, dtype=torch.float64), real, fake)
+    with pytest.raises(ValueError, match="s must have shape"):
+        cdm_loss(student, x_s, -0.1 * torch.ones(5, dtype=torch.float64), real, fake)
+    assert torch.isfinite(cdm_loss(student, x_s, torch.full((5,), 0.999, dtype=torch.float64), real, fake)[0])
+
+
+def test_fake_score_loss_and_gan_generator_loss_use_the_given_times_and_noise():
+    torch.manual_seed(2)
+    x = torch.randn(4, 2)
+    eps = torch.randn(4, 2)
+    t = torch.tensor([0.0, 0.3, 0.6, 1.0])  # the fake score's times may include both ends
+    fake = AffineVelocity(0.2, 0.1)
+    loss, info = fake_score_loss(fake, x, t=t, noise=eps)
+    xt = (1 - t)[:, None] * eps + t[:, None] * x
+    ref = ((fake(xt, t) - (x - eps)) ** 2).mean()
+    torch.testing.assert_close(loss, ref)
+    assert info["fake_fm"] == pytest.approx(float(ref))
+    for bad in (torch.tensor([0.1, 0.2, 0.3]), torch.tensor([-0.1, 0.2, 0.3, 0.4]), torch.tensor([0.1, 0.2, 0.3, 1.1])):
+        with pytest.raises(ValueError, match="t must have shape"):
+            fake_score_loss(fake, x, t=bad)
+    critic = LinearCritic(1.0)
+    tg = torch.full((4,), 0.5)
+    lg, ginfo = gan_generator_loss(critic, x, t=tg, noise=eps)
+    logits = (0.5 * eps + 0.5 * x).sum(1)
+    torch.testing.assert_close(lg, torch.nn.functional.softplus(-logits).mean())
+    assert set(ginfo) == {"gan_g", "d_fake"} and ginfo["d_fake"] == pytest.approx(float(logits.mean()))
+    ld, dinfo = gan_discriminator_loss(critic, x, x + 1.0, t=tg)
+    assert set(dinfo) == {"gan_d", "d_real", "d_fake"}
+    with pytest.raises(ValueError, match="x_fake"):
+        gan_discriminator_loss(critic, torch.zeros(3), x, t=tg)
+    with pytest.raises(ValueError, match="x_real"):
+        gan_discriminator_loss(critic, x, torch.zeros(3), t=tg)
