@@ -348,7 +348,6 @@ def part_video(c: Check, box: float) -> None:
 
 
 def part_llm(c: Check, box: float) -> None:
-    from .core.registry import get_recipe
     from .llm import hf
     from .llm.config import NetSize, llm_scale
     from .llm.experiment import LLMTask
@@ -373,12 +372,9 @@ def part_llm(c: Check, box: float) -> None:
 
     for name in ("sft", "word_kd", "gkd_fkl"):
         def run(deadline, name=name):
-            from .core.train import seed_everything
-
             exp = experiment()
             exp.deadline = deadline
-            seed_everything(0)
-            st = get_recipe(name).train(exp)
+            st, _, _ = _train(exp, name)
             r, info = exp.evaluate(st), st.train_info
             return {"steps": info["steps"], "steps_planned": exp.steps, "train_seconds": info["seconds"],
                     "quality": round(r["accuracy"], 1), "quality_name": f"exact match % on {exp.name}, seed 0",

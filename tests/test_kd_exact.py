@@ -172,10 +172,6 @@ def test_token_checks_at_their_boundaries_and_errors_name_the_argument():
         token.topk_kl_loss(s, t, k=0)
     with pytest.raises(ValueError, match="positive integer"):
         token.topk_kl_loss(s, t, k=2.0)
-    with pytest.raises(ValueError, match="beta"):
-        token.gjsd_loss(s, t, beta=1.5)
-    with pytest.raises(ValueError, match="alpha"):
-        token.skew_kl_loss(s, t, alpha=-0.1)
     with pytest.raises(ValueError, match="teacher_logits"):
         token.forward_kl_loss(s, torch.zeros(2))
     with pytest.raises(ValueError, match="student_logits"):
@@ -353,14 +349,6 @@ def test_soft_target_loss_at_a_temperature_and_its_entropy():
     torch.testing.assert_close(tgt, 0.4 * F.one_hot(y, V).to(D) + 0.6 * target)
     torch.testing.assert_close(self_distill.self_distill_loss(s, target, y, 0.4, T=2.0)[0],
                                4.0 * _kl(tgt, _softmax(s, 2.0)).mean())
-    with pytest.raises(ValueError, match="target_probs"):
-        self_distill.soft_target_loss(s, -target)
-    with pytest.raises(ValueError, match="lam"):
-        self_distill.anchored_target(target, target, 1.5)
-    with pytest.raises(ValueError, match="prev_probs"):
-        self_distill.anchored_target(-target, target, 0.5)
-    with pytest.raises(ValueError, match="base_probs"):
-        self_distill.anchored_target(target, -target, 0.5)
     assert len(self_distill.anchored_recursion(target, target, 0.5, 0)) == 1  # zero generations: q_0 only
 
 
@@ -423,9 +411,6 @@ def test_errors_say_which_argument_and_which_sizes():
         self_distill.self_distill_targets(-p, torch.zeros(2, 3, dtype=torch.long), 0.5)
     with pytest.raises(ValueError, match="target_probs"):
         self_distill.soft_target_loss(s, -p)
-    for bad in (dict(alpha=2.0), dict(beta=2.0)):
-        with pytest.raises(ValueError, match=next(iter(bad))):
-            adaptive.TAIDSchedule(10, **bad)
     with pytest.raises(ValueError, match="lam"):
         self_distill.anchored_target(p, p, 2.0)
     with pytest.raises(ValueError, match="^prev_probs"):

@@ -123,8 +123,8 @@ def distill(exp, name: str, loss_fn, source: str = "data", lam: float = 0.0,
         return {"loss": loss, **{k: v for k, v in info.items() if k != "loss"}}
 
     hist = exp.fit(step, steps, desc=name)
-    student.train_info = {**count, "distinct_sequences": len(seen), "steps": hist["steps"], "seconds": hist["seconds"], "history": hist,
-                          "on_policy": count["on_policy_steps"] > 0}
+    student.train_info = {**count, "distinct_sequences": len(seen), "steps": hist["steps"], "seconds": hist["seconds"],
+                          "history": hist, "on_policy": count["on_policy_steps"] > 0}
     return student.eval()
 
 
