@@ -158,10 +158,14 @@ def main(argv: list[str] | None = None) -> int:
             unexplained.append(row)
     stale = sorted(set(by_mutant) - used)
 
-    n_equiv = sum(len(v) for v in own.values()) + len(shared["Promotion"]) + len(shared["Zero grad"])
+    own_equiv = sum(len(v) for i, v in own.items() if reasons["reason"][i]["text"].strip().startswith("Equivalent"))
+    own_left = sum(len(v) for v in own.values()) - own_equiv
+    n_equiv = own_equiv + len(shared["Promotion"]) + len(shared["Zero grad"])
     n_detected = killed + timeouts
     cosmetic = len(shared["Message"]) + len(shared["Progress bar"])
-    non_equiv = total - n_equiv - cosmetic - len(shared["Device"]) - other
+    non_equiv = total - n_equiv - other
+    pct = 100.0 * n_detected / max(non_equiv, 1)
+    pct_subst = 100.0 * n_detected / max(non_equiv - cosmetic, 1)
     lines = [
         "# Surviving mutants, and why each is left",
         "",
@@ -174,11 +178,12 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"**Counts.** {total} mutants: {killed} killed by a failing test, {timeouts} by a timeout, "
         f"{len(survivors)} survived, {len(untested)} reached by no selected test, {other} other. "
-        f"Of the survivors, {cosmetic} change only an error message or a progress bar's label, {len(shared['Device'])} "
-        f"only a device (equivalent on the CPU the tests run on), {n_equiv} are equivalent to the "
-        f"original, {len(unexplained)} are unexplained. Killed among the mutants that are not "
-        f"equivalent and not cosmetic: {n_detected} of {non_equiv} "
-        f"({100.0 * n_detected / max(non_equiv, 1):.1f}%).",
+        f"The survivors: {n_equiv} equivalent to the original (Promotion, Zero grad, and the reasons that "
+        f"begin \"Equivalent\"); {cosmetic} that change only an error message or a progress bar's label; "
+        f"{len(shared['Device'])} that change only a device (equivalent on the CPU the tests run on, a bug on "
+        f"a GPU); {own_left} not worth a test, each with its reason; {len(unexplained)} unexplained. "
+        f"Killed among the {non_equiv} mutants that are not equivalent: {n_detected} ({pct:.1f}%); "
+        f"among the {non_equiv - cosmetic} that change more than a message or a label: {pct_subst:.1f}%.",
         "",
     ]
 
