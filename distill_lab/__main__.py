@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-import warnings
 
 from .core.scale import ENV_VAR, SCALES
 
@@ -74,8 +73,6 @@ def _error(msg: str) -> int:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    # torch's forward-mode AD (used by torch.func.jvp) warns about its own internal use of jit.script
-    warnings.filterwarnings("ignore", message=".*torch.jit.script.* is deprecated", category=FutureWarning)
     from .core.scale import get_scale
 
     try:
