@@ -50,11 +50,13 @@ STD = (0.2470, 0.2435, 0.2616)
 _CACHE_VERSION = 1  # bump when the cached file's layout changes
 
 HOW_TO_GET_DATA = (
-    f"Set ${ENV_VAR} (or pass root=) to the archive {ARCHIVE_NAME} or to a folder that holds "
-    "train/<class>/*.jpg and test/<class>/*.jpg (or cifar10/train, ...), or torchvision's "
-    "cifar-10-batches-py. On this project's development and CI machines: "
-    f"`export {ENV_VAR}=../shared/data/{ARCHIVE_NAME}` from the project's root. "
-    "With a network, load_cifar10() downloads the canonical data through torchvision instead."
+    f"To use a copy you have, set ${ENV_VAR} (or pass root=) to it: torchvision's cifar-10-batches-py "
+    "folder (or the folder above it), a folder with train/<class>/*.jpg and test/<class>/*.jpg, or an "
+    f"archive {ARCHIVE_NAME} of such a folder. To get one by hand: download "
+    "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz (CIFAR-10, python version, 163 MB), run "
+    "`tar xzf cifar-10-python.tar.gz` (it makes cifar-10-batches-py/), then "
+    f"`export {ENV_VAR}=$PWD/cifar-10-batches-py`. With a network, load_cifar10() downloads the same "
+    "data through torchvision instead."
 )
 
 
