@@ -45,13 +45,15 @@ def test_every_link_to_the_repository_derives_from_its_one_declared_home():
 
 def test_every_lab_starts_at_the_tested_scale_unless_the_student_chose_one():
     """The first code cell sets ``DISTILL_LAB_SCALE`` to ``ci`` only when it is unset (``setdefault``),
-    and prints the scale and how to pick another."""
+    prints the scale and how to pick another, and says how to install the package when it is missing."""
     for nb_path in LABS:
         code = [c for c in json.loads(nb_path.read_text())["cells"] if c["cell_type"] == "code"]
         first = "".join(code[0]["source"])
         assert 'os.environ.setdefault("DISTILL_LAB_SCALE", "ci")' in first, nb_path.name
         assert "print(" in first and "%env DISTILL_LAB_SCALE=" in first, nb_path.name
         assert all("DISTILL_LAB_SCALE" not in "".join(c["source"]) for c in code[1:]), nb_path.name
+        # without the package installed, the first cell says how to install it (not a bare ImportError)
+        assert "except ImportError:" in first and "pip install -e ." in first, nb_path.name
 
 
 def test_importing_the_package_silences_only_torchs_jit_script_notice():
