@@ -29,6 +29,22 @@ def test_scale_from_env_and_argument(monkeypatch):
     assert get_scale("default").teacher_steps > sc.teacher_steps
 
 
+def test_device_switch_picks_the_device_or_says_what_exists(monkeypatch):
+    """``$DISTILL_LAB_DEVICE`` chooses the device of every scale (an argument still wins); a device
+    this machine lacks is refused at once, naming the variable and what to set instead."""
+    monkeypatch.setenv("DISTILL_LAB_DEVICE", "cpu")
+    assert get_scale("ci").device == "cpu"
+    assert get_scale("ci", device="meta").device == "meta"
+    monkeypatch.setenv("DISTILL_LAB_DEVICE", " ")
+    assert get_scale("ci").device == ("cuda" if torch.cuda.is_available() else "cpu")
+    monkeypatch.setenv("DISTILL_LAB_DEVICE", "banana")
+    with pytest.raises(ValueError, match=r"\$DISTILL_LAB_DEVICE='banana' is not a torch device"):
+        get_scale("ci")
+    monkeypatch.setenv("DISTILL_LAB_DEVICE", f"cuda:{torch.cuda.device_count()}")
+    with pytest.raises(ValueError, match=r"usable CUDA device\(s\); unset DISTILL_LAB_DEVICE or set it to cpu"):
+        get_scale("ci")
+
+
 def test_scale_unknown_name_says_what_to_do(monkeypatch):
     monkeypatch.setenv("DISTILL_LAB_SCALE", "huge")
     with pytest.raises(ValueError, match=r"unknown scale 'huge' \(from \$DISTILL_LAB_SCALE\).*ci, default, gpu"):

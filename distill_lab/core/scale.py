@@ -21,6 +21,7 @@ import torch
 
 SCALES = ("ci", "default", "gpu")
 ENV_VAR = "DISTILL_LAB_SCALE"
+DEVICE_VAR = "DISTILL_LAB_DEVICE"
 COMPILE_ENV = "DISTILL_LAB_COMPILE"  # "1": torch.compile the image networks at the gpu scale
 
 
@@ -68,7 +69,23 @@ def bf16_ok(device) -> bool:
 
 
 def _default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    """``$DISTILL_LAB_DEVICE`` when set (``cpu``, ``cuda``, ``cuda:1``, ``mps``...), else CUDA when present.
+
+    A device that does not exist here raises ``ValueError`` saying what is available, rather than failing
+    later inside a network."""
+    name = os.environ.get(DEVICE_VAR, "").strip()
+    if not name:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"${DEVICE_VAR}={name!r} is not a torch device; use cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
+        raise ValueError(f"${DEVICE_VAR}={name!r} but this machine has {torch.cuda.device_count()} usable CUDA "
+                         f"device(s); unset {DEVICE_VAR} or set it to cpu")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"${DEVICE_VAR}={name!r} but MPS is not available here; unset {DEVICE_VAR} or set it to cpu")
+    return name
 
 
 def get_scale(name: str | Scale | None = None, device: str | None = None) -> Scale:
