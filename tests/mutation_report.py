@@ -7,8 +7,8 @@ Run from the repository root after `mutmut run`:
     python tests/mutation_report.py --check    # also exits 1 if a survivor has no reason
 
 Five kinds of survivor are sorted without a listed reason, by what the mutation changed: only the text
-of an error message (or the case of a NaN literal), only a progress bar's label, only a `device=`
-argument, only a dtype (`dtype=`, `.to(...)`), or only `zero_grad`'s `set_to_none`. Every other
+of an error message (or the case of a NaN literal), only a progress bar's label, only a device
+(`device=`, `.to(device)`), only a dtype (`dtype=`, `.to(dtype)`), or only `zero_grad`'s `set_to_none`. Every other
 survivor needs an entry in `mutation_reasons.toml` naming its function and the mutant's changed line
 (as the survivors file shows it); one without is listed under "Unexplained", and that list must be
 empty: kill the mutant with a test, or say why it is equivalent or not worth a test.
@@ -111,7 +111,10 @@ def category(old: str, new: str) -> str | None:
         return "Zero grad"
     if _strip(old, r"desc\s*=\s*[^,()]+,?") == _strip(new, r"desc\s*=\s*[^,()]+,?") and "desc" in old:
         return "Progress bar"
-    dt = r"dtype\s*=\s*[^,()]+,?|(?<=\.to\()[^()]*(?=\))"
+    to = r"(?<=\.to\()[^()]*(?=\))"  # the argument of .to(...): a device or a dtype
+    if old != new and _strip(old, to) == _strip(new, to):
+        return "Device" if any("device" in a for a in re.findall(to, old)) else "Promotion"
+    dt = r"dtype\s*=\s*[^,()]+,?"
     if old != new and _strip(old, dt) == _strip(new, dt):
         return "Promotion"
     return None
