@@ -7,6 +7,8 @@ set. The notebook kernels that nbval starts inherit both variables.
 """
 
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("DISTILL_LAB_SCALE", "ci")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -16,3 +18,13 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 _shared = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "shared", "data", "cifar10-jpeg.tar.gz")
 if "DISTILL_LAB_CIFAR" not in os.environ and os.path.exists(_shared):
     os.environ["DISTILL_LAB_CIFAR"] = os.path.normpath(_shared)
+
+# Every notebook kernel nbval starts loads tests/guards/no_tensors_in_matplotlib.py (an IPython startup
+# file in a private IPython folder): a lab that hands matplotlib a torch tensor, which would crash on a
+# GPU, fails here on the CPU. The folder is temporary, so the kernels' history stays out of the repository.
+_GUARD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tests", "guards", "no_tensors_in_matplotlib.py")
+if os.path.exists(_GUARD):  # (a mutation run's copy of the repository has no labs and may lack it)
+    _ipython_dir = tempfile.mkdtemp(prefix="distill_lab_ipython_")
+    os.makedirs(os.path.join(_ipython_dir, "profile_default", "startup"))
+    shutil.copy(_GUARD, os.path.join(_ipython_dir, "profile_default", "startup", "00_no_tensors_in_matplotlib.py"))
+    os.environ["IPYTHONDIR"] = _ipython_dir
