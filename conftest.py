@@ -6,25 +6,28 @@ faster on one thread than on two, so the suite runs single-threaded unless ``OMP
 set. The notebook kernels that nbval starts inherit both variables.
 """
 
+import atexit
 import os
 import shutil
 import tempfile
 
 os.environ.setdefault("DISTILL_LAB_SCALE", "ci")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+_ROOT = os.path.dirname(os.path.abspath(__file__))
 
 # CIFAR-10 for the KD labs and tests: an offline copy beside the project (as on the CI machines)
 # when no location is set; elsewhere the labs fall back to torchvision's download.
-_shared = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "shared", "data", "cifar10-jpeg.tar.gz")
+_shared = os.path.join(_ROOT, "..", "shared", "data", "cifar10-jpeg.tar.gz")
 if "DISTILL_LAB_CIFAR" not in os.environ and os.path.exists(_shared):
     os.environ["DISTILL_LAB_CIFAR"] = os.path.normpath(_shared)
 
 # Every notebook kernel nbval starts loads tests/guards/no_tensors_in_matplotlib.py (an IPython startup
 # file in a private IPython folder): a lab that hands matplotlib a torch tensor, which would crash on a
 # GPU, fails here on the CPU. The folder is temporary, so the kernels' history stays out of the repository.
-_GUARD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tests", "guards", "no_tensors_in_matplotlib.py")
+_GUARD = os.path.join(_ROOT, "tests", "guards", "no_tensors_in_matplotlib.py")
 if os.path.exists(_GUARD):  # (a mutation run's copy of the repository has no labs and may lack it)
     _ipython_dir = tempfile.mkdtemp(prefix="distill_lab_ipython_")
+    atexit.register(shutil.rmtree, _ipython_dir, ignore_errors=True)
     os.makedirs(os.path.join(_ipython_dir, "profile_default", "startup"))
     shutil.copy(_GUARD, os.path.join(_ipython_dir, "profile_default", "startup", "00_no_tensors_in_matplotlib.py"))
     os.environ["IPYTHONDIR"] = _ipython_dir

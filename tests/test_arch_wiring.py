@@ -8,6 +8,7 @@ the loss and the optimizer wrapped to record what they receive.
 
 import pytest
 import torch
+from spies import record, record_optimizer
 from test_arch import attn_net
 
 from distill_lab.methods import arch
@@ -90,27 +91,12 @@ class _Exp:
 
 def test_the_recipe_trains_only_the_attention_with_its_weights_and_learning_rate(monkeypatch):
     teacher = attn_net()
-    losses, opts = [], []
-    loss_fn = arch.arch_distill_loss
-
-    def spy(*a, **kw):
-        out = loss_fn(*a, **kw)
-        losses.append((a, kw))
-        return out
-
-    adam = torch.optim.Adam
-
-    def adam_spy(params, **kw):
-        params = list(params)
-        opts.append((params, kw))
-        return adam(params, **kw)
-
-    monkeypatch.setattr(arch, "arch_distill_loss", spy)
-    monkeypatch.setattr(torch.optim, "Adam", adam_spy)
+    losses = record(monkeypatch, arch, "arch_distill_loss")
+    opts = record_optimizer(monkeypatch)
     exp = _Exp(teacher)
     student, hist = arch.train_linear_attention(exp, lr=0.004, w_task=0.2, w_out=0.3, w_feat=0.4)
     assert len(losses) == 2 and exp.batches == [5, 5]  # the scale's steps and batch by default
-    (s, t, x1), kw = losses[0]
+    (s, t, x1), kw, _ = losses[0]
     assert s is student and t is teacher and x1.shape[0] == 5
     assert kw == {"w_task": 0.2, "w_out": 0.3, "w_feat": 0.4}
     params, okw = opts[0]
@@ -119,7 +105,7 @@ def test_the_recipe_trains_only_the_attention_with_its_weights_and_learning_rate
     assert set(hist) == {"loss", "task", "out", "feat"} and not student.training
     losses.clear()
     arch.train_linear_attention(exp, steps=1, batch=3)
-    (_, _, x1), kw = losses[0]
+    (_, _, x1), kw, _ = losses[0]
     assert x1.shape[0] == 3 and kw == {"w_task": 1.0, "w_out": 1.0, "w_feat": 1.0}
     opts.clear()
     arch.train_linear_attention(exp, steps=1, freeze_rest=False, kind="softmax")

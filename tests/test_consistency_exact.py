@@ -10,6 +10,7 @@ the normalisation constant, the learning rate).
 
 import pytest
 import torch
+from spies import record, record_optimizer
 from torch import nn
 
 from distill_lab.core.flows import GaussianLinearFlow, expand_t, interpolate
@@ -413,31 +414,6 @@ class FewStepsScale(Scale):
         return 2 if isinstance(v, int) and v >= 100 else v
 
 
-def _record(monkeypatch, module, name):
-    calls = []
-    fn = getattr(module, name)
-
-    def wrapper(*args, **kwargs):
-        out = fn(*args, **kwargs)
-        calls.append((args, kwargs, out))
-        return out
-
-    monkeypatch.setattr(module, name, wrapper)
-    return calls
-
-
-def _record_adam(monkeypatch):
-    made = []
-    real = torch.optim.Adam
-
-    def spy(params, **kw):
-        made.append(kw)
-        return real(params, **kw)
-
-    monkeypatch.setattr(torch.optim, "Adam", spy)
-    return made
-
-
 def test_grid_size_doubles_in_equal_phases():
     """``N`` doubles from ``n0`` and ends at ``n1``, each value held for an equal share of the steps."""
     assert [_grid_size(i, 30, 4, 16) for i in range(30)] == [4] * 10 + [8] * 10 + [16] * 10
@@ -450,12 +426,12 @@ def test_grid_size_doubles_in_equal_phases():
 def test_grid_recipes_draw_every_cell_of_the_current_grid(monkeypatch, name):
     """Each step draws ``t = n / N``, ``t_next = (n + 1) / N`` with ``n`` uniform on ``0..N-1`` (the first
     cell included) and ``N`` from the curriculum; the history logs ``N``; Adam gets the ``lr`` option."""
-    calls = _record(monkeypatch, consistency, f"{name}_loss")
-    adams = _record_adam(monkeypatch)
+    calls = record(monkeypatch, consistency, f"{name}_loss")
+    adams = record_optimizer(monkeypatch)
     exp = StubExp(batch=256)
     torch.manual_seed(0)
     (train_ct if name == "ct" else train_cd)(exp, steps=6, N0=2, N1=8, lr=3e-4, batch=256)
-    assert len(calls) == 6 and [a["lr"] for a in adams] == [3e-4]
+    assert len(calls) == 6 and [kw["lr"] for _, kw in adams] == [3e-4]
     expected_N = [2, 2, 4, 4, 8, 8]
     for (args, kw, _), N in zip(calls, expected_N):
         t, t_next = args[4], args[5]  # (f, f_ema, x0, x1, t, t_next) and (f, f_ema, v, x_t, t, t_next)
@@ -470,14 +446,14 @@ def test_scm_recipe_ramps_the_tangent_warmup_and_passes_norm_const(monkeypatch):
     """``r_i = min(1, (i + 1) / n_warm)``, ``n_warm = max(1, int(warmup * steps))``; ``norm_const`` defaults
     to sCM's ``c = 0.1`` and follows its override; ``steps`` is honoured; the history logs each step's
     ``dfdt_rms``; Adam gets ``lr`` and sCM's betas ``(0.9, 0.99)``."""
-    calls = _record(monkeypatch, consistency, "scm_loss")
-    adams = _record_adam(monkeypatch)
+    calls = record(monkeypatch, consistency, "scm_loss")
+    adams = record_optimizer(monkeypatch)
     exp = StubExp(batch=16)
     torch.manual_seed(0)
     train_scm(exp, steps=4, warmup=0.75, lr=1e-3)
     assert [kw["tangent_warmup"] for _, kw, _ in calls] == pytest.approx([1 / 3, 2 / 3, 1.0, 1.0])
     assert [kw["norm_const"] for _, kw, _ in calls] == [0.1] * 4
-    assert adams == [{"lr": 1e-3, "betas": (0.9, 0.99)}]
+    assert [kw for _, kw in adams] == [{"lr": 1e-3, "betas": (0.9, 0.99)}]
     assert exp.hist["dfdt_rms"] == pytest.approx([float(calls[i][2][1]["dfdt_rms"]) for i in (0, 3)])
     assert exp.hist["loss"] == pytest.approx([calls[i][2][0].item() for i in (0, 3)])
     calls.clear()

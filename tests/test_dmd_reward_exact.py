@@ -13,6 +13,7 @@ import types
 
 import pytest
 import torch
+from spies import record_optimizer
 
 from distill_lab.core.flows import interpolate, teacher_ode
 from distill_lab.core.scale import Scale
@@ -466,19 +467,6 @@ def test_rtdmd_loss_passes_normalize_and_reports_beta():
 
 
 # ------------------------------------------------------------------------------ RTDMD training loop
-def _adam_spy(monkeypatch):
-    made = []
-    orig = torch.optim.Adam
-
-    def spy(params, **kw):
-        params = list(params)
-        made.append((params, kw))
-        return orig(params, **kw)
-
-    monkeypatch.setattr(torch.optim, "Adam", spy)
-    return made
-
-
 def _gen_and_fake(exp):
     from distill_lab.methods.step.students import OneStepGenerator
     return OneStepGenerator(exp.student_net(1)), exp.student_net(1)
@@ -491,7 +479,7 @@ def test_train_generator_dmd_branch_optimisers_times_batch_and_history(monkeypat
     from distill_lab.methods.step import dmd as dmd_mod
     exp = FakeExp()
     G, fake = _gen_and_fake(exp)
-    made = _adam_spy(monkeypatch)
+    made = record_optimizer(monkeypatch)
     calls = _record(monkeypatch, dmd_mod, ("dmd_loss", "fake_score_loss"))
     rt = _record(monkeypatch, reward, ("rtdmd_loss",))
     hist = reward._train_generator(exp, G, fake, 1, reward_right, math.inf, lr=1e-3, fake_lr=2e-3, fake_updates=3,

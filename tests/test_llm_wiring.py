@@ -9,6 +9,7 @@ calls wrapped to record their arguments, and checks them against what the recipe
 
 import pytest
 import torch
+from spies import record, record_optimizer
 from test_llm import _tiny_scale, tiny_gpt
 
 from distill_lab.core.registry import get_recipe
@@ -32,19 +33,6 @@ def star():
     return _exp("star")
 
 
-def _spy(monkeypatch, module, name):
-    calls = []
-    fn = getattr(module, name)
-
-    def wrapper(*args, **kwargs):
-        out = fn(*args, **kwargs)
-        calls.append((args, kwargs, out))
-        return out
-
-    monkeypatch.setattr(module, name, wrapper)
-    return calls
-
-
 # ------------------------------------------------------------------ rollout
 def test_score_defaults_to_the_students_prompt_and_a_privileged_teacher_reads_the_hint(star):
     """On the star task the teacher's prompt holds the path: scoring with ``privileged=True`` must read
@@ -65,7 +53,7 @@ def test_from_model_passes_its_sampling_options_to_generate(star, monkeypatch):
     distribution)."""
     task = star.task
     probs = task.problems(3, generator=torch.Generator().manual_seed(2))
-    calls = _spy(monkeypatch, rollout, "generate")
+    calls = record(monkeypatch, rollout, "generate")
     m = tiny_gpt(vocab=task.tokenizer.vocab_size, block=task.block_size, dtype=torch.float32)
     rollout.from_model(m, task, probs, "student")
     _, kw, _ = calls[-1]
@@ -141,7 +129,7 @@ def test_accuracy_weighs_each_chunk_by_its_size(monkeypatch):
 # ------------------------------------------------------------------ completions
 @pytest.mark.parametrize("source,temperature", [("teacher", 1.0), ("teacher_greedy", 0.0)])
 def test_teacher_completions_sample_or_decode_greedily_from_its_own_prompt(star, monkeypatch, source, temperature):
-    calls = _spy(monkeypatch, R, "from_model")
+    calls = record(monkeypatch, R, "from_model")
     probs = star.problems(3)
     c = R.completions(star, None, probs, source)
     (model, task, p, src), kw, out = calls[0]
@@ -150,7 +138,7 @@ def test_teacher_completions_sample_or_decode_greedily_from_its_own_prompt(star,
 
 
 def test_mixed_completions_mix_the_teacher_into_the_students_samples(star, monkeypatch):
-    calls = _spy(monkeypatch, R, "from_model")
+    calls = record(monkeypatch, R, "from_model")
     student = star.student()
     probs = star.problems(3)
     R.completions(star, student, probs, "mixed")
@@ -166,7 +154,7 @@ def test_mixed_completions_mix_the_teacher_into_the_students_samples(star, monke
 
 
 def test_data_completions_are_the_targets_on_the_experiments_device(star, monkeypatch):
-    calls = _spy(monkeypatch, R, "from_data")
+    calls = record(monkeypatch, R, "from_data")
     probs = star.problems(2)
     c = R.completions(star, None, probs, "data")
     (_, p, dev), _, _ = calls[0]
@@ -178,8 +166,8 @@ def test_a_teacher_in_another_format_is_rewritten_into_the_students(monkeypatch)
     """mult_short: the teacher's full chains, shortened, become ``teacher`` completions in the student's
     format (on the experiment's device)."""
     exp = _exp("mult_short")
-    calls = _spy(monkeypatch, R, "from_texts")
-    sampled = _spy(monkeypatch, R, "from_model")
+    calls = record(monkeypatch, R, "from_texts")
+    sampled = record(monkeypatch, R, "from_model")
     probs = exp.problems(2)
     c = R.completions(exp, None, probs, "teacher_greedy")
     (task, p, texts, src, dev), _, out = calls[0]
@@ -198,8 +186,8 @@ def test_distill_counts_what_it_trains_on_and_passes_the_losss_diagnostics(star,
     """Over a run mixing data and student steps (GKD's lambda = 0.5): the tokens trained on, the student
     tokens among them and the on-policy steps are sums over the steps; the loss's own diagnostics reach
     the history, its ``loss`` entry does not replace the loss; the teacher reads its privileged prompt."""
-    calls = _spy(monkeypatch, R, "completions")
-    scored = _spy(monkeypatch, R, "score")
+    calls = record(monkeypatch, R, "completions")
+    scored = record(monkeypatch, R, "score")
     got = []
 
     def loss_fn(s, t, c):
@@ -225,7 +213,7 @@ def test_distill_counts_what_it_trains_on_and_passes_the_losss_diagnostics(star,
 
 
 def test_distill_defaults_draw_the_experiments_batch_from_the_data_and_never_on_policy(star, monkeypatch):
-    calls = _spy(monkeypatch, R, "completions")
+    calls = record(monkeypatch, R, "completions")
     seen = []
     student = R.distill(star, "probe", lambda s, t, c: seen.append(t) or token_ce(s, c), teacher_logits=False,
                         steps=2)
@@ -244,19 +232,12 @@ def token_ce(s, c):
 
 
 def test_distill_trains_with_its_learning_rate(star, monkeypatch):
-    made = []
-    adamw = torch.optim.AdamW
-
-    def spy(params, **kw):
-        made.append(kw)
-        return adamw(params, **kw)
-
-    monkeypatch.setattr(torch.optim, "AdamW", spy)
+    made = record_optimizer(monkeypatch, "AdamW")
     # the loop's optimizer is the last one made (the student's warm start, trained once a seed, has its own)
     R.distill(star, "probe", lambda s, t, c: token_ce(s, c), steps=1, lr=0.0123, teacher_logits=False)
-    assert made[-1]["lr"] == 0.0123
+    assert made[-1][1]["lr"] == 0.0123
     R.distill(star, "probe", lambda s, t, c: token_ce(s, c), steps=1, teacher_logits=False)
-    assert made[-1]["lr"] == star.lr
+    assert made[-1][1]["lr"] == star.lr
 
 
 @pytest.mark.parametrize("lam", [-0.1, 1.5])
@@ -266,7 +247,7 @@ def test_distill_refuses_an_on_policy_fraction_outside_0_1(star, lam):
 
 
 def test_lambda_one_is_on_policy_at_every_step(star, monkeypatch):
-    calls = _spy(monkeypatch, R, "completions")
+    calls = record(monkeypatch, R, "completions")
     torch.manual_seed(0)
     student = R.distill(star, "probe", lambda s, t, c: token_ce(s, c), lam=1.0, steps=3, teacher_logits=False)
     assert [out.source for _, _, out in calls] == ["student"] * 3
@@ -276,8 +257,8 @@ def test_lambda_one_is_on_policy_at_every_step(star, monkeypatch):
 def test_gkd_recipes_hand_their_beta_lambda_and_mask_to_the_loss(star, monkeypatch):
     """``_gkd`` (every GKD recipe): the generalised JSD with the recipe's beta, on the completion's mask,
     under the recipe's name and lambda; overrides of steps and lr reach the loop."""
-    losses = _spy(monkeypatch, R, "gjsd_loss")
-    loops = _spy(monkeypatch, R, "distill")
+    losses = record(monkeypatch, R, "gjsd_loss")
+    loops = record(monkeypatch, R, "distill")
     torch.manual_seed(0)
     get_recipe("gkd_jsd").train(star, steps=1, lr=0.002)
     (exp, name, _), kw, _ = loops[0]

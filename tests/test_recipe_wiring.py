@@ -12,6 +12,7 @@ import copy
 
 import pytest
 import torch
+from spies import record
 
 from distill_lab.core.registry import get_recipe
 from distill_lab.core.scale import Scale
@@ -29,16 +30,6 @@ def tiny_exp():
     return Toy2D("8gaussians", scale=sc, cache=False, progress=False)
 
 
-def _recorded(monkeypatch, module, name, calls):
-    fn = getattr(module, name)
-
-    def wrapper(*args, **kwargs):
-        calls.append((args, kwargs))
-        return fn(*args, **kwargs)
-
-    monkeypatch.setattr(module, name, wrapper)
-
-
 def test_dmd2_critics_read_generator_samples_and_the_discriminator_gets_real_data(tiny_exp, monkeypatch):
     exp = copy.copy(tiny_exp)
     noises = []
@@ -52,7 +43,7 @@ def test_dmd2_critics_read_generator_samples_and_the_discriminator_gets_real_dat
     exp.data_batch = lambda n=None: torch.full((n or 64, 2), DATA_VALUE)
     calls = {k: [] for k in ("fake_score_loss", "gan_discriminator_loss", "dmd_loss", "gan_generator_loss")}
     for k, c in calls.items():
-        _recorded(monkeypatch, dmd, k, c)
+        record(monkeypatch, dmd, k, c)
     torch.manual_seed(0)
     gen0 = OneStepGenerator(exp.student_net(1)).eval()  # the generator the recipe starts from
     torch.manual_seed(0)
@@ -65,19 +56,19 @@ def test_dmd2_critics_read_generator_samples_and_the_discriminator_gets_real_dat
     for k in range(2):
         with torch.no_grad():
             expected = gen0(noises[k])
-        (fake_net, xg), _ = calls["fake_score_loss"][k]
+        (fake_net, xg), _, _ = calls["fake_score_loss"][k]
         assert fake_net is gen.fake and not xg.requires_grad
         torch.testing.assert_close(xg, expected)
-        (disc, x_fake, x_real), kw = calls["gan_discriminator_loss"][k]
+        (disc, x_fake, x_real), kw, _ = calls["gan_discriminator_loss"][k]
         assert disc is gen.disc
         torch.testing.assert_close(x_fake, expected)
         assert bool((x_real == DATA_VALUE).all())
     # generator update: DMD's gradient and the GAN term read the same fresh samples, with their graph,
     # DMD's fake score is the critic just trained, the teacher's velocity the real score
-    (x, real_v, fake_v), _ = calls["dmd_loss"][0]
+    (x, real_v, fake_v), _, _ = calls["dmd_loss"][0]
     assert x.requires_grad and fake_v is gen.fake and real_v == exp.velocity
     torch.testing.assert_close(x.detach(), gen0(noises[2]).detach())
-    (disc, xg_gen), _ = calls["gan_generator_loss"][0]
+    (disc, xg_gen), _, _ = calls["gan_generator_loss"][0]
     assert disc is gen.disc and xg_gen is x
 
 
@@ -94,11 +85,11 @@ def test_consistency_distillation_returns_the_ema_target_moved_at_its_rate(tiny_
 
     ema_spy.__wrapped_original__ = consistency.ema_update
     monkeypatch.setattr(consistency, "ema_update", ema_spy)
-    _recorded(monkeypatch, consistency, "cd_loss", losses)
+    record(monkeypatch, consistency, "cd_loss", losses)
     torch.manual_seed(0)
     out = get_recipe("cd").train(tiny_exp, steps=3, batch=16, ema=0.7)
     assert len(updates) == 3 and len(losses) == 3
-    for (target, source, decay, before, src, after), ((f, f_ema, *_), _) in zip(updates, losses):
+    for (target, source, decay, before, src, after), ((f, f_ema, *_), _, _) in zip(updates, losses):
         assert decay == 0.7
         assert target is out and f_ema is out  # the loss's target is the averaged network, which is returned
         assert source is f and source is not target  # and the online network is what the loss trains

@@ -23,9 +23,9 @@ TINY = replace(VIDEO_SCALES["ci"], net=SMALL, frames=4, block=2, teacher_steps=3
                batch=4, student_steps=2, student_nfe=2, eval_n=6)
 
 
-def random_net(mask="block_causal", block=2, window=None, dtype=torch.float64, seed=0):
+def random_net(mask="block_causal", block=2, window=None, dtype=torch.float64, seed=0, cfg=SMALL):
     torch.manual_seed(seed)
-    net = VideoTransformer(SMALL, mask, block, window).to(dtype)
+    net = VideoTransformer(cfg, mask, block, window).to(dtype)
     for p in net.parameters():  # the zero-initialised output layers would hide every difference
         torch.nn.init.normal_(p, std=0.3)
     return net

@@ -13,6 +13,8 @@ from dataclasses import replace
 
 import pytest
 import torch
+from spies import record
+from test_video import random_net as video_random_net
 
 from distill_lab.core.registry import get_recipe
 from distill_lab.methods.streaming import (_block_index, _check_clip, diffusion_forcing_loss, ode_regression_loss,
@@ -28,30 +30,15 @@ TINY = replace(VIDEO_SCALES["ci"], net=SMALL, frames=4, block=2, teacher_steps=3
                batch=4, student_steps=2, student_nfe=2, eval_n=4)
 
 
-def random_net(mask="block_causal", block=2, window=None, dtype=torch.float64, seed=0):
-    torch.manual_seed(seed)
-    net = VideoTransformer(SMALL, mask, block, window).to(dtype)
-    for p in net.parameters():  # the zero-initialised output layers would hide every difference
-        torch.nn.init.normal_(p, std=0.3)
-    return net
+def random_net(**kw):
+    """test_video's randomly initialised transformer, at this file's smaller size."""
+    return video_random_net(cfg=SMALL, **kw)
 
 
 @pytest.fixture(scope="module")
 def tiny_exp():
     torch.manual_seed(0)
     return VideoWorld("ci", teacher=VideoTransformer(SMALL, "full"), video_scale=TINY, progress=False)
-
-
-def _record(monkeypatch, owner, name, calls):
-    """Wrap ``owner.name`` so that each call appends ``(args, kwargs, result)`` to ``calls``."""
-    fn = getattr(owner, name)
-
-    def wrapper(*args, **kwargs):
-        out = fn(*args, **kwargs)
-        calls.append((args, kwargs, out))
-        return out
-
-    monkeypatch.setattr(owner, name, wrapper)
 
 
 def fake_velocity(x, t):
@@ -333,8 +320,8 @@ def test_adam_takes_the_given_learning_rate_and_betas():
                                             ("diffusion_forcing", "diffusion_forcing_loss")])
 def test_flow_students_train_the_returned_net_on_real_batches(tiny_exp, monkeypatch, name, loss_name):
     calls, data = [], []
-    _record(monkeypatch, video_recipes, loss_name, calls)
-    _record(monkeypatch, tiny_exp, "data_batch", data)
+    record(monkeypatch, video_recipes, loss_name, calls)
+    record(monkeypatch, tiny_exp, "data_batch", data)
     start = tiny_exp.causal_net()
     torch.manual_seed(0)
     student = get_recipe(name, track="video").train(tiny_exp, steps=3, batch=3, sample_steps=3)
@@ -360,7 +347,7 @@ def test_ode_init_regresses_teacher_clips_of_the_same_noise(tiny_exp, monkeypatc
     must be (z, teacher(z)) of the same rows, at the student's own sampling times."""
     chunks, calls = [], []
     monkeypatch.setattr(tiny_exp, "teacher_sample", lambda z: chunks.append(z.shape[0]) or 2 * z + 1)
-    _record(monkeypatch, video_recipes, "ode_regression_loss", calls)
+    record(monkeypatch, video_recipes, "ode_regression_loss", calls)
     student = StreamingStudent(tiny_exp.causal_net(), times=[0.0, 0.5], sampler="renoise")
     torch.manual_seed(0)
     hist = video_recipes.ode_init(tiny_exp, student, 2, 5, 1e-3, 130)
@@ -376,8 +363,8 @@ def test_ode_init_regresses_teacher_clips_of_the_same_noise(tiny_exp, monkeypatc
 def test_ode_init_draws_every_pool_row_and_every_sampling_time(tiny_exp, monkeypatch):
     calls, noise = [], []
     monkeypatch.setattr(tiny_exp, "teacher_sample", lambda z: 2 * z + 1)
-    _record(monkeypatch, video_recipes, "ode_regression_loss", calls)
-    _record(monkeypatch, tiny_exp, "noise_batch", noise)
+    record(monkeypatch, video_recipes, "ode_regression_loss", calls)
+    record(monkeypatch, tiny_exp, "noise_batch", noise)
     student = StreamingStudent(tiny_exp.causal_net(), times=[0.0, 0.5], sampler="renoise")
     torch.manual_seed(0)
     video_recipes.ode_init(tiny_exp, student, 1, 32, 1e-3, 2)
@@ -393,7 +380,7 @@ def _instrument_dm(exp, monkeypatch):
                            "ode_init", "noise_batch", "data_batch", "adam")}
     order = []
     for k in ("self_forcing_rollout", "teacher_forced_rollout", "fake_score_loss", "dmd_loss", "ode_init"):
-        _record(monkeypatch, video_recipes, k, rec[k])
+        record(monkeypatch, video_recipes, k, rec[k])
     for k in ("self_forcing_rollout", "teacher_forced_rollout"):
         fn = getattr(video_recipes, k)
 
@@ -402,8 +389,8 @@ def _instrument_dm(exp, monkeypatch):
             return _fn(*a, **kw)
 
         monkeypatch.setattr(video_recipes, k, ordered)
-    _record(monkeypatch, exp, "noise_batch", rec["noise_batch"])
-    _record(monkeypatch, exp, "data_batch", rec["data_batch"])
+    record(monkeypatch, exp, "noise_batch", rec["noise_batch"])
+    record(monkeypatch, exp, "data_batch", rec["data_batch"])
     adam = video_recipes._adam
 
     def recorded_adam(params, lr, *betas):
