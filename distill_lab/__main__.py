@@ -1,4 +1,5 @@
-"""Command line: ``python -m distill_lab {tour,bench,gpu-check} ...``; ``--help`` on each.
+"""Command line: ``python -m distill_lab {tour,bench,gpu-check,check-labs,build-site,course-pages} ...``;
+``--help`` on each.
 
 ``bench TRACK`` works the same way for every track (``--list``, ``--methods``, ``--json``, ``--scale``):
 each track package registers its bench track and recipes when imported (:mod:`distill_lab.core.bench`),
@@ -63,6 +64,24 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--tiny", action="store_true", help="every part at toy size (runs on a CPU in a minute)")
     g.add_argument("--parts", default=None, help="comma-separated subset of the parts (default: all)")
     g.add_argument("--compile", action="store_true", help="torch.compile the image networks (slower to start)")
+    # the course around the labs (distill_lab.course): slow, so not in CI
+    c = sub.add_parser("check-labs", help="execute labs at a scale, time each one, record the times")
+    s = sub.add_parser("build-site", help="the labs executed and rendered to HTML, with an index and the syllabus")
+    for p in (c, s):
+        p.add_argument("labs", nargs="*", help="lab numbers (01 20) or notebook paths (default: every lab)")
+        p.add_argument("--scale", choices=SCALES, default=None, help=f"(default: ${ENV_VAR}, else 'default')")
+        p.add_argument("--timeout", type=float, default=None, help="most seconds a cell may run (default: none)")
+        p.add_argument("--record", default=None, help="the run-time file (default: labs/run_times.json)")
+        p.add_argument("--no-record", action="store_true", help="record no time")
+        p.add_argument("--quiet", action="store_true", help="hide progress bars")
+    c.add_argument("--out", default=None, help="save the executed notebooks (outputs, widget state) here")
+    s.add_argument("--out", default="site", help="the site's folder (default: site/)")
+    s.add_argument("--executed", default=None,
+                   help="render the notebooks saved here by check-labs --out instead of executing them")
+    n = sub.add_parser("course-pages", help="previous/next links in every lab; the syllabus's run-time table")
+    n.add_argument("--record", default=None, help="the run-time file (default: labs/run_times.json)")
+    for p in (c, s, n):
+        p.add_argument("--labs-dir", default=None, help="the labs' folder (default: the repository's labs/)")
     return ap
 
 
@@ -73,6 +92,10 @@ def _error(msg: str) -> int:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in ("check-labs", "build-site", "course-pages"):
+        from .course import command
+
+        return command(args)
     from .core.scale import get_scale
 
     try:
