@@ -13,7 +13,13 @@ import tempfile
 
 os.environ.setdefault("DISTILL_LAB_SCALE", "ci")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# in the suite an exercise left unanswered, or a prediction the run contradicts, fails its lab
+# (distill_lab.exercises); a student running a lab by hand gets a printed notice instead
+os.environ.setdefault("DISTILL_LAB_STRICT", "1")
 _ROOT = os.path.dirname(os.path.abspath(__file__))
+# the student versions (labs/student/) have blanks; CI executes the labs they are made from, whose
+# solutions fill those blanks exactly (tests/test_exercises.py)
+collect_ignore_glob = ["labs/student/*"]
 
 # CIFAR-10 for the KD labs and tests: an offline copy beside the project (as on the CI machines)
 # when no location is set; elsewhere the labs fall back to torchvision's download.
