@@ -1,7 +1,7 @@
 """Exercises with checkers: what a student writes in a lab, and how it is judged.
 
-Two kinds, both registered here by the track modules (:mod:`.step`, :mod:`.kd`, :mod:`.images`,
-:mod:`.video`, :mod:`.llm`) and named ``"<lab>.<short name>"``:
+Two kinds, both registered here by the track modules (:mod:`.step`, :mod:`.step_advanced`, :mod:`.kd`,
+:mod:`.images`, :mod:`.video`, :mod:`.llm`) and named ``"<lab>.<short name>"``:
 
 * **implement**: a 5-to-10-line function, the lab's central one (the interpolant's velocity, the
   progressive target, the T^2 factor, ...). :func:`check` hands it to the exercise's checker, which runs
@@ -39,8 +39,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 STRICT_ENV = "DISTILL_LAB_STRICT"
-# the modules whose import registers exercises (one a track; a new track adds its module here)
-TRACK_MODULES = ("step", "kd", "images", "video", "llm")
+# the modules whose import registers exercises (a new track adds its module here): step (labs 00-03),
+# step_advanced (04-06), kd (10-13), images (20-22), video (30-31), llm (40-42)
+TRACK_MODULES = ("step", "step_advanced", "kd", "images", "video", "llm")
 
 
 class ExerciseFailed(AssertionError):

@@ -47,7 +47,7 @@ def has_solution(cell) -> bool:
 
 def split(code: str, where: str = "cell") -> tuple[str, list[str]]:
     """Blank the solutions of one code cell: (student code, the solutions in order)."""
-    out, solutions, block = [], [], None
+    out, solutions, block, indent = [], [], None, ""
     for line in _lines(code):
         stripped = line.strip()
         if block is not None:
