@@ -15,8 +15,11 @@ lab to the one before and after it, and render the executed labs into a static s
 
 The run-time file maps scale, then lab file name, to one record::
 
-    {"default": {"01_flow_matching_teacher.ipynb": {"seconds": 212.4, "passed": true,
-                 "date": "2026-11-30", "machine": "2 x AMD EPYC, OMP_NUM_THREADS=1, torch 2.14.1, cpu"}}}
+    {"default": {"01_flow_matching_teacher.ipynb": {"seconds": 212.4, "passed": true, "date": "2026-11-30",
+                 "machine": "2 x AMD EPYC, OMP_NUM_THREADS=1, torch 2.14.1, cpu", "load": 3.1}}}
+
+(``load``: the machine's one-minute load average when the lab finished; above the core count, other
+jobs were competing for the processors and the seconds are an upper bound.)
 
 A later run of one lab at one scale replaces that record only.
 """
@@ -36,7 +39,8 @@ from tqdm.auto import tqdm
 
 from .core.scale import DEVICE_VAR, ENV_VAR, SCALES
 
-LABS_DIR = Path(__file__).resolve().parents[1] / "labs"  # the repository's labs (an editable install)
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # the folder that holds distill_lab/
+LABS_DIR = PACKAGE_ROOT / "labs"  # the repository's labs (an editable install)
 RUN_TIMES = "run_times.json"
 SYLLABUS = "README.md"
 NOTATION = "NOTATION.md"
@@ -103,7 +107,9 @@ def machine() -> str:
 @dataclass
 class LabRun:
     """One lab executed at one scale: passed or not, wall seconds (kernel start included), the first
-    line of the first error and the index of the cell that raised it, and the executed notebook."""
+    line of the first error and the index of the cell that raised it, the machine's one-minute load
+    average when it finished (other jobs slow a lab down; None where the system has none), and the
+    executed notebook."""
 
     lab: str
     scale: str
@@ -111,6 +117,7 @@ class LabRun:
     seconds: float
     error: str = ""
     cell: int | None = None
+    load: float | None = None
     notebook: dict | None = field(default=None, repr=False)
 
 
@@ -126,7 +133,8 @@ def _first_line(err: BaseException) -> str:
 def run_lab(path: Path | str, scale: str, timeout: float | None = None, progress: bool = True) -> LabRun:
     """Execute one lab top to bottom in a fresh kernel and time it.
 
-    The kernel's environment is this process's with ``$DISTILL_LAB_SCALE = scale``; its working
+    The kernel's environment is this process's with ``$DISTILL_LAB_SCALE = scale`` and this package's
+    folder first on ``$PYTHONPATH`` (it runs the code that runs the command); its working
     directory is the lab's folder (as when a student opens it); ``timeout`` is the most seconds one
     cell may run (None: no limit). Widget state is stored in the notebook's metadata, so a saved or
     rendered copy shows the widgets. The first failing cell stops the run (a cell tagged
@@ -153,6 +161,8 @@ def run_lab(path: Path | str, scale: str, timeout: float | None = None, progress
                             resources={"metadata": {"path": str(path.parent.resolve())}},
                             on_cell_start=started, on_cell_executed=executed)
     env = dict(os.environ, **{ENV_VAR: scale})
+    # the kernel imports the distill_lab that runs this command, whatever its install says
+    env["PYTHONPATH"] = os.pathsep.join([str(PACKAGE_ROOT)] + [p for p in [env.get("PYTHONPATH")] if p])
     start = time.perf_counter()
     try:
         client.execute(env=env)
@@ -162,13 +172,15 @@ def run_lab(path: Path | str, scale: str, timeout: float | None = None, progress
     finally:
         bar.close()
     run.notebook = nb
+    run.load = round(os.getloadavg()[0], 1) if hasattr(os, "getloadavg") else None
     return run
 
 
 def check_labs(paths, scale: str, timeout: float | None = None, out: Path | str | None = None,
-               progress: bool = True) -> list[LabRun]:
+               progress: bool = True, record: Path | str | None = None) -> list[LabRun]:
     """:func:`run_lab` on each of ``paths`` in turn; with ``out``, each executed notebook (outputs and
-    widget state, as far as it ran) is written there under its own name."""
+    widget state, as far as it ran) is written there under its own name; with ``record``, each lab's
+    time is merged into that file as soon as it finishes (an interrupted run keeps what it measured)."""
     import nbformat
 
     runs = []
@@ -177,6 +189,8 @@ def check_labs(paths, scale: str, timeout: float | None = None, out: Path | str 
         if out is not None:
             Path(out).mkdir(parents=True, exist_ok=True)
             nbformat.write(run.notebook, Path(out) / run.lab)
+        if record is not None:
+            record_times([run], record)
         runs.append(run)
     return runs
 
@@ -216,8 +230,10 @@ def merge_times(times: dict, runs: list[LabRun], date: str | None = None, machin
     machine_line = machine_line or machine()
     merged = copy.deepcopy(times)
     for r in runs:
-        merged.setdefault(r.scale, {})[r.lab] = {"seconds": round(r.seconds, 1), "passed": r.passed,
-                                                 "date": date, "machine": machine_line}
+        rec = {"seconds": round(r.seconds, 1), "passed": r.passed, "date": date, "machine": machine_line}
+        if r.load is not None:
+            rec["load"] = r.load
+        merged.setdefault(r.scale, {})[r.lab] = rec
     return {s: dict(sorted(merged[s].items())) for s in sorted(merged, key=_scale_order)}
 
 
@@ -234,11 +250,12 @@ def record_times(runs: list[LabRun], path: Path | str, date: str | None = None) 
 
 def run_times_table(times: dict, labs: list[str]) -> str:
     """A markdown table of the measured times, a row a lab (``labs``: file names, in order) and a column
-    for ``ci`` and ``default`` (and ``gpu`` when measured), then the machines they were measured on."""
+    for ``ci`` and ``default`` (and ``gpu`` when measured), then a note on each machine and day they were
+    measured on, with the highest load average seen (when above the machine's cores, other jobs shared it)."""
     scales = [s for s in SCALES if s in ("ci", "default") or s in times]
     head = "| lab | " + " | ".join(f"`{s}`" for s in scales) + " |"
     lines = [head, "|---|" + "---|" * len(scales)]
-    machines = []
+    machines: dict = {}  # (machine, date) -> the highest load recorded with it (None: none recorded)
     for lab in labs:
         cells = []
         for s in scales:
@@ -247,14 +264,16 @@ def run_times_table(times: dict, labs: list[str]) -> str:
                 cells.append("not measured")
                 continue
             key = (rec.get("machine", "?"), rec.get("date", "?"))
-            if key not in machines:
-                machines.append(key)
-            mark = f"<sup>{machines.index(key) + 1}</sup>"
+            loads = [x for x in (machines.get(key), rec.get("load")) if x is not None]
+            machines[key] = max(loads) if loads else None
+            mark = f"<sup>{list(machines).index(key) + 1}</sup>"
             text = format_seconds(rec["seconds"])
             text = text if rec["passed"] else f"failed after {text}"
             cells.append(text + mark)
-        lines.append(f"| [{lab[:2]}]({lab}) | " + " | ".join(cells) + " |")
-    notes = [f"<sup>{i}</sup> {m}, {d}." for i, (m, d) in enumerate(machines, 1)]
+        name = lab[3:].removesuffix(".ipynb").replace("_", " ")
+        lines.append(f"| [{lab[:2]} {name}]({lab}) | " + " | ".join(cells) + " |")
+    notes = [f"<sup>{i}</sup> {m}, {d}" + ("." if load is None else f", load average up to {load:g}.")
+             for i, ((m, d), load) in enumerate(machines.items(), 1)]
     return "\n".join(lines) + ("\n\n" + "<br>\n".join(notes) if notes else "")
 
 
@@ -369,7 +388,7 @@ def build_site(paths, out: Path | str = "site", scale: str = "default", executed
     """Render the labs ``paths`` with their outputs into a static site in ``out``.
 
     A lab found in ``executed`` (a folder of notebooks saved by ``check-labs --out``) is rendered as
-    saved; every other lab is executed at ``scale`` first (:func:`run_lab`) and its times merged into
+    saved; every other lab is executed at ``scale`` first (:func:`run_lab`) and its time merged into
     ``record`` when one is given. ``out`` receives ``NN_name.html`` a lab, the executed notebooks under
     ``notebooks/``, ``notation.html``, and ``index.html``: the labs with their times at each scale
     (from ``labs_dir/run_times.json``), then the syllabus. Returns the index's path and the runs made.
@@ -386,14 +405,14 @@ def build_site(paths, out: Path | str = "site", scale: str = "default", executed
             nb = nbformat.read(saved, as_version=4)
         else:
             run = run_lab(path, scale, timeout=timeout, progress=progress)
+            if record is not None:
+                record_times([run], record)
             runs.append(run)
             nb = run.notebook
         nbformat.write(nb, out / "notebooks" / path.name)
         title = f"{path.name[:2]} · {lab_title(path)}"
         (out / f"{path.stem}.html").write_text(render_html(nb, title))
         built.append((path, title))
-    if record is not None and runs:
-        record_times(runs, record)
     times = load_times(record or labs_dir / RUN_TIMES)
     items = []
     for path, title in built:
@@ -442,9 +461,9 @@ def command(args) -> int:
                                  progress=not args.quiet)
         print(f"wrote {index}")
     else:
-        runs = check_labs(paths, scale, args.timeout, args.out, progress=not args.quiet)
+        runs = check_labs(paths, scale, args.timeout, args.out, progress=not args.quiet, record=record)
         if record is not None:
-            times = record_times(runs, record)
+            times = load_times(record)
             print(f"recorded in {record}")
             readme = labs_dir / SYLLABUS  # the syllabus shows the labs' own record, not another file's
             if record == labs_dir / RUN_TIMES and readme.exists() and TABLE_START in readme.read_text():
