@@ -152,8 +152,8 @@ prediction("10.kd_beats_labels", "at this lab's labelled-set size, does KD from 
            ("yes, by more than the spread", "within the spread", "no, KD is worse"),
            solution="yes, by more than the spread")
 
-prediction("10.kd_confidence", "at T = 1, is the KD student (trained towards the teacher's T = 4 targets) over- or "
-           "under-confident on the test images?",
+prediction("10.kd_confidence", "at T = 1, is the KD student (trained towards the teacher's T = 4 targets) "
+           "over- or under-confident on the test images?",
            ("over-confident", "about right", "under-confident"), solution="over-confident")
 
 # ---------------------------------------------------------------- lab 11: self-distillation
@@ -212,8 +212,8 @@ prediction("11.collapse", "after 100 generations of pure self-distillation (alph
            ("close to the first fit", "close to the clean function", "collapsed towards zero"),
            solution="collapsed towards zero")
 
-prediction("11.born_again", "at the ci scale, is the pure born-again student (w = 0) more accurate than the label-only "
-           "student it was born from?",
+prediction("11.born_again", "at the ci scale, is the pure born-again student (w = 0) more accurate than the "
+           "label-only student it was born from?",
            ("better than its parent", "within the seeds' spread", "worse than its parent"),
            solution="worse than its parent")
 
