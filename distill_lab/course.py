@@ -16,10 +16,13 @@ lab to the one before and after it, and render the executed labs into a static s
 The run-time file maps scale, then lab file name, to one record::
 
     {"default": {"01_flow_matching_teacher.ipynb": {"seconds": 212.4, "passed": true, "date": "2026-11-30",
-                 "machine": "2 x AMD EPYC, OMP_NUM_THREADS=1, torch 2.14.1, cpu", "load": 3.1}}}
+                 "machine": "2 x AMD EPYC, OMP_NUM_THREADS=1, torch 2.14.1, cpu",
+                 "cpu_seconds": 190.2, "load": 3.1}}}
 
-(``load``: the machine's one-minute load average when the lab finished; above the core count, other
-jobs were competing for the processors and the seconds are an upper bound.)
+``seconds`` is wall time, kernel start included. ``cpu_seconds`` is the kernel's CPU time (where
+``/proc`` gives it): with one thread it is close to what the wall time would be on an idle machine.
+``load`` is the machine's one-minute load average when the lab finished: above the core count, other
+jobs competed for the processors and the wall time is an upper bound.
 
 A later run of one lab at one scale replaces that record only.
 """
@@ -107,9 +110,9 @@ def machine() -> str:
 @dataclass
 class LabRun:
     """One lab executed at one scale: passed or not, wall seconds (kernel start included), the first
-    line of the first error and the index of the cell that raised it, the machine's one-minute load
-    average when it finished (other jobs slow a lab down; None where the system has none), and the
-    executed notebook."""
+    line of the first error and the index of the cell that raised it, the kernel's CPU seconds (user
+    and system, where ``/proc`` tells them; other jobs on the machine inflate the wall time, hardly
+    this), the machine's one-minute load average when it finished, and the executed notebook."""
 
     lab: str
     scale: str
@@ -117,6 +120,7 @@ class LabRun:
     seconds: float
     error: str = ""
     cell: int | None = None
+    cpu_seconds: float | None = None
     load: float | None = None
     notebook: dict | None = field(default=None, repr=False)
 
@@ -128,6 +132,16 @@ def _first_line(err: BaseException) -> str:
     else:
         text = f"{type(err).__name__}: {err}"
     return (text.strip().splitlines() or [""])[0][:200]
+
+
+def _cpu_seconds(pid: int | None) -> float | None:
+    """User and system CPU seconds of process ``pid`` and its finished children, from Linux's
+    ``/proc/<pid>/stat``; None elsewhere."""
+    try:
+        fields = Path(f"/proc/{int(pid)}/stat").read_text().rsplit(")", 1)[1].split()
+        return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")  # utime stime cutime cstime
+    except (OSError, TypeError, ValueError, IndexError):
+        return None
 
 
 def run_lab(path: Path | str, scale: str, timeout: float | None = None, progress: bool = True) -> LabRun:
@@ -149,12 +163,13 @@ def run_lab(path: Path | str, scale: str, timeout: float | None = None, progress
     nb = nbformat.read(path, as_version=4)
     n_code = sum(1 for c in nb.cells if c.cell_type == "code" and c.source.strip())
     bar = tqdm(total=n_code, desc=f"{path.stem} @{scale}", unit="cell", disable=not progress)
-    where = {"cell": None}
+    where = {"cell": None, "cpu": None}
 
     def started(cell, cell_index, **_):
         where["cell"] = cell_index
 
     def executed(cell, cell_index, **_):
+        where["cpu"] = _cpu_seconds(getattr(getattr(client.km, "provisioner", None), "pid", None))
         bar.update(1)
 
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3", store_widget_state=True,
@@ -171,7 +186,7 @@ def run_lab(path: Path | str, scale: str, timeout: float | None = None, progress
         run = LabRun(path.name, scale, False, time.perf_counter() - start, _first_line(err), where["cell"])
     finally:
         bar.close()
-    run.notebook = nb
+    run.notebook, run.cpu_seconds = nb, where["cpu"]
     run.load = round(os.getloadavg()[0], 1) if hasattr(os, "getloadavg") else None
     return run
 
@@ -206,13 +221,15 @@ def format_seconds(s: float) -> str:
 
 
 def format_results(runs: list[LabRun]) -> str:
-    """The result table: lab, scale, pass or fail, seconds, and the first error line (with its cell)."""
-    rows = [("lab", "scale", "result", "seconds", "first error")]
+    """The result table: lab, scale, pass or fail, wall and CPU seconds, and the first error line (with
+    the number of its cell, counting from 1)."""
+    rows = [("lab", "scale", "result", "seconds", "cpu s", "first error")]
     for r in runs:
         err = f"cell {r.cell + 1}: {r.error}" if r.error and r.cell is not None else r.error
-        rows.append((r.lab, r.scale, "pass" if r.passed else "FAIL", f"{r.seconds:.1f}", err))
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    lines = ["  ".join(v.ljust(w) for v, w in zip(row[:4], widths)) + "  " + row[4] for row in rows]
+        cpu = "-" if r.cpu_seconds is None else f"{r.cpu_seconds:.1f}"
+        rows.append((r.lab, r.scale, "pass" if r.passed else "FAIL", f"{r.seconds:.1f}", cpu, err))
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    lines = ["  ".join(v.ljust(w) for v, w in zip(row[:5], widths)) + "  " + row[5] for row in rows]
     lines.insert(1, "-" * len(lines[0]))
     return "\n".join(line.rstrip() for line in lines)
 
@@ -231,6 +248,8 @@ def merge_times(times: dict, runs: list[LabRun], date: str | None = None, machin
     merged = copy.deepcopy(times)
     for r in runs:
         rec = {"seconds": round(r.seconds, 1), "passed": r.passed, "date": date, "machine": machine_line}
+        if r.cpu_seconds is not None:
+            rec["cpu_seconds"] = round(r.cpu_seconds, 1)
         if r.load is not None:
             rec["load"] = r.load
         merged.setdefault(r.scale, {})[r.lab] = rec
@@ -250,8 +269,9 @@ def record_times(runs: list[LabRun], path: Path | str, date: str | None = None) 
 
 def run_times_table(times: dict, labs: list[str]) -> str:
     """A markdown table of the measured times, a row a lab (``labs``: file names, in order) and a column
-    for ``ci`` and ``default`` (and ``gpu`` when measured), then a note on each machine and day they were
-    measured on, with the highest load average seen (when above the machine's cores, other jobs shared it)."""
+    for ``ci`` and ``default`` (and ``gpu`` when measured): the wall time, and the kernel's CPU time in
+    brackets where it was recorded; then a note on each machine and day they were measured on, with the
+    highest load average seen (when above the machine's cores, other jobs shared it)."""
     scales = [s for s in SCALES if s in ("ci", "default") or s in times]
     head = "| lab | " + " | ".join(f"`{s}`" for s in scales) + " |"
     lines = [head, "|---|" + "---|" * len(scales)]
@@ -269,6 +289,8 @@ def run_times_table(times: dict, labs: list[str]) -> str:
             mark = f"<sup>{list(machines).index(key) + 1}</sup>"
             text = format_seconds(rec["seconds"])
             text = text if rec["passed"] else f"failed after {text}"
+            if rec.get("cpu_seconds") is not None:
+                text += f" (CPU {format_seconds(rec['cpu_seconds'])})"
             cells.append(text + mark)
         name = lab[3:].removesuffix(".ipynb").replace("_", " ")
         lines.append(f"| [{lab[:2]} {name}]({lab}) | " + " | ".join(cells) + " |")
