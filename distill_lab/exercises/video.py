@@ -1,0 +1,165 @@
+"""Exercises of the video labs (30 and 31).
+
+The checkers compare the student's function with the package's own on cases where the answer is
+exact: the world's deterministic motion (:meth:`distill_lab.video.world.World.move`, and clips the
+world simulates without kicks, where each frame *is* the motion of the one before), and the attention
+mask of the video transformer (:func:`distill_lab.video.nets.frame_mask`) on token frame indices.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..video.nets import frame_mask
+from ..video.world import World
+from . import compare, implement, prediction
+from .images import _call
+
+# ---------------------------------------------------------------- lab 30: the world's physics
+
+
+def _move(state, margin):
+    p, v = state[..., :2] + state[..., 2:], state[..., 2:]
+    lo, hi = margin, 1 - margin
+    hit = (p < lo) | (p > hi)
+    p = torch.where(p < lo, 2 * lo - p, torch.where(p > hi, 2 * hi - p, p))
+    return torch.cat([p, torch.where(hit, -v, v)], -1)
+
+
+def _move_no_flip(state, margin):
+    p = state[..., :2] + state[..., 2:]
+    lo, hi = margin, 1 - margin
+    p = torch.where(p < lo, 2 * lo - p, torch.where(p > hi, 2 * hi - p, p))
+    return torch.cat([p, state[..., 2:]], -1)
+
+
+def _move_clamp(state, margin):
+    p, v = state[..., :2] + state[..., 2:], state[..., 2:]
+    hit = (p < margin) | (p > 1 - margin)
+    return torch.cat([p.clamp(margin, 1 - margin), torch.where(hit, -v, v)], -1)
+
+
+def _move_walls_at_edges(state, margin):
+    return _move(state, 0.0)
+
+
+def _move_flip_both(state, margin):
+    p, v = state[..., :2] + state[..., 2:], state[..., 2:]
+    lo, hi = margin, 1 - margin
+    hit = ((p < lo) | (p > hi)).any(-1, keepdim=True)
+    p = torch.where(p < lo, 2 * lo - p, torch.where(p > hi, 2 * hi - p, p))
+    return torch.cat([p, torch.where(hit, -v, v)], -1)
+
+
+@implement("30.elastic_move", "one frame of the world's motion: constant velocity, elastic walls",
+           solution=_move,
+           wrong={"velocity not reversed at a wall": _move_no_flip,
+                  "position clamped to the wall instead of reflected": _move_clamp,
+                  "walls at 0 and 1 instead of margin and 1 - margin": _move_walls_at_edges,
+                  "both velocity components reversed when one wall is hit": _move_flip_both})
+def _check_move(fn) -> str:
+    """``fn(state [..., 4] = (x, y, vx, vy), margin) -> [..., 4]``, float64."""
+    g = torch.Generator().manual_seed(0)
+    world = World()
+    # states between the walls, moving in every direction at up to the top speed: some cross a wall
+    pos = world.margin + (1 - 2 * world.margin) * torch.rand(512, 2, generator=g, dtype=torch.float64)
+    vel = (2 * torch.rand(512, 2, generator=g, dtype=torch.float64) - 1) * world.speed_max
+    state = torch.cat([pos, vel], -1)
+    got = _call(fn, state, world.margin, what="512 states")
+    compare(got, world.move(state), "the next state (x, y, vx, vy) against World.move on 512 random states",
+            atol=1e-9)
+    n_hit = int(((state[:, :2] + state[:, 2:] < world.margin) | (state[:, :2] + state[:, 2:] > 1 - world.margin))
+                .any(-1).sum())
+    still = World(kick_prob=0.0, margin=0.2)
+    states = still.simulate(16, 40, seed=1)[:, :, 0]                      # [16, 40, 4]: no kicks
+    got = _call(fn, states[:, :-1], still.margin, what="simulated clips")
+    compare(got, states[:, 1:], "frame f + 1 of clips simulated without kicks (margin 0.2), from frame f",
+            atol=1e-9)
+    return (f"matches World.move on 512 states ({n_hit} of them crossing a wall) and reproduces 16 simulated "
+            "clips of 40 frames without kicks, with another margin")
+
+
+prediction("30.error_past_horizon", "streamed on its own frames to 4x the 8-frame horizon, does the "
+           "teacher-forcing student's frame error over the last 8 frames grow, compared with the first 8?",
+           ("grows", "stays about the same", "shrinks"), solution="grows")
+
+
+# ---------------------------------------------------------------- lab 31: the causal student's mask
+
+
+def _block_causal(frames_q, frames_k, block, window=None):
+    bq, bk = frames_q[:, None] // block, frames_k[None, :] // block
+    allowed = bk <= bq
+    if window is not None:
+        allowed = allowed & (frames_k[None, :] >= bq * block - window)
+    return allowed
+
+
+def _block_causal_strict(frames_q, frames_k, block, window=None):
+    allowed = frames_k[None, :] // block < frames_q[:, None] // block
+    if window is not None:
+        allowed = allowed & (frames_k[None, :] >= frames_q[:, None] // block * block - window)
+    return allowed
+
+
+def _frame_causal(frames_q, frames_k, block, window=None):
+    allowed = frames_k[None, :] <= frames_q[:, None]
+    if window is not None:
+        allowed = allowed & (frames_k[None, :] >= frames_q[:, None] // block * block - window)
+    return allowed
+
+
+def _window_from_query_frame(frames_q, frames_k, block, window=None):
+    allowed = frames_k[None, :] // block <= frames_q[:, None] // block
+    if window is not None:
+        allowed = allowed & (frames_k[None, :] >= frames_q[:, None] - window)
+    return allowed
+
+
+def _window_ignored(frames_q, frames_k, block, window=None):
+    return frames_k[None, :] // block <= frames_q[:, None] // block
+
+
+@implement("31.block_causal_mask", "the block-causal attention mask of the streaming student",
+           solution=_block_causal,
+           wrong={"its own block masked out (< in place of <=)": _block_causal_strict,
+                  "causal frame by frame, not block by block": _frame_causal,
+                  "the window counted back from the query's frame, not its block's first frame":
+                      _window_from_query_frame,
+                  "the window ignored": _window_ignored})
+def _check_mask(fn) -> str:
+    """``fn(frames_q [Nq], frames_k [Nk], block, window=None) -> [Nq, Nk]`` booleans (True: may attend)."""
+    cases = []
+    tokens = 3
+    for n_frames, block, window in ((8, 1, None), (8, 4, None), (12, 2, None), (16, 4, 4), (12, 2, 3)):
+        f = torch.arange(n_frames).repeat_interleave(tokens)
+        what = f"{n_frames} frames of {tokens} tokens, block {block}, window {window}"
+        cases.append((what, f, f, block, window))
+    # streaming: the queries of one block (frames 12 to 15) against the keys of frames 4 to 15
+    q, k = torch.arange(12, 16).repeat_interleave(tokens), torch.arange(4, 16).repeat_interleave(tokens)
+    cases.append(("one streamed block (frames 12-15) against keys of frames 4-15, block 4, window 6", q, k, 4, 6))
+    for what, fq, fk, block, window in cases:
+        got = _call(fn, fq, fk, block, window, what=what)
+        if not torch.is_tensor(got) or got.dtype != torch.bool:
+            raise AssertionError(f"{what}: return a boolean tensor (True where a query may attend to a key), got "
+                                 f"{got.dtype if torch.is_tensor(got) else type(got).__name__}")
+        want = frame_mask(fq, fk, "block_causal", block, window)
+        if got.shape != want.shape:
+            raise AssertionError(f"{what}: expected shape {tuple(want.shape)} (queries x keys), "
+                                 f"got {tuple(got.shape)}")
+        bad = (got != want).nonzero()
+        if len(bad):
+            i, j = bad[0].tolist()
+            raise AssertionError(f"{what}: {len(bad)} of {want.numel()} entries differ; e.g. the query of frame "
+                                 f"{int(fq[i])} and the key of frame {int(fk[j])}: yours {bool(got[i, j])}, "
+                                 f"expected {bool(want[i, j])}")
+    lower = _call(fn, torch.arange(6), torch.arange(6), 1, None, what="6 frames, block 1")
+    compare(lower.double(), torch.ones(6, 6).tril().double(),
+            "block 1 without a window (must be lower triangular, diagonal included)")
+    return ("matches frame_mask(..., 'block_causal') for five block and window settings and one streamed block, "
+            "and is lower triangular for blocks of one frame")
+
+
+prediction("31.least_drift", "streamed to 4x the horizon, which student's frames stay cleanest (lowest frame "
+           "error over the last horizon)?", ("teacher forcing", "diffusion forcing", "self forcing"),
+           solution="self forcing")
