@@ -4,7 +4,8 @@
 training, the students' batch and budgets, the evaluation's sample size), :data:`IMAGE_SCALES` one a
 scale, :func:`image_scale` the one in use (with the ``"attn"`` variant of the architecture-distillation
 section). :func:`build_unet` makes the scale's U-Net, :func:`load_flow_data` the images in ``[-1, 1]``
-at the scale's resolution, and :func:`default_teacher_dir` says where the scale's teacher is committed.
+at the scale's resolution, :func:`default_teacher_dir` says which committed teacher a scale loads and
+:func:`own_teacher_dir` where the scale's own teacher is written.
 Numbers only: the code path is the same at every scale.
 """
 
@@ -16,7 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..core.checkpoints import TEACHERS_DIR
+from ..core.checkpoints import TEACHERS_DIR, committed_teacher
 from ..core.scale import Scale, get_scale
 from ..nets.unet import TimeUNet
 from .data import load_cifar10
@@ -129,11 +130,36 @@ def image_scale_dict(isc: ImageScale) -> dict:
     return d
 
 
-def default_teacher_dir(scale: str | Scale | None = None, variant: str | None = None) -> Path:
-    """``datasets/teachers/cifar10_flow_<scale>`` (or ``cifar10_flow_attn_<scale>`` for the ``"attn"``
-    variant): where a scale's flow teacher is committed."""
+def _folder_name(variant: str | None):
     v = check_variant(variant)
-    return TEACHERS_DIR / f"cifar10_flow_{v + '_' if v else ''}{get_scale(scale).name}"
+    return lambda scale_name: f"cifar10_flow_{v + '_' if v else ''}{scale_name}"
+
+
+def own_teacher_dir(scale: str | Scale | None = None, variant: str | None = None) -> Path:
+    """``datasets/teachers/cifar10_flow_<scale>`` (or ``cifar10_flow_attn_<scale>`` for the ``"attn"``
+    variant): the scale's own teacher folder, where ``python -m distill_lab.cifar.teachers flow`` writes."""
+    return TEACHERS_DIR / _folder_name(variant)(get_scale(scale).name)
+
+
+def teacher_for(scale: str | Scale | None = None, variant: str | None = None) -> tuple[str, Path]:
+    """``(scale name, folder)`` of the flow teacher a scale loads: its own folder when committed, else
+    the committed ``ci`` teacher with a printed notice (the image track then runs at ``ci``'s settings,
+    which that teacher fixes: 16 x 16 images, its U-Net, the budgets measured with it), unless
+    ``$DISTILL_LAB_TRAIN_TEACHERS=1`` asks to train the scale's own
+    (:func:`distill_lab.core.checkpoints.committed_teacher`)."""
+    v = check_variant(variant)
+    name = get_scale(scale).name
+    command = f"python -m distill_lab.cifar.teachers flow --scale {name}" + (f" --variant {v}" if v else "")
+    what = "CIFAR-10 flow teacher" + (f" ({v})" if v else "")
+    return committed_teacher(TEACHERS_DIR, _folder_name(v), name, what, command,
+                             "the image track runs at its ci settings (16 x 16 images)")
+
+
+def default_teacher_dir(scale: str | Scale | None = None, variant: str | None = None) -> Path:
+    """The folder of the flow teacher a scale loads (:func:`teacher_for`): ``cifar10_flow_<scale>``
+    (``cifar10_flow_attn_<scale>`` for the ``"attn"`` variant) under ``datasets/teachers`` when that
+    scale's teacher is committed, else the ``ci`` one."""
+    return teacher_for(scale, variant)[1]
 
 
 def build_unet(isc: ImageScale, n_times: int = 1) -> TimeUNet:

@@ -38,6 +38,7 @@ from typing import Callable
 
 import torch
 
+from ..core.checkpoints import update_manifest
 from ..core.experiment import StepExperiment
 from ..core.flows import sample_ode, teacher_ode
 from ..core.scale import Scale, get_scale
@@ -46,7 +47,8 @@ from ..metrics.frechet import disjoint_halves, frechet_distance
 from ..nets.unet import TimeUNet
 from ..nets.utils import n_params
 from .features import ClassifierFeatures
-from .flow_config import IMAGE_SCALES, ImageScale, check_variant, default_teacher_dir, load_flow_data, with_variant
+from .flow_config import (IMAGE_SCALES, ImageScale, check_variant, load_flow_data, own_teacher_dir, teacher_for,
+                          with_variant)
 from .flow_teacher import load_or_train_flow_teacher
 
 
@@ -61,6 +63,11 @@ class CifarFlow(StepExperiment):
         number of resolutions), so a recipe's ``exp.scale.pick(...)`` and ``exp.scale.batch`` work.
     teacher : a trained one-time :class:`TimeUNet`; default: the committed teacher of the scale,
         loaded (sha256 checked) or trained by :func:`distill_lab.cifar.flow_teacher.load_or_train_flow_teacher`.
+        A scale with no committed teacher (``default`` and ``gpu`` today) loads the ``ci`` one and the
+        experiment runs at ``ci``'s image settings (resolution, U-Net, budgets, ``exp.scale.name ==
+        "ci"``; the device stays the scale's), after a printed notice; ``$DISTILL_LAB_TRAIN_TEACHERS=1``
+        trains the scale's own instead (an hour or more on a CPU) and records its quality curve in its
+        manifest, as the teacher script does.
     teacher_dir : where that teacher lives (default ``datasets/teachers/cifar10_flow_<scale>``).
     data : ``{"train": [N, 3, R, R], "test": [M, 3, R, R]}`` float images in ``[-1, 1]`` (tests pass
         synthetic ones); default: CIFAR-10 at the scale's resolution.
@@ -86,6 +93,10 @@ class CifarFlow(StepExperiment):
                  variant: str | None = None):
         base = get_scale(scale)
         self.variant = check_variant(variant)
+        if teacher is None and teacher_dir is None:
+            used, teacher_dir = teacher_for(base, self.variant)
+            if used != base.name:  # no committed teacher at this scale: the track runs as at ci (see the notice)
+                base = get_scale(used, device=base.device)
         self.image_scale = image_scale or with_variant(IMAGE_SCALES[base.name], self.variant)
         isc = self.image_scale
         self.device = base.device
@@ -97,13 +108,18 @@ class CifarFlow(StepExperiment):
         self.recipe_defaults = {k: dict(v) for k, v in isc.recipes.items()}
         self.resolution = isc.resolution
         self.name = f"cifar10-{isc.resolution}px"
-        self.teacher_dir = Path(teacher_dir) if teacher_dir is not None else default_teacher_dir(base, self.variant)
+        self.teacher_dir = Path(teacher_dir) if teacher_dir is not None else own_teacher_dir(base, self.variant)
         self._data = data
         self._feature_fn = feature_fn
         t0 = time.perf_counter()
         if teacher is None:
-            teacher = load_or_train_flow_teacher(self.teacher_dir, scale=base.name, progress=progress,
-                                                 variant=self.variant)["model"]
+            loaded = load_or_train_flow_teacher(self.teacher_dir, scale=base, progress=progress,
+                                                variant=self.variant)
+            teacher = loaded["model"]
+            if loaded.get("trained") and "quality" not in loaded["manifest"]:
+                # what the teacher script records and lab 20 reads: the teacher's curve, measured as saved
+                update_manifest(self.teacher_dir, quality=teacher_quality(teacher, base, exp_kwargs=dict(
+                    data=data, feature_fn=feature_fn, image_scale=self.image_scale, seed=seed)))
         self.teacher = teacher.to(self.device).eval()
         self.teacher_seconds = time.perf_counter() - t0
         for p in self.teacher.parameters():

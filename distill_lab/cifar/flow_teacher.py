@@ -42,7 +42,8 @@ from ..core.train import fit, seed_everything
 from ..nets.attention import Attention
 from ..nets.unet import TimeUNet
 from ..nets.utils import clone_frozen, ema_update, n_params
-from .flow_config import ImageScale, build_unet, default_teacher_dir, image_scale, image_scale_dict, load_flow_data
+from .flow_config import (ImageScale, build_unet, default_teacher_dir, image_scale, image_scale_dict,
+                          load_flow_data, teacher_for)
 
 FILES = ("teacher.pt",)
 REBUILD = "python -m distill_lab.cifar.teachers flow"  # the command that writes a teacher folder
@@ -71,8 +72,8 @@ def train_flow_teacher(train_x: torch.Tensor, isc: ImageScale, seed: int = 0, st
     the gradients, so the run is the one-process run (:mod:`distill_lab.core.distributed`).
     ``deadline``: stop early at that ``time.perf_counter()`` value.
 
-    Returns ``(ema_net, info)`` with ``info = {"steps", "train_seconds", "history"}`` (``steps``: the
-    steps that ran).
+    Returns ``(ema_net, info)`` with ``info = {"steps", "train_seconds", "final_loss", "history"}``
+    (``steps``: the steps that ran; ``final_loss``: the mean of the last 10 logged losses).
     """
     steps = steps or isc.teacher_steps
     d = dist or Dist(device=str(device))
@@ -117,7 +118,10 @@ def train_flow_teacher(train_x: torch.Tensor, isc: ImageScale, seed: int = 0, st
                check_every=check_every, deadline=deadline)
     for b_ema, b in zip(ema.buffers(), net.buffers()):  # TimeUNet has no running statistics; copy anyway
         b_ema.copy_(b)
-    return ema.eval(), {"steps": hist["steps"], "train_seconds": hist["seconds"], "history": hist}
+    losses = hist.get("loss", [])[-10:]
+    final = float(sum(losses) / len(losses)) if losses else None
+    return ema.eval(), {"steps": hist["steps"], "train_seconds": hist["seconds"], "final_loss": final,
+                        "history": hist}
 
 
 def _net_from_state(unet_cfg: dict, state: dict) -> TimeUNet:
@@ -155,11 +159,13 @@ def load_flow_teacher(path: str | os.PathLike | None = None, verify: bool = True
     """The committed flow teacher: ``{"model": TimeUNet (float32, eval), "manifest": dict}``.
 
     With ``verify`` each file's sha256 is checked against ``manifest.json``. A missing folder or
-    file, or a mismatch, raises :class:`FlowTeacherUnavailable` saying how to rebuild it, or returns
-    ``None`` when ``missing_ok``.
+    file, a mismatch, or a manifest without the ``files`` hashes or the ``unet`` settings raises
+    :class:`FlowTeacherUnavailable` saying how to rebuild it, or returns ``None`` when ``missing_ok``;
+    the manifest's figures (``quality``, ``final_loss``...) may be absent.
     """
     path = Path(path) if path is not None else default_teacher_dir("ci")
-    manifest = check_folder(path, FILES, verify, "flow teacher", FlowTeacherUnavailable, REBUILD, missing_ok)
+    manifest = check_folder(path, FILES, verify, "flow teacher", FlowTeacherUnavailable, REBUILD, missing_ok,
+                            required=("unet",))
     if manifest is None:
         return None
     state = torch.load(path / "teacher.pt", map_location="cpu", weights_only=True)
@@ -170,16 +176,21 @@ def load_or_train_flow_teacher(path: str | os.PathLike | None = None, scale=None
                                data: dict | None = None, variant: str | None = None) -> dict:
     """:func:`load_flow_teacher` when the folder is complete and its hashes match; otherwise train the
     scale's teacher (:func:`train_flow_teacher`; ``variant="attn"``: the softmax-attention teacher),
-    write the folder, and load it."""
-    path = Path(path) if path is not None else default_teacher_dir(scale, variant)
+    write the folder, and load it (then with ``"trained": True``). Without ``path``, a scale with no
+    committed teacher of its own loads the ``ci`` one (:func:`~distill_lab.cifar.flow_config.teacher_for`:
+    a printed notice; ``$DISTILL_LAB_TRAIN_TEACHERS=1`` trains the scale's own instead)."""
+    sc = get_scale(scale)
+    if path is None:
+        used, path = teacher_for(sc, variant)
+        sc = sc if used == sc.name else get_scale(used, device=sc.device)
+    path = Path(path)
     teacher = load_flow_teacher(path, missing_ok=True)
     if teacher is not None:
         return teacher
-    sc = get_scale(scale)
     print(f"no valid flow teacher at {path}; training one (scale {sc.name}{', variant ' + variant if variant else ''})")
     isc = image_scale(sc, variant)
     flow_data = load_flow_data(isc, data)
     net, info = train_flow_teacher(flow_data["train"], isc, device=sc.device, progress=progress, amp=sc.amp,
                                    check_every=sc.check_every, compile=sc.compile)
     save_flow_teacher(net, path, isc, info, scale=sc)
-    return load_flow_teacher(path)
+    return {**load_flow_teacher(path), "trained": True}

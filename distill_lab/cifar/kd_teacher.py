@@ -166,11 +166,13 @@ def load_teacher(path: str | os.PathLike = DEFAULT_DIR, verify: bool = True,
 
     ``model`` is the float32 network in eval mode; the logits are float16 ``[2, N, 10]`` (plain,
     mirrored). With ``verify`` every file's sha256 is checked against ``manifest.json``. A missing
-    folder or file, or a hash mismatch, raises :class:`TeacherUnavailable` saying how to rebuild it,
-    or returns ``None`` when ``missing_ok`` (so the caller can retrain).
+    folder or file, a hash mismatch, or a manifest without the ``files`` hashes or the ``recipe``,
+    raises :class:`TeacherUnavailable` saying how to rebuild it, or returns ``None`` when ``missing_ok``
+    (so the caller can retrain); the figures (``test``, ``mean_entropy``...) may be absent.
     """
     path = Path(path)
-    manifest = check_folder(path, FILES, verify, "teacher", TeacherUnavailable, REBUILD, missing_ok)
+    manifest = check_folder(path, FILES, verify, "teacher", TeacherUnavailable, REBUILD, missing_ok,
+                            required=("recipe",))
     if manifest is None:
         return None
     model = build_model(manifest["recipe"]["model"])

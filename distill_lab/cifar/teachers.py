@@ -30,7 +30,7 @@ from ..core import distributed
 from ..core.checkpoints import update_manifest
 from ..core.scale import SCALES, get_scale
 from .data import load_cifar10
-from .flow_config import default_teacher_dir, image_scale, load_flow_data
+from .flow_config import image_scale, load_flow_data, own_teacher_dir
 from .flow_experiment import teacher_quality
 from .flow_teacher import load_flow_teacher, save_flow_teacher, train_flow_teacher
 from .kd_teacher import DEFAULT_DIR, recipe, save_teacher, train_teacher
@@ -97,7 +97,7 @@ def _flow(args, command: str, dist) -> dict | None:
         return None
     sc = get_scale(args.scale)
     isc = image_scale(sc, args.variant)
-    out = Path(args.out) if args.out else default_teacher_dir(sc, args.variant)
+    out = Path(args.out) if args.out else own_teacher_dir(sc, args.variant)
     cifar = load_cifar10(verbose=False)
     if args.evaluate_only:
         old = json.loads((out / "manifest.json").read_text())

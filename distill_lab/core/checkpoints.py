@@ -15,11 +15,27 @@ import json
 import os
 import platform
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
 
-TEACHERS_DIR = Path(__file__).resolve().parents[2] / "datasets" / "teachers"
+TRAIN_TEACHERS_ENV = "DISTILL_LAB_TRAIN_TEACHERS"  # "1": train a scale's missing teacher instead of using ci's
+
+
+def teachers_root() -> Path:
+    """Where the committed teachers are: the repository's ``datasets/teachers`` when this package runs
+    from a clone (editable install, or the source folder on ``sys.path``), else ``distill_lab/_teachers``,
+    the copy inside an installed wheel. When neither exists, the repository's path (for the errors)."""
+    package = Path(__file__).resolve().parents[1]
+    repo = package.parent / "datasets" / "teachers"
+    if (package.parent / "pyproject.toml").is_file() and repo.is_dir():
+        return repo
+    shipped = package / "_teachers"
+    return shipped if shipped.is_dir() else repo
+
+
+TEACHERS_DIR = teachers_root()
 
 
 def sha256(path: Path) -> str:
@@ -71,34 +87,82 @@ def float32_state(state: dict) -> dict:
 
 
 def check_folder(path: Path, files, verify: bool, what: str, error: type[Exception], command: str,
-                 missing_ok: bool = False) -> dict | None:
+                 missing_ok: bool = False, required=()) -> dict | None:
     """The ``manifest.json`` of a committed folder, after checking that each of ``files`` exists and,
-    with ``verify``, that its sha256 is the manifest's. Otherwise raises ``error`` (a subclass of
-    ``FileNotFoundError``) saying which file is missing or changed and that ``<command> --out <path>``
-    rebuilds it, or returns ``None`` when ``missing_ok``. Shared by every committed teacher."""
+    with ``verify``, that its sha256 is the one the manifest records, and that the manifest has each
+    top-level field of ``required`` (what the loader builds the network from). Otherwise raises
+    ``error`` (a subclass of ``FileNotFoundError``) saying which file or field is missing or changed and
+    that ``<command> --out <path>`` rebuilds it, or returns ``None`` when ``missing_ok``. Any other
+    field (``quality``, ``final_loss``, ``machine``...) may be absent. Shared by every committed teacher."""
     try:
-        return _read_manifest(path, files, verify, what, error)
+        return _read_manifest(Path(path), files, verify, what, error, required)
     except error as err:
         if missing_ok:
             return None
         raise error(f"{err}. Rebuild it with `{command} --out {path}` (see datasets/README.md).") from None
 
 
-def _read_manifest(path: Path, files, verify: bool, what: str, error: type[Exception]) -> dict:
+def _read_manifest(path: Path, files, verify: bool, what: str, error: type[Exception], required=()) -> dict:
     mf = path / "manifest.json"
     if not mf.is_file():
         raise error(f"no {what} at {path}: {mf.name} is missing")
-    manifest = json.loads(mf.read_text())
+    try:
+        manifest = json.loads(mf.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise error(f"{what} at {path}: {mf} is not valid JSON ({err})") from None
+    if not isinstance(manifest, dict):
+        raise error(f"{what} at {path}: {mf} holds a {type(manifest).__name__}, not a JSON object")
+    lacking = [k for k in required if k not in manifest]
+    if lacking:
+        fields = ", ".join(map(repr, lacking))
+        raise error(f"{what} at {path}: {mf} lacks the field(s) {fields} that loading needs")
+    records = manifest.get("files")
     for name in files:
         f = path / name
         if not f.is_file():
             raise error(f"{what} at {path}: {name} is missing")
         if verify:
-            want, got = manifest["files"][name]["sha256"], sha256(f)
+            record = records.get(name) if isinstance(records, dict) else None
+            want = record.get("sha256") if isinstance(record, dict) else None
+            if not isinstance(want, str):
+                raise error(f"{what} at {path}: {mf} records no sha256 for {name} (its \"files\" entry), "
+                            f"so the file cannot be checked")
+            got = sha256(f)
             if want != got:
                 raise error(f"{what} at {path}: {name} has sha256 {got[:12]}..., the manifest says "
                             f"{want[:12]}... (changed or corrupt file)")
     return manifest
+
+
+def train_teachers_requested() -> bool:
+    """Whether ``$DISTILL_LAB_TRAIN_TEACHERS`` asks to train a scale's missing teacher (``1``, ``true``,
+    ``yes``, ``on``) rather than load the committed ``ci`` one."""
+    return os.environ.get(TRAIN_TEACHERS_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+_NOTICES: set[str] = set()  # fallbacks already announced in this process (one line each)
+
+
+def committed_teacher(root: Path, folder_of: Callable[[str], str], scale: str, what: str, command: str,
+                      runs_as: str) -> tuple[str, Path]:
+    """Which teacher a scale loads: ``(scale of that teacher, its folder)``.
+
+    ``folder_of(scale)`` names a scale's folder under ``root``. The scale's own folder when it has a
+    ``manifest.json``, when the scale is ``ci``, when ``$DISTILL_LAB_TRAIN_TEACHERS`` asks to train
+    missing teachers, or when no ``ci`` teacher is committed either (the caller then trains or fails as
+    before). Otherwise the committed ``ci`` folder, after printing once a line that says which teacher
+    is used, why, what that changes (``runs_as``) and ``command``, which trains the scale's own."""
+    own = Path(root) / folder_of(scale)
+    ci = Path(root) / folder_of("ci")
+    if scale == "ci" or (own / "manifest.json").is_file() or train_teachers_requested() \
+            or not (ci / "manifest.json").is_file():
+        return scale, own
+    if str(own) not in _NOTICES:
+        _NOTICES.add(str(own))
+        print(f"distill-lab: no {what} is committed for the {scale} scale ({own.name}), so the ci one "
+              f"({ci.name}) is used and {runs_as}. To train the {scale} one instead: `{command}` "
+              f"(or set {TRAIN_TEACHERS_ENV}=1 before loading it).", flush=True)
+    return "ci", ci
 
 
 def update_manifest(folder: Path, **fields) -> dict:

@@ -2,7 +2,8 @@
 
 :class:`TaskScale` sizes one task: its problems, the teacher's and the student's GPTs, the teacher's
 training and the students' budget; :data:`LLM_SCALES` holds them a scale and a task;
-:func:`llm_scale` returns the one in use; :func:`default_teacher_dir` says where a teacher is committed.
+:func:`llm_scale` returns the one in use; :func:`default_teacher_dir` says which committed teacher a
+scale loads, :func:`own_teacher_dir` where its own is written.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..core.checkpoints import TEACHERS_DIR
+from ..core.checkpoints import TEACHERS_DIR, committed_teacher
 from ..core.scale import Scale, get_scale
 from .tasks import TASKS
 
@@ -95,6 +96,24 @@ def teacher_task(task: str) -> str:
     return "mult" if task == "mult_short" else task
 
 
-def default_teacher_dir(task: str, scale: str | Scale | None = None) -> Path:
-    """``datasets/teachers/llm_<task>_<scale>``: where a task's teacher is committed."""
+def own_teacher_dir(task: str, scale: str | Scale | None = None) -> Path:
+    """``datasets/teachers/llm_<task>_<scale>``: the scale's own teacher of a task, where
+    ``python -m distill_lab.llm.teacher`` writes."""
     return TEACHERS_DIR / f"llm_{teacher_task(task)}_{get_scale(scale).name}"
+
+
+def teacher_for(task: str, scale: str | Scale | None = None) -> tuple[str, Path]:
+    """``(scale name, folder)`` of the teacher a scale loads for ``task``: its own when committed, else
+    the committed ``ci`` one with a printed notice (the tasks are the same at every scale, so the
+    students keep the scale's budgets), unless ``$DISTILL_LAB_TRAIN_TEACHERS=1`` asks to train the
+    scale's own (:func:`distill_lab.core.checkpoints.committed_teacher`)."""
+    name, t = get_scale(scale).name, teacher_task(task)
+    return committed_teacher(TEACHERS_DIR, lambda s: f"llm_{t}_{s}", name, f"LLM teacher of {t}",
+                             f"python -m distill_lab.llm.teacher --task {t} --scale {name}",
+                             f"the students keep the {name} scale's sizes and budgets")
+
+
+def default_teacher_dir(task: str, scale: str | Scale | None = None) -> Path:
+    """The folder of the teacher a scale loads for ``task`` (:func:`teacher_for`):
+    ``datasets/teachers/llm_<task>_<scale>`` when committed, else the ``ci`` one."""
+    return teacher_for(task, scale)[1]

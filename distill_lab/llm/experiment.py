@@ -42,7 +42,9 @@ class LLMTask(TokenExperiment):
     ----------
     task : ``"mult"``, ``"mult_short"``, ``"star"`` or ``"sort"`` (:mod:`distill_lab.llm.tasks`).
     scale : ``"ci"``, ``"default"``, ``"gpu"``, a :class:`~distill_lab.core.scale.Scale`, or ``None``.
-    teacher : a trained GPT (default: the task's committed teacher, its hashes checked).
+    teacher : a trained GPT (default: the task's committed teacher, its hashes checked; at a scale with no
+        committed teacher, the ``ci`` one after a printed notice, or with ``$DISTILL_LAB_TRAIN_TEACHERS=1``
+        the scale's own, trained first).
     task_scale : override the scale's :class:`~distill_lab.llm.config.TaskScale` (tests).
     steps, eval_n : override the students' steps and the held-out problems.
     pool : train on a fixed pool of this many training problems (prompts and targets) instead of fresh
@@ -77,11 +79,11 @@ class LLMTask(TokenExperiment):
         if teacher is None:
             # imported here, so that `python -m distill_lab.llm.teacher` runs a module the package
             # has not imported yet
-            from .teacher import load_teacher
+            from .teacher import load_or_train_teacher
 
-            loaded = load_teacher(task, teacher_dir, scale=base)
+            loaded = load_or_train_teacher(task, teacher_dir, scale=base, progress=progress)
             teacher, self.teacher_manifest = loaded["model"], loaded["manifest"]
-        if self.teacher_manifest is not None:
+        if self.teacher_manifest is not None and "tokenizer" in self.teacher_manifest:  # optional in a manifest
             check_same_tokenizer(Tokenizer(self.teacher_manifest["tokenizer"]), self.task.tokenizer)
         if teacher.config.vocab_size != self.task.tokenizer.vocab_size:
             raise ValueError(f"the teacher has {teacher.config.vocab_size} tokens, the task's tokenizer "

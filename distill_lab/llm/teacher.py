@@ -28,12 +28,12 @@ from pathlib import Path
 
 import torch
 
-from ..core.checkpoints import (check_folder, file_records, float32_state, fp16_state, training_record,
-                                update_manifest)
+from ..core.checkpoints import (check_folder, file_records, float32_state, fp16_state, train_teachers_requested,
+                                training_record, update_manifest)
 from ..core.scale import get_scale
 from ..core.train import seed_everything
 from ..nets.utils import n_params
-from .config import TaskScale, default_teacher_dir, llm_scale, teacher_task
+from .config import TaskScale, default_teacher_dir, llm_scale, own_teacher_dir, teacher_task
 from .gpt import GPT, GPTConfig
 from .rollout import accuracy
 from .sft import build_gpt, heldout_problems, train_sft
@@ -66,11 +66,14 @@ def _state_net(manifest: dict, state: dict) -> GPT:
 
 def load_teacher(task: str, path: str | os.PathLike | None = None, scale=None, verify: bool = True,
                  missing_ok: bool = False) -> dict | None:
-    """A committed teacher: ``{"model": GPT (float32, eval), "manifest"}``. A missing or altered folder
-    raises :class:`LLMTeacherUnavailable` naming the command that rebuilds it."""
+    """A committed teacher: ``{"model": GPT (float32, eval), "manifest"}``. A missing or altered folder,
+    or a manifest without the ``files`` hashes or the ``net`` settings, raises
+    :class:`LLMTeacherUnavailable` naming the command that rebuilds it; the manifest's figures
+    (``quality``, ``final_loss``...) may be absent. Without ``path``, the teacher the scale loads
+    (:func:`~distill_lab.llm.config.teacher_for`: the ``ci`` one, with a notice, where the scale has none)."""
     path = Path(path) if path is not None else default_teacher_dir(task, scale)
     manifest = check_folder(path, FILES, verify, f"LLM teacher of {teacher_task(task)}", LLMTeacherUnavailable,
-                            f"{REBUILD} --task {teacher_task(task)}", missing_ok)
+                            f"{REBUILD} --task {teacher_task(task)}", missing_ok, required=("net",))
     if manifest is None:
         return None
     state = torch.load(path / "teacher.pt", map_location="cpu", weights_only=True)
@@ -131,6 +134,38 @@ def save_teacher(net: GPT, out: Path, task: str, tsc: TaskScale, info: dict, com
     return manifest
 
 
+def make_teacher(task: str, sc, folder: Path, steps: int | None = None, seed: int = 0, progress: bool = True,
+                 command: str | None = None) -> dict:
+    """Train ``task``'s teacher at scale ``sc``, write it to ``folder``, measure it and a data-only student,
+    and return the manifest (what ``python -m distill_lab.llm.teacher`` does for each task)."""
+    tsc = llm_scale(task, sc)
+    command = command or f"{REBUILD} --task {task} --scale {sc.name}"
+    print(f"{task} teacher {tsc.teacher}, {steps or tsc.teacher_steps} steps, scale {sc.name}, "
+          f"{torch.get_num_threads()} thread(s)", flush=True)
+    net, info = train_teacher(task, tsc, seed, steps, sc.device, progress)
+    losses = info["history"]["loss"]
+    info["final_loss"] = float(sum(losses[-5:]) / len(losses[-5:]))
+    print(f"trained in {info['train_seconds']:.0f} s; measuring it and a data-only student", flush=True)
+    save_teacher(net, folder, task, tsc, info, command, sc)
+    acc = quality(load_teacher(task, folder)["model"], task, tsc, device=sc.device)
+    base = data_only_student(task, tsc, device=sc.device, progress=progress)
+    return update_manifest(folder, quality={"test_accuracy": acc, "data_only_student": base})
+
+
+def load_or_train_teacher(task: str, path: str | os.PathLike | None = None, scale=None,
+                          progress: bool = True) -> dict:
+    """:func:`load_teacher`, except that without ``path`` and with ``$DISTILL_LAB_TRAIN_TEACHERS=1`` a
+    scale's missing teacher is first trained into its own folder (:func:`make_teacher`; minutes to an
+    hour on a CPU). Without that variable, a scale with no teacher of its own loads the ``ci`` one."""
+    if path is None and train_teachers_requested():
+        sc = get_scale(scale)
+        folder = own_teacher_dir(task, sc)
+        if load_teacher(task, folder, missing_ok=True) is None:
+            print(f"no valid LLM teacher at {folder}; training one (scale {sc.name})", flush=True)
+            make_teacher(teacher_task(task), sc, folder, progress=progress)
+    return load_teacher(task, path, scale)
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(prog=REBUILD, description=__doc__.split("\n\n")[0])
     ap.add_argument("--task", required=True, help=f"one of {', '.join(t for t in TASKS if t != 'mult_short')}, or all")
@@ -150,20 +185,10 @@ def main(argv=None) -> dict:
         ap.error("--out names one folder: give it with one --task, not with --task all")
     out = {}
     for task in names:
-        tsc = llm_scale(task, sc)
-        folder = Path(args.out) if args.out else default_teacher_dir(task, sc)
+        folder = Path(args.out) if args.out else own_teacher_dir(task, sc)
         command = f"{REBUILD} " + shlex.join(["--task", task] + [a for a in (sys.argv[1:] if argv is None else argv)
                                                                  if a not in ("--task", args.task)])
-        print(f"{task} teacher {tsc.teacher}, {args.steps or tsc.teacher_steps} steps, scale {sc.name}, "
-              f"{torch.get_num_threads()} thread(s)", flush=True)
-        net, info = train_teacher(task, tsc, args.seed, args.steps, sc.device, not args.no_progress)
-        losses = info["history"]["loss"]
-        info["final_loss"] = float(sum(losses[-5:]) / len(losses[-5:]))
-        print(f"trained in {info['train_seconds']:.0f} s; measuring it and a data-only student", flush=True)
-        save_teacher(net, folder, task, tsc, info, command, sc)
-        acc = quality(load_teacher(task, folder)["model"], task, tsc, device=sc.device)
-        base = data_only_student(task, tsc, device=sc.device, progress=not args.no_progress)
-        manifest = update_manifest(folder, quality={"test_accuracy": acc, "data_only_student": base})
+        manifest = make_teacher(task, sc, folder, args.steps, args.seed, not args.no_progress, command)
         print(json.dumps({k: manifest[k] for k in ("train_seconds", "n_params", "quality")}, indent=2), flush=True)
         out[task] = manifest
     return out

@@ -2,7 +2,8 @@
 
 :class:`VideoScale` holds the world, the frames, the training horizon and the block size, the
 network, the teacher's training, the students' budgets and the evaluation; :data:`VIDEO_SCALES` one
-a scale; :func:`video_scale` the one in use; :func:`default_teacher_dir` where its teacher is committed.
+a scale; :func:`video_scale` the one in use; :func:`default_teacher_dir` which committed
+teacher a scale loads, :func:`own_teacher_dir` where its own is written.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..core.checkpoints import TEACHERS_DIR
+from ..core.checkpoints import TEACHERS_DIR, committed_teacher
 from ..core.scale import Scale, get_scale
 from .nets import VideoNetConfig
 from .world import World
@@ -86,6 +87,28 @@ def video_scale_dict(vsc: VideoScale) -> dict:
     return asdict(vsc)
 
 
+def _folder_name(scale_name: str) -> str:
+    return f"video_{scale_name}"
+
+
+def own_teacher_dir(scale: str | Scale | None = None) -> Path:
+    """``datasets/teachers/video_<scale>``: the scale's own teacher folder, where
+    ``python -m distill_lab.video.teacher`` writes."""
+    return TEACHERS_DIR / _folder_name(get_scale(scale).name)
+
+
+def teacher_for(scale: str | Scale | None = None) -> tuple[str, Path]:
+    """``(scale name, folder)`` of the video teacher a scale loads: its own when committed, else the
+    committed ``ci`` one with a printed notice (the track then runs at ``ci``'s settings, which that
+    teacher was trained and measured at), unless ``$DISTILL_LAB_TRAIN_TEACHERS=1`` asks to train the
+    scale's own (:func:`distill_lab.core.checkpoints.committed_teacher`)."""
+    name = get_scale(scale).name
+    return committed_teacher(TEACHERS_DIR, _folder_name, name, "video teacher",
+                             f"python -m distill_lab.video.teacher --scale {name}",
+                             "the video track runs at its ci settings")
+
+
 def default_teacher_dir(scale: str | Scale | None = None) -> Path:
-    """``datasets/teachers/video_<scale>``: where a scale's bidirectional teacher is committed."""
-    return TEACHERS_DIR / f"video_{get_scale(scale).name}"
+    """The folder of the video teacher a scale loads (:func:`teacher_for`): ``datasets/teachers/video_<scale>``
+    when that scale's teacher is committed, else the ``ci`` one."""
+    return teacher_for(scale)[1]

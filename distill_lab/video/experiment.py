@@ -31,7 +31,7 @@ from ..core.flows import sample_ode
 from ..core.scale import Scale, get_scale
 from ..core.train import fit
 from ..nets.utils import n_params
-from .config import VideoScale, default_teacher_dir, video_scale
+from .config import VideoScale, teacher_for, video_scale
 from .metrics import clip_metrics, motion_fd
 from .nets import VideoTransformer
 from .rollout import StreamingStudent, teacher_rollout
@@ -45,7 +45,10 @@ class VideoWorld(StreamExperiment):
     scale : ``"ci"``, ``"default"``, ``"gpu"``, a :class:`~distill_lab.core.scale.Scale`, or ``None``.
         ``exp.scale`` carries the video track's ``batch``, ``student_steps`` and ``eval_n``.
     teacher : a trained bidirectional :class:`VideoTransformer` (default: the committed one of the
-        scale, loaded with its hashes checked, or trained when missing).
+        scale, loaded with its hashes checked, or trained when missing). A scale with no committed
+        teacher (``default`` and ``gpu`` today) loads the ``ci`` one and runs at ``ci``'s settings (world,
+        frames, budgets; ``exp.scale.name == "ci"``, the device stays the scale's), after a printed
+        notice; ``$DISTILL_LAB_TRAIN_TEACHERS=1`` trains the scale's own instead.
     video_scale : override the scale's :class:`~distill_lab.video.config.VideoScale` (tests).
     eval_n : override the number of evaluation clips.
     seed : fixes the evaluation noise and the real reference clips.
@@ -57,6 +60,10 @@ class VideoWorld(StreamExperiment):
                  teacher_dir: str | Path | None = None, video_scale: VideoScale | None = None,
                  eval_n: int | None = None, seed: int = 0, progress: bool = True):
         base = get_scale(scale)
+        if teacher is None and teacher_dir is None:
+            used, teacher_dir = teacher_for(base)
+            if used != base.name:  # no committed teacher at this scale: the track runs as at ci (see the notice)
+                base = get_scale(used, device=base.device)
         self.vscale = v = video_scale or _video_scale(base)
         self.device, self.seed, self.progress = base.device, seed, progress
         self.scale = Scale(base.name, teacher_steps=v.teacher_steps, width=v.net.dim, depth=v.net.depth,
@@ -73,8 +80,7 @@ class VideoWorld(StreamExperiment):
             # has not imported yet
             from .teacher import load_or_train_teacher
 
-            path = Path(teacher_dir) if teacher_dir is not None else default_teacher_dir(base)
-            loaded = load_or_train_teacher(path, scale=base, progress=progress)
+            loaded = load_or_train_teacher(Path(teacher_dir), scale=base, progress=progress)
             teacher, self.teacher_manifest = loaded["model"], loaded["manifest"]
         if teacher.mask != "full":
             raise ValueError("the video teacher must be bidirectional (mask='full')")

@@ -40,7 +40,7 @@ from ..core.flows import flow_matching_loss, sample_ode
 from ..core.scale import get_scale
 from ..core.train import fit, seed_everything
 from ..nets.utils import clone_frozen, ema_update, n_params
-from .config import VideoScale, default_teacher_dir, video_scale, video_scale_dict
+from .config import VideoScale, default_teacher_dir, own_teacher_dir, teacher_for, video_scale, video_scale_dict
 from .metrics import clip_metrics, motion_fd
 from .nets import VideoNetConfig, VideoTransformer
 
@@ -63,7 +63,8 @@ def training_times(n: int, frames: int, device="cpu", per_frame: float = 0.5) ->
 def train_teacher(vsc: VideoScale, seed: int = 0, steps: int | None = None, device: str = "cpu",
                   progress: bool = True, deadline: float | None = None) -> tuple[VideoTransformer, dict]:
     """Flow-match a bidirectional :class:`VideoTransformer` on fresh clips (see the module docstring);
-    returns ``(ema_net, info)`` with ``info = {"steps", "train_seconds", "history"}``."""
+    returns ``(ema_net, info)`` with ``info = {"steps", "train_seconds", "final_loss", "history"}``
+    (``final_loss``: the mean of the last 10 logged losses)."""
     steps = steps or vsc.teacher_steps
     seed_everything(seed)
     net = VideoTransformer(vsc.net, "full").to(device).train()
@@ -86,7 +87,10 @@ def train_teacher(vsc: VideoScale, seed: int = 0, steps: int | None = None, devi
         return {"loss": loss, "grad_norm": gn}
 
     hist = fit(step, steps, desc="video teacher", log_every=50, progress=progress, deadline=deadline)
-    return ema.eval(), {"steps": hist["steps"], "train_seconds": hist["seconds"], "history": hist}
+    losses = hist.get("loss", [])[-10:]
+    final = float(sum(losses) / len(losses)) if losses else None
+    return ema.eval(), {"steps": hist["steps"], "train_seconds": hist["seconds"], "final_loss": final,
+                        "history": hist}
 
 
 @torch.no_grad()
@@ -139,10 +143,12 @@ def save_teacher(net: VideoTransformer, out: str | os.PathLike, vsc: VideoScale,
 
 def load_teacher(path: str | os.PathLike | None = None, verify: bool = True, missing_ok: bool = False) -> dict | None:
     """The committed teacher: ``{"model": VideoTransformer (float32, eval), "manifest"}``. A missing or
-    altered folder raises :class:`VideoTeacherUnavailable` naming the command that rebuilds it (or
-    returns ``None`` with ``missing_ok``)."""
+    altered folder, or a manifest without the ``files`` hashes or the ``net`` settings, raises
+    :class:`VideoTeacherUnavailable` naming the command that rebuilds it (or returns ``None`` with
+    ``missing_ok``); the manifest's figures (``quality``, ``final_loss``...) may be absent."""
     path = Path(path) if path is not None else default_teacher_dir("ci")
-    manifest = check_folder(path, FILES, verify, "video teacher", VideoTeacherUnavailable, REBUILD, missing_ok)
+    manifest = check_folder(path, FILES, verify, "video teacher", VideoTeacherUnavailable, REBUILD, missing_ok,
+                            required=("net",))
     if manifest is None:
         return None
     state = torch.load(path / "teacher.pt", map_location="cpu", weights_only=True)
@@ -151,12 +157,17 @@ def load_teacher(path: str | os.PathLike | None = None, verify: bool = True, mis
 
 def load_or_train_teacher(path: str | os.PathLike | None = None, scale=None, progress: bool = True) -> dict:
     """:func:`load_teacher` when the folder is complete and its hashes match; otherwise train the
-    scale's teacher, write the folder with its measured quality, and load it."""
-    path = Path(path) if path is not None else default_teacher_dir(scale)
+    scale's teacher, write the folder with its measured quality, and load it. Without ``path``, a scale
+    with no committed teacher of its own loads the ``ci`` one (:func:`~distill_lab.video.config.teacher_for`:
+    a printed notice; ``$DISTILL_LAB_TRAIN_TEACHERS=1`` trains the scale's own instead)."""
+    sc = get_scale(scale)
+    if path is None:
+        used, path = teacher_for(sc)
+        sc = sc if used == sc.name else get_scale(used, device=sc.device)
+    path = Path(path)
     teacher = load_teacher(path, missing_ok=True)
     if teacher is not None:
         return teacher
-    sc = get_scale(scale)
     print(f"no valid video teacher at {path}; training one (scale {sc.name})")
     vsc = video_scale(sc)
     net, info = train_teacher(vsc, device=sc.device, progress=progress)
@@ -177,7 +188,7 @@ def main(argv=None) -> dict:
     torch.set_num_threads(args.threads)
     sc = get_scale(args.scale)
     vsc = video_scale(sc)
-    out = Path(args.out) if args.out else default_teacher_dir(sc)
+    out = Path(args.out) if args.out else own_teacher_dir(sc)
     command = f"{REBUILD} " + shlex.join(sys.argv[1:] if argv is None else argv)
     print(f"video teacher {vsc.net} on clips of {vsc.frames} frames, {args.steps or vsc.teacher_steps} steps, "
           f"scale {sc.name}, {torch.get_num_threads()} thread(s)", flush=True)
