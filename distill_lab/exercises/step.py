@@ -239,6 +239,10 @@ def _check_progressive_target(fn) -> str:
             "[B, 3, 4, 4] with per-sample t and h; carries no gradient into the teacher")
 
 
+prediction("02.progressive_vs_euler_at_4", "at 4 NFE, which is closer to the data: the progressive student or "
+           "the teacher's Euler sampler?", ("progressive", "teacher", "about the same"), solution="progressive")
+
+
 # ---------------------------------------------------------------- lab 03: the consistency family
 
 
@@ -306,3 +310,8 @@ def _check_cd_target(fn) -> str:
                              "torch.no_grad(); in CD only f_theta(x_t, t) is trained")
     return ("the CD residual vanishes at the Gaussian case's exact consistency function; matches one Heun step "
             "then f_ema(., t_next) on [B, 2] and [B, 3, 4, 4]; carries no gradient")
+
+
+prediction("03.cd_coupled_two_steps", "CD's 2-step sampler re-noises with fresh noise: is its coupled error "
+           "smaller, about the same or larger than at 1 step?", ("smaller", "about the same", "larger"),
+           solution="larger")
