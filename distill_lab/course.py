@@ -412,8 +412,9 @@ def build_site(paths, out: Path | str = "site", scale: str = "default", executed
     A lab found in ``executed`` (a folder of notebooks saved by ``check-labs --out``) is rendered as
     saved; every other lab is executed at ``scale`` first (:func:`run_lab`) and its time merged into
     ``record`` when one is given. ``out`` receives ``NN_name.html`` a lab, the executed notebooks under
-    ``notebooks/``, ``notation.html``, and ``index.html``: the labs with their times at each scale
-    (from ``labs_dir/run_times.json``), then the syllabus. Returns the index's path and the runs made.
+    ``notebooks/``, ``notation.html``, ``run_times.json``, and ``index.html``: the labs with their
+    times at each scale (from ``labs_dir/run_times.json``), then the syllabus. Returns the index's path
+    and the runs made.
     """
     import nbformat
 
@@ -449,6 +450,8 @@ def build_site(paths, out: Path | str = "site", scale: str = "default", executed
     if (labs_dir / NOTATION).exists():
         page = _markdown_page([_site_links((labs_dir / NOTATION).read_text())], "distill-lab notation")
         (out / "notation.html").write_text(page)
+    if times:
+        (out / RUN_TIMES).write_text(json.dumps(times, indent=1) + "\n")
     return out / "index.html", runs
 
 
