@@ -132,6 +132,21 @@ def test_colab_gets_lower_bounds_and_jupyterlab_only_on_request():
     assert 'pip install -e ".[lab]" && jupyter lab labs/' in readme
 
 
+def test_binder_pins_a_cpu_torch_and_prebuilds_what_the_labs_need():
+    reqs = (ROOT / "binder" / "requirements.txt").read_text().splitlines()
+    assert "--extra-index-url https://download.pytorch.org/whl/cpu" in reqs
+    pins = dict(line.split("==") for line in reqs if "==" in line)
+    assert pins["torch"].endswith("+cpu") and pins["torchvision"].endswith("+cpu"), pins
+    assert any(line.startswith("jupyterlab") for line in reqs)
+    post = (ROOT / "binder" / "postBuild").read_text()
+    assert "pip install --no-deps -e ." in post and "DISTILL_LAB_SCALE=ci" in post
+    assert "load_cifar10(" in post and 'Toy2D(name' in post and '"checkerboard"' in post
+    for script in ("postBuild", "start"):
+        assert os.access(ROOT / "binder" / script, os.X_OK), f"binder/{script} must be executable"
+    start = (ROOT / "binder" / "start").read_text()
+    assert 'DISTILL_LAB_SCALE="${DISTILL_LAB_SCALE:-ci}"' in start and 'exec "$@"' in start
+
+
 # ------------------------------------------------------------------ manifests
 def _copy(name: str, dest: Path, drop=(), **changes) -> Path:
     folder = dest / name
