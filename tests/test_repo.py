@@ -27,7 +27,13 @@ def test_every_lab_is_in_the_readme_small_and_installs_itself_on_colab():
         nb = json.loads(nb_path.read_text())
         code = [c for c in nb["cells"] if c["cell_type"] == "code"]
         assert "google.colab" in "".join(code[0]["source"]), f"{nb_path.name}: first code cell must install on Colab"
-        assert any("assert" in "".join(c["source"]) for c in code), f"{nb_path.name} checks nothing"
+        last = "".join(code[-1]["source"])
+        assert "CheckTable(" in last and ".expect(" in last and ".report()" in last, \
+            f"{nb_path.name}: the last code cell must state the lab's claims as a CheckTable and report them"
+        # the verdicts are the table's rows, each with its numbers; no bare assert elsewhere in a lab
+        bare = [line.strip() for c in code for line in "".join(c["source"]).splitlines()
+                if re.match(r"\s*assert\b", line)]
+        assert not bare, f"{nb_path.name}: claims belong in the closing CheckTable, not in bare asserts: {bare}"
 
 
 def test_every_link_to_the_repository_derives_from_its_one_declared_home():
