@@ -269,13 +269,13 @@ def record_times(runs: list[LabRun], path: Path | str, date: str | None = None) 
 
 def run_times_table(times: dict, labs: list[str]) -> str:
     """A markdown table of the measured times, a row a lab (``labs``: file names, in order) and a column
-    for ``ci`` and ``default`` (and ``gpu`` when measured): the wall time, and the kernel's CPU time in
-    brackets where it was recorded; then a note on each machine and day they were measured on, with the
-    highest load average seen (when above the machine's cores, other jobs shared it)."""
+    for ``ci`` and ``default`` (and ``gpu`` when measured): the wall time, then in brackets the kernel's
+    CPU time and the machine's load average where they were recorded (a load above the machine's cores
+    means other jobs shared it); then a note on each machine and day the times were measured on."""
     scales = [s for s in SCALES if s in ("ci", "default") or s in times]
     head = "| lab | " + " | ".join(f"`{s}`" for s in scales) + " |"
     lines = [head, "|---|" + "---|" * len(scales)]
-    machines: dict = {}  # (machine, date) -> the highest load recorded with it (None: none recorded)
+    machines = []  # (machine, date), numbered in the order met
     for lab in labs:
         cells = []
         for s in scales:
@@ -284,18 +284,17 @@ def run_times_table(times: dict, labs: list[str]) -> str:
                 cells.append("not measured")
                 continue
             key = (rec.get("machine", "?"), rec.get("date", "?"))
-            loads = [x for x in (machines.get(key), rec.get("load")) if x is not None]
-            machines[key] = max(loads) if loads else None
-            mark = f"<sup>{list(machines).index(key) + 1}</sup>"
+            if key not in machines:
+                machines.append(key)
             text = format_seconds(rec["seconds"])
             text = text if rec["passed"] else f"failed after {text}"
-            if rec.get("cpu_seconds") is not None:
-                text += f" (CPU {format_seconds(rec['cpu_seconds'])})"
-            cells.append(text + mark)
+            extra = ([f"CPU {format_seconds(rec['cpu_seconds'])}"] if rec.get("cpu_seconds") is not None else [])
+            extra += [f"load {rec['load']:g}"] if rec.get("load") is not None else []
+            text += f" ({', '.join(extra)})" if extra else ""
+            cells.append(f"{text}<sup>{machines.index(key) + 1}</sup>")
         name = lab[3:].removesuffix(".ipynb").replace("_", " ")
         lines.append(f"| [{lab[:2]} {name}]({lab}) | " + " | ".join(cells) + " |")
-    notes = [f"<sup>{i}</sup> {m}, {d}" + ("." if load is None else f", load average up to {load:g}.")
-             for i, ((m, d), load) in enumerate(machines.items(), 1)]
+    notes = [f"<sup>{i}</sup> {m}, {d}." for i, (m, d) in enumerate(machines, 1)]
     return "\n".join(lines) + ("\n\n" + "<br>\n".join(notes) if notes else "")
 
 
