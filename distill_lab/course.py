@@ -21,8 +21,8 @@ The run-time file maps scale, then lab file name, to one record::
 
 ``seconds`` is wall time, kernel start included. ``cpu_seconds`` is the kernel's CPU time (where
 ``/proc`` gives it): with one thread it is close to what the wall time would be on an idle machine.
-``load`` is the machine's one-minute load average when the lab finished: above the core count, other
-jobs competed for the processors and the wall time is an upper bound.
+``load`` is the highest one-minute load average of the machine seen at the end of a cell: above the
+core count, other jobs competed for the processors and the wall time is an upper bound.
 
 A later run of one lab at one scale replaces that record only.
 """
@@ -112,7 +112,8 @@ class LabRun:
     """One lab executed at one scale: passed or not, wall seconds (kernel start included), the first
     line of the first error and the index of the cell that raised it, the kernel's CPU seconds (user
     and system, where ``/proc`` tells them; other jobs on the machine inflate the wall time, hardly
-    this), the machine's one-minute load average when it finished, and the executed notebook."""
+    this), the highest one-minute load average of the machine seen at the end of a cell, and the
+    executed notebook."""
 
     lab: str
     scale: str
@@ -144,6 +145,11 @@ def _cpu_seconds(pid: int | None) -> float | None:
         return None
 
 
+def _load() -> float | None:
+    """The machine's one-minute load average (None where the system has none)."""
+    return round(os.getloadavg()[0], 1) if hasattr(os, "getloadavg") else None
+
+
 def run_lab(path: Path | str, scale: str, timeout: float | None = None, progress: bool = True) -> LabRun:
     """Execute one lab top to bottom in a fresh kernel and time it.
 
@@ -163,13 +169,16 @@ def run_lab(path: Path | str, scale: str, timeout: float | None = None, progress
     nb = nbformat.read(path, as_version=4)
     n_code = sum(1 for c in nb.cells if c.cell_type == "code" and c.source.strip())
     bar = tqdm(total=n_code, desc=f"{path.stem} @{scale}", unit="cell", disable=not progress)
-    where = {"cell": None, "cpu": None}
+    where = {"cell": None, "cpu": None, "load": None}
 
     def started(cell, cell_index, **_):
         where["cell"] = cell_index
 
     def executed(cell, cell_index, **_):
         where["cpu"] = _cpu_seconds(getattr(getattr(client.km, "provisioner", None), "pid", None))
+        load = _load()
+        if load is not None:
+            where["load"] = max(load, where["load"] or 0.0)
         bar.update(1)
 
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3", store_widget_state=True,
@@ -186,8 +195,7 @@ def run_lab(path: Path | str, scale: str, timeout: float | None = None, progress
         run = LabRun(path.name, scale, False, time.perf_counter() - start, _first_line(err), where["cell"])
     finally:
         bar.close()
-    run.notebook, run.cpu_seconds = nb, where["cpu"]
-    run.load = round(os.getloadavg()[0], 1) if hasattr(os, "getloadavg") else None
+    run.notebook, run.cpu_seconds, run.load = nb, where["cpu"], where["load"]
     return run
 
 
