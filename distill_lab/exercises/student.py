@@ -106,6 +106,11 @@ def make_student(nb: dict, name: str = "lab") -> dict:
     nb = copy.deepcopy(nb)
     for k, cell in enumerate(nb["cells"]):
         if cell["cell_type"] != "code":
+            if "nav" in cell["metadata"].get("tags", []):  # the course pages sit one folder up
+                text = _source(cell)
+                for page in ("README.md", "NOTATION.md"):
+                    text = text.replace(f"]({page})", f"](../{page})")
+                cell["source"] = text
             continue
         code, _ = split(_source(cell), f"{name}, cell {k}")
         cell["source"] = code
@@ -115,7 +120,7 @@ def make_student(nb: dict, name: str = "lab") -> dict:
     nb["cells"].insert(0, {"cell_type": "markdown", "metadata": {"tags": ["student-version"]}, "source": (
         f"*Student version of `labs/{name}`, made by `python -m distill_lab.exercises.student`: the exercises' "
         "answers are blank (`raise NotImplementedError`, `= ...`). Fill them in and run each check; "
-        "the full lab, with the answers in collapsed cells, is the notebook of the same name in `labs/`.*")})
+        f"the full lab, with the answers in collapsed cells, is [labs/{name}](../{name}).*")})
     return nb
 
 
