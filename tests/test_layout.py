@@ -22,7 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "distill_lab"
 
 # who may import whom: a module imports its own subpackage and lower layers only
-LAYER = {"core": 0, "nets": 1, "metrics": 1, "methods": 2, "toy2d": 3, "cifar": 3, "video": 3, "llm": 3}
+LAYER = {"core": 0, "nets": 1, "metrics": 1, "methods": 2, "toy2d": 3, "cifar": 3, "video": 3, "llm": 3,
+         "exercises": 4, "course": 4}  # the labs' exercises check against any track; course runs the labs
 TOP = {"__main__", "tour", "gpu_check", "__init__"}  # the command line, the tour and gpu-check use every track
 
 
