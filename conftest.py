@@ -11,6 +11,8 @@ import os
 import shutil
 import tempfile
 
+import pytest
+
 os.environ.setdefault("DISTILL_LAB_SCALE", "ci")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 # in the suite an exercise left unanswered, or a prediction the run contradicts, fails its lab
@@ -37,3 +39,22 @@ if os.path.exists(_GUARD):  # (a mutation run's copy of the repository has no la
     os.makedirs(os.path.join(_ipython_dir, "profile_default", "startup"))
     shutil.copy(_GUARD, os.path.join(_ipython_dir, "profile_default", "startup", "00_no_tensors_in_matplotlib.py"))
     os.environ["IPYTHONDIR"] = _ipython_dir
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A notebook cell that passed nbval still fails when its output shows a warning a student cannot act
+    on (one raised outside the package: torch, matplotlib, tqdm; ``distill_lab.course.stray_warnings``)."""
+    outcome = yield
+    report = outcome.get_result()
+    outputs = getattr(item, "test_outputs", None)
+    if call.when != "call" or not report.passed or not outputs:
+        return
+    from distill_lab.course import stray_warnings
+
+    stray = stray_warnings(outputs)
+    if stray:
+        report.outcome = "failed"
+        report.longrepr = ("this cell's output shows a warning a student cannot act on; avoid it where it "
+                           "arises, or silence that one warning with a filter that names it:\n  "
+                           + "\n  ".join(stray))

@@ -112,8 +112,9 @@ class LabRun:
     """One lab executed at one scale: passed or not, wall seconds (kernel start included), the first
     line of the first error and the index of the cell that raised it, the kernel's CPU seconds (user
     and system, where ``/proc`` tells them; other jobs on the machine inflate the wall time, hardly
-    this), the highest one-minute load average of the machine seen at the end of a cell, and the
-    executed notebook."""
+    this), the highest one-minute load average of the machine seen at the end of a cell, the executed
+    notebook, and the warnings a student cannot act on that its outputs show (:func:`stray_warnings`,
+    each as ``"cell N: <the warning's line>"``)."""
 
     lab: str
     scale: str
@@ -124,6 +125,7 @@ class LabRun:
     cpu_seconds: float | None = None
     load: float | None = None
     notebook: dict | None = field(default=None, repr=False)
+    warnings: list[str] = field(default_factory=list)
 
 
 def _first_line(err: BaseException) -> str:
@@ -196,6 +198,8 @@ def run_lab(path: Path | str, scale: str, timeout: float | None = None, progress
     finally:
         bar.close()
     run.notebook, run.cpu_seconds, run.load = nb, where["cpu"], where["load"]
+    run.warnings = [f"cell {i + 1}: {w}" for i, c in enumerate(nb.cells) if c.cell_type == "code"
+                    for w in stray_warnings(c.get("outputs", []))]
     return run
 
 
@@ -462,6 +466,37 @@ def build_site(paths, out: Path | str = "site", scale: str = "default", executed
     return out / "index.html", runs
 
 
+_WARNING_LINE = re.compile(r"^(?P<where>.*?):\d+: (?P<kind>[A-Za-z_]*Warning): (?P<text>.*)$")
+
+
+def _in_package(where: str) -> bool:
+    """Whether a file path lies in a ``distill_lab/`` folder: a clone's or an installed copy's (the part
+    after the last ``site-packages/`` or ``dist-packages/`` is what counts, so a virtual environment made
+    inside a clone does not make torch's files the package's)."""
+    tail = re.split(r"[/\\](?:site|dist)-packages[/\\]", where)[-1]
+    return re.search(r"(?:^|[/\\])distill_lab[/\\]", tail) is not None
+
+
+def stray_warnings(outputs) -> list[str]:
+    """The warnings in a cell's outputs that a student cannot act on: every ``path:line: SomeWarning:
+    text`` line of a stream output whose ``path`` lies outside this package.
+
+    The package's own warnings (a rank-deficient covariance in the Fréchet distance, ...) say what to
+    change, so they may reach a lab's output; one from torch, matplotlib or tqdm's internals only puzzles
+    a student, and the lab must avoid or silence it where it arises. Each returned string is the
+    warning's line, as printed."""
+    found = []
+    for out in outputs:
+        if out.get("output_type") != "stream":
+            continue
+        text = out.get("text", "")
+        for line in (text if isinstance(text, str) else "".join(text)).splitlines():
+            m = _WARNING_LINE.match(line.strip())
+            if m and not _in_package(m["where"]):
+                found.append(line.strip())
+    return found
+
+
 def has_widget_state(page: str) -> bool:
     """Whether an HTML page carries saved widget state and the manager script that renders it."""
     return f'type="{WIDGET_STATE}"' in page and "html-manager" in page
@@ -502,6 +537,9 @@ def command(args) -> int:
                 update_syllabus(readme, times, [p.name for p in all_labs(labs_dir)])
     if runs:
         print(format_results(runs))
+    for r in runs:
+        for w in r.warnings:
+            print(f"{r.lab}: a warning a student cannot act on, {w}", file=sys.stderr)
     failed = [r.lab for r in runs if not r.passed]
     if failed:
         print(f"failed: {', '.join(failed)}", file=sys.stderr)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .core.bench import STEP_ROW_KEYS, format_step_table, write_json
+from .core.bench import TOY_ROW_KEYS, format_step_table, write_json
 from .core.flows import sample_ode
 from .core.plots import nfe_curve, scatter_panels
 from .toy2d import Toy2D, run_toy2d
@@ -26,7 +26,7 @@ def run_tour(data="checkerboard", scale=None, out="out", seed: int = 0, methods=
              progress: bool = True) -> dict:
     """Run the tour; returns ``{"rows", "figure", "json", "seconds"}``."""
     t0 = time.perf_counter()
-    exp = Toy2D(data, scale=scale, seed=seed, progress=progress)
+    exp = Toy2D(data, scale=scale, seed=seed, progress=progress, sharp_metrics=True)
     print(exp)
     rows, students = run_toy2d(exp=exp, methods=methods, seed=seed, progress=progress, return_students=True)
     print(format_step_table(rows))
@@ -50,7 +50,7 @@ def run_tour(data="checkerboard", scale=None, out="out", seed: int = 0, methods=
     ax.legend(fontsize=7)
     ax.figure.tight_layout()
     ax.figure.savefig(out / "tour_nfe.png", dpi=110)
-    write_json(rows, STEP_ROW_KEYS, out / "tour.json")
+    write_json(rows, TOY_ROW_KEYS, out / "tour.json")
     secs = time.perf_counter() - t0
     print(f"wrote {out / 'tour.png'}, {out / 'tour_nfe.png'} and {out / 'tour.json'} in {secs:.0f} s")
     return {"rows": rows, "figure": out / "tour.png", "json": out / "tour.json", "seconds": secs}

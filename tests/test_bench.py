@@ -116,3 +116,5 @@ def test_tour_writes_its_table_and_figures(tmp_path, monkeypatch):
     rows = json.loads((tmp_path / "out" / "tour.json").read_text())
     assert {r["method"] for r in rows} == {"teacher (euler)", "trajectory"}
     assert res["rows"][-1]["method"] == "trajectory" and res["rows"][-1]["value"] > 0
+    # the tour's rows carry the exact W2 and the k-NN precision and recall beside their floors
+    assert all(r["w2"] > 0 and 0 <= r["precision"] <= 1 and 0 <= r["recall_floor"] <= 1 for r in rows)

@@ -235,3 +235,50 @@ def test_readme_lab_table_has_no_blank_line():
     assert rows, "the README has no lab table"
     gaps = [lines[i] for i in range(rows[0], rows[-1] + 1) if not lines[i].startswith("|")]
     assert not gaps, f"the README's lab table is broken by {gaps!r}: a blank line ends a markdown table"
+
+
+def test_stray_warnings_keeps_the_packages_own_and_flags_the_rest():
+    torch_line = "/venv/lib/python3.11/site-packages/torch/_jit_internal.py:12: FutureWarning: jit is deprecated"
+    own_line = "/home/me/distill-lab/distill_lab/metrics/frechet.py:79: UserWarning: rank-deficient"
+    outputs = [
+        {"output_type": "stream", "name": "stderr", "text": f"{torch_line}\n  x = jit(f)\n{own_line}\n"},
+        {"output_type": "stream", "name": "stdout", "text": ["/tmp/ipykernel_7/1.py:3: ", "DeprecationWarning: old\n"]},
+        {"output_type": "display_data", "data": {"text/plain": "/x/y.py:1: UserWarning: not a stream"}},
+        {"output_type": "stream", "name": "stderr", "text": "step 3: UserWarning-free line, loss 0.2\n"},
+    ]
+    assert course.stray_warnings(outputs) == [torch_line, "/tmp/ipykernel_7/1.py:3: DeprecationWarning: old"]
+    # an installed copy of the package counts as the package; a virtual environment inside a clone does not
+    # make torch's files the package's
+    assert course.stray_warnings([{"output_type": "stream", "text":
+                                   "/usr/lib/python3/dist-packages/distill_lab/a.py:1: UserWarning: w\n"}]) == []
+    inside = "/src/distill_lab/.venv/lib/python3.11/site-packages/torch/a.py:1: UserWarning: w"
+    assert course.stray_warnings([{"output_type": "stream", "text": inside + "\n"}]) == [inside]
+
+
+def test_check_labs_reports_a_stray_warning(tmp_path, capsys):
+    write_lab(tmp_path, "00_warns.ipynb", "import warnings\nwarnings.warn('from a library', FutureWarning)",
+              "print('still runs')")
+    run = course.run_lab(tmp_path / "00_warns.ipynb", "ci", progress=False)
+    assert run.passed and len(run.warnings) == 1
+    # cells count from 1 as in format_results, the heading included: the warning is in the notebook's 2nd cell
+    assert run.warnings[0].startswith("cell 2: ") and "FutureWarning: from a library" in run.warnings[0]
+    assert main(["check-labs", "--scale", "ci", "--labs-dir", str(tmp_path), "--quiet", "--no-record"]) == 0
+    assert "00_warns.ipynb: a warning a student cannot act on, cell 2:" in capsys.readouterr().err
+
+
+def test_nbval_fails_a_cell_that_shows_a_stray_warning(tmp_path):
+    """The root conftest's hook, run by pytest on a copy of it: a cell whose output shows a library's
+    warning fails even though nbval compared nothing; a warning silenced by a filter passes."""
+    import subprocess
+    import sys
+
+    (tmp_path / "conftest.py").write_text((ROOT / "conftest.py").read_text())
+    write_lab(tmp_path, "00_warns.ipynb", "import warnings\nwarnings.warn('from a library', FutureWarning)")
+    write_lab(tmp_path, "01_quiet.ipynb", "import warnings\nwarnings.filterwarnings('ignore', 'from a library')\n"
+              "warnings.warn('from a library', FutureWarning)\nprint('fine')")
+    res = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-n", "0", "--nbval-lax",
+                          "-o", "addopts=", "00_warns.ipynb", "01_quiet.ipynb"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=300)
+    assert re.search(r"\b1 failed, 1 passed\b", res.stdout), res.stdout[-3000:]
+    assert "a warning a student cannot act on" in res.stdout and "FutureWarning: from a library" in res.stdout
+    assert "FAILED 00_warns.ipynb" in res.stdout

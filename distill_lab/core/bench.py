@@ -36,6 +36,10 @@ ROW_CORE = ("method", "metric", "value", "seeds", "train_seconds")
 # the rows of the step-distillation tracks (their JSON files have exactly these keys)
 STEP_ROW_KEYS = ("method", "dataset", "nfe", "metric", "value", "floor", "teacher_same_nfe", "teacher_best",
                  "seeds", "train_seconds")
+# the toy track's rows also carry the exact W2 and the k-NN precision and recall, each beside its floor
+# (distill_lab.toy2d.Toy2D.sharp): they rank students where the sliced W2 cannot
+SHARP_KEYS = ("w2", "w2_floor", "precision", "precision_floor", "recall", "recall_floor")
+TOY_ROW_KEYS = STEP_ROW_KEYS + SHARP_KEYS
 TEACHER_NFES = (1, 2, 4, 8, 16, 32, 64)
 
 
@@ -141,17 +145,23 @@ def run_step_bench(exp, methods: Iterable[str] | None = None, seed: int = 0, tra
             curve[n] = exp.distance(sample_ode(exp.velocity, exp.eval_noise, n, "euler"))
         return curve[n]
 
-    def row(method, nfe, value, secs, coupled=None, error=None):
-        return {"method": method, "dataset": exp.name, "nfe": nfe, "metric": exp.metric_name,
-                "value": value, "floor": exp.floor, "teacher_same_nfe": teacher_at(nfe),
-                "teacher_best": best, "seeds": [seed], "train_seconds": secs,
-                "ratio": None if value is None else value / exp.floor, "coupled": coupled, "error": error}
+    sharp = getattr(exp, "sharp_metrics", False)
+    floors = {f"{k}_floor": v for k, v in exp.sharp_floor.items()} if sharp else {}
+
+    def row(method, nfe, value, secs, coupled=None, error=None, evaluated=None):
+        r = {"method": method, "dataset": exp.name, "nfe": nfe, "metric": exp.metric_name,
+             "value": value, "floor": exp.floor, "teacher_same_nfe": teacher_at(nfe),
+             "teacher_best": best, "seeds": [seed], "train_seconds": secs,
+             "ratio": None if value is None else value / exp.floor, "coupled": coupled, "error": error}
+        if sharp:
+            r.update({k: (evaluated or {}).get(k) for k in ("w2", "precision", "recall")}, **floors)
+        return r
 
     rows = []
     for n in (1, 2, 4, 64):
         with torch.no_grad():
-            coupled = exp.evaluate(lambda z, n=n: sample_ode(exp.velocity, z, n, "euler"))["coupled"]
-        rows.append(row("teacher (euler)", n, teacher_at(n), exp.teacher_seconds, coupled))
+            ev = exp.evaluate(lambda z, n=n: sample_ode(exp.velocity, z, n, "euler"))
+        rows.append(row("teacher (euler)", n, teacher_at(n), exp.teacher_seconds, ev["coupled"], evaluated=ev))
     students = {}
     for rec in chosen:
         seed_everything(seed)
@@ -166,7 +176,7 @@ def run_step_bench(exp, methods: Iterable[str] | None = None, seed: int = 0, tra
         students[rec.name] = student
         for n in rec.nfes:
             r = exp.evaluate(student.sample, n)
-            rows.append(row(rec.name, n, r["value"], secs, r["coupled"]))
+            rows.append(row(rec.name, n, r["value"], secs, r["coupled"], evaluated=r))
     return (rows, students) if return_students else rows
 
 
@@ -177,14 +187,25 @@ def _fmt(v, nd=3):
 
 
 def format_step_table(rows: list[dict]) -> str:
-    """The step-distillation rows as a fixed-width table (a failed recipe's error under its row)."""
+    """The step-distillation rows as a fixed-width table (a failed recipe's error under its row); rows
+    with the toy track's exact W2 and k-NN precision and recall get those columns, their floors in a
+    note under the table."""
+    sharp = any(r.get("w2_floor") is not None for r in rows)
     head = ["method", "NFE", "metric", "value", "floor", "x floor", "teacher@NFE", "teacher best",
-            "coupled", "train s"]
+            "coupled", "train s"] + (["W2", "prec", "recall"] if sharp else [])
     body = []
     for r in rows:
-        body.append([r["method"], str(r["nfe"]), r["metric"], _fmt(r["value"], 4), _fmt(r["floor"], 4),
-                     _fmt(r.get("ratio"), 2), _fmt(r["teacher_same_nfe"], 4), _fmt(r["teacher_best"], 4),
-                     _fmt(r.get("coupled"), 3), _fmt(r["train_seconds"], 1)])
+        cells = [r["method"], str(r["nfe"]), r["metric"], _fmt(r["value"], 4), _fmt(r["floor"], 4),
+                 _fmt(r.get("ratio"), 2), _fmt(r["teacher_same_nfe"], 4), _fmt(r["teacher_best"], 4),
+                 _fmt(r.get("coupled"), 3), _fmt(r["train_seconds"], 1)]
+        if sharp:
+            cells += [_fmt(r.get("w2"), 4), _fmt(r.get("precision"), 3), _fmt(r.get("recall"), 3)]
+        body.append(cells)
         if r.get("error"):
             body.append(["  ! " + r["error"][:110]])
-    return text_table(head, body)
+    notes = ()
+    if sharp:
+        f = next(r for r in rows if r.get("w2_floor") is not None)
+        notes = (f"floors (a second data draw): W2 {f['w2_floor']:.4f}, precision {f['precision_floor']:.3f}, "
+                 f"recall {f['recall_floor']:.3f}",)
+    return text_table(head, body, notes)

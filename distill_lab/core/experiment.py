@@ -62,6 +62,10 @@ class StepExperiment(Experiment, Protocol):
     eval_data: torch.Tensor  # held-out data the metric compares with
     eval_teacher: torch.Tensor  # the teacher's reference ODE solution from ``eval_noise``
     floor: float  # the metric between two independent held-out draws: the best any sampler can show
+    # whether evaluate() also reports the exact W2 and the k-NN precision and recall on samples (the toy
+    # track), and those three between two data draws (read only when it does)
+    sharp_metrics: bool
+    sharp_floor: dict
 
     def velocity(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The teacher's velocity ``v(x, t)``."""

@@ -106,6 +106,9 @@ def _check_gaussian_velocity(fn) -> str:
 prediction("01.sampler_at_4", "at 4 NFE, which sampler lands closer to the data: Euler or midpoint?",
            ("euler", "midpoint", "about the same"), solution="midpoint")
 
+prediction("01.metric_sees_bleed", "which distance separates the raw-x teacher from the sharp one by the most of "
+           "its own floors?", ("sliced W2", "exact W2", "precision"), solution="precision")
+
 
 def _midpoint_sample(velocity, x0, nfe):
     n = nfe // 2

@@ -114,8 +114,8 @@ def _check_lagrangian_residual(fn) -> str:
 prediction("04.residual_left", "after Lagrangian training, which residual has fallen least, relative to the warm "
            "start?", ("lagrangian", "eulerian", "progressive"), solution="eulerian")
 
-prediction("04.more_jumps", "the distilled flow map with 4 jumps instead of 1: better, worse or about the same?",
-           ("better", "worse", "about the same"), solution="about the same")
+prediction("04.more_jumps", "the distilled flow map with 4 jumps instead of 1: better by more than a tenth, or not?",
+           ("better", "not better"), solution="not better")
 
 
 # ---------------------------------------------------------------- lab 05: distribution matching

@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 from typing import Iterable
 
-from ..core.bench import STEP_ROW_KEYS, BenchTrack, format_step_table, register_track, run_step_bench
+from ..core.bench import TOY_ROW_KEYS, BenchTrack, format_step_table, register_track, run_step_bench
 from ..methods import step  # noqa: F401  (registers the step-distillation recipes)
 from .data import DATASETS
 from .experiment import Toy2D
@@ -36,20 +36,21 @@ def run_toy2d(data="checkerboard", scale=None, methods: Iterable[str] | None = N
               metric: str = "sliced_w2", progress: bool = True, exp: Toy2D | None = None,
               return_students: bool = False):
     """The ``toy2d`` bench's rows: :func:`~distill_lab.core.bench.run_step_bench` on ``exp``, or on a
-    :class:`Toy2D` of ``data`` at ``scale`` (its teacher trained or loaded from the cache) when ``exp``
-    is not given. ``methods=None`` runs every recipe registered on the track."""
-    exp = exp or Toy2D(data, scale=scale, seed=seed, metric=metric, progress=progress)
+    :class:`Toy2D` of ``data`` at ``scale`` (its teacher trained or loaded from the cache; with the exact W2
+    and k-NN precision and recall in every row) when ``exp`` is not given. ``methods=None`` runs every recipe registered on the track."""
+    exp = exp or Toy2D(data, scale=scale, seed=seed, metric=metric, progress=progress, sharp_metrics=True)
     return run_step_bench(exp, methods, seed=seed, track="toy2d", return_students=return_students)
 
 
 def _prepare(args, scale) -> Toy2D:
     data = resolve_data(args.data)
     print(f"bench toy2d: data={args.data} scale={scale.name} device={scale.device} seed={args.seed}")
-    return Toy2D(data, scale=scale, seed=args.seed, metric=args.metric, progress=not args.quiet)
+    return Toy2D(data, scale=scale, seed=args.seed, metric=args.metric, progress=not args.quiet, sharp_metrics=True)
 
 
 register_track(BenchTrack(
-    name="toy2d", summary="step distillation on a toy 2D distribution (sliced W2 or energy distance)",
-    row_keys=STEP_ROW_KEYS, prepare=_prepare,
+    name="toy2d", summary="step distillation on a toy 2D distribution (sliced W2 or energy distance, beside the "
+                          "exact W2 and k-NN precision and recall)",
+    row_keys=TOY_ROW_KEYS, prepare=_prepare,
     run=lambda exp, methods, args: run_toy2d(exp=exp, methods=methods, seed=args.seed),
     table=format_step_table))
