@@ -70,7 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     for p in (c, s):
         p.add_argument("labs", nargs="*", help="lab numbers (01 20) or notebook paths (default: every lab)")
         p.add_argument("--scale", choices=SCALES, default=None, help=f"(default: ${ENV_VAR}, else 'default')")
-        p.add_argument("--timeout", type=float, default=None, help="most seconds a cell may run (default: none)")
+        # a bound, not a budget: once in a long default run on a loaded 2-core machine the client waited forever
+        # for a reply the kernel never sent (both idle); a timeout turns such a hang into a reported failure
+        p.add_argument("--timeout", type=float, default=3600.0,
+                       help="most seconds a cell may run; 0 for no limit (default: 3600)")
         p.add_argument("--record", default=None, help="the run-time file (default: labs/run_times.json)")
         p.add_argument("--no-record", action="store_true", help="record no time")
         p.add_argument("--quiet", action="store_true", help="hide progress bars")

@@ -516,6 +516,7 @@ def command(args) -> int:
             print(f"updated {path}")
         return 0
     scale = args.scale or os.environ.get(ENV_VAR) or "default"
+    timeout = args.timeout if args.timeout and args.timeout > 0 else None  # 0: no limit
     try:
         if scale not in SCALES:
             raise ValueError(f"unknown scale {scale!r} (from ${ENV_VAR}); choose one of {', '.join(SCALES)}")
@@ -524,11 +525,11 @@ def command(args) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if args.command == "build-site":
-        index, runs = build_site(paths, args.out, scale, args.executed, args.timeout, labs_dir, record,
+        index, runs = build_site(paths, args.out, scale, args.executed, timeout, labs_dir, record,
                                  progress=not args.quiet)
         print(f"wrote {index}")
     else:
-        runs = check_labs(paths, scale, args.timeout, args.out, progress=not args.quiet, record=record)
+        runs = check_labs(paths, scale, timeout, args.out, progress=not args.quiet, record=record)
         if record is not None:
             times = load_times(record)
             print(f"recorded in {record}")

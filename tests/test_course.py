@@ -282,3 +282,14 @@ def test_nbval_fails_a_cell_that_shows_a_stray_warning(tmp_path):
     assert re.search(r"\b1 failed, 1 passed\b", res.stdout), res.stdout[-3000:]
     assert "a warning a student cannot act on" in res.stdout and "FutureWarning: from a library" in res.stdout
     assert "FAILED 00_warns.ipynb" in res.stdout
+
+
+def test_check_labs_bounds_each_cell_by_a_timeout(tmp_path, capsys):
+    """A cell past --timeout fails the lab (a hung kernel becomes a reported failure, not a run that never
+    ends); --timeout 0 means no limit."""
+    write_lab(tmp_path, "00_slow.ipynb", "import time\ntime.sleep(4)\nprint('woke')")
+    assert main(["check-labs", "--scale", "ci", "--labs-dir", str(tmp_path), "--quiet", "--no-record",
+                 "--timeout", "1"]) == 1
+    assert re.search(r"00_slow\.ipynb\s+ci\s+FAIL.*cell 2: .*(?i:timeout|timed out)", capsys.readouterr().out)
+    assert main(["check-labs", "--scale", "ci", "--labs-dir", str(tmp_path), "--quiet", "--no-record",
+                 "--timeout", "0"]) == 0

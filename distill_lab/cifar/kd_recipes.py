@@ -295,7 +295,8 @@ class WithProjector(nn.Module):
 
 
 @kd_recipe("ema_sd", "self-distillation",
-           "momentum (EMA) self-distillation with a diversity term (Momentum-GS, UniSurg; VICReg's terms)",
+           "momentum (EMA) self-distillation (an EMA teacher as in mean teacher and BYOL) with VICReg's variance and "
+           "covariance terms against collapse",
            build=lambda exp, **_: WithProjector(get_model(exp.cfg.student)),
            weight=1.0, decay=0.99, diversity_weight=0.1, ce_weight=1.0)
 def train_ema_sd(exp: CifarKD, seed: int, weight=1.0, decay=0.99, diversity_weight=0.1, ce_weight=1.0):

@@ -6,8 +6,9 @@
   :func:`sla_sd_loss` -- self-supervised label augmentation with self-distillation (Lee, Hwang &
   Shin, ICML 2020).
 * :func:`ema_self_distill_loss`, :func:`feature_diversity_loss` -- momentum (EMA) self-distillation
-  with an anti-collapse regulariser (Momentum-GS, UniSurg; the regulariser is VICReg's
-  variance/covariance terms).
+  with an anti-collapse regulariser: the generic EMA teacher of mean teacher (Tarvainen & Valpola 2017) and
+  BYOL (Grill et al. 2020), with VICReg's variance/covariance terms. Not Momentum-GS's block-wise scheme nor
+  UniSurg's affinity self-distillation: those are other recipes' business.
 
 Their yardsticks (linear probe, effective rank, collapse) are in :mod:`distill_lab.metrics.representation`.
 
@@ -209,10 +210,7 @@ def feature_diversity_loss(features: torch.Tensor, gamma: float = 1.0, cov_weigh
         c(Z) = (1/D) sum_{d != d'} Cov(Z)_{d d'}^2                    dimensions are decorrelated
         L = v(Z) + cov_weight * c(Z)
 
-    This is the kind of feature-diversity / variance regularisation that UniSurg (Wu et al. 2026)
-    adds to its EMA self-distillation "to prevent representation collapse"; we did not find its exact
-    form, so the VICReg terms stand in for it. High (about ``gamma``) on collapsed features, 0 on
-    whitened ones (unit variance, zero covariance).
+    High (about ``gamma``) on collapsed features, 0 on whitened ones (unit variance, zero covariance).
 
     features : ``[B, ...]`` flattened to ``[B, D]``. Returns ``(loss, info)`` with
     ``{"loss", "variance", "covariance", "mean_std"}``.
@@ -237,9 +235,8 @@ def ema_self_distill_loss(student_out: torch.Tensor, ema_out: torch.Tensor,
         L = mean || student_out - stopgrad(ema_out) ||^2  +  diversity_weight * feature_diversity_loss(features)
 
     The teacher is an exponential moving average of the student (update it after each optimiser step
-    with :func:`distill_lab.nets.utils.ema_update`), as in Momentum-GS (Fan et al., ICCV 2025: a
-    momentum-updated teacher decoder gives a stable target, and a consistency loss aligns the online
-    decoder with it) and UniSurg's EMA self-distillation. Its output is under stop-gradient. A target
+    with :func:`distill_lab.nets.utils.ema_update`): the mean teacher of Tarvainen & Valpola (2017), the
+    target network of BYOL (Grill et al. 2020). Its output is under stop-gradient. A target
     that is a moving average of the student admits the trivial constant solution; the diversity term
     (:func:`feature_diversity_loss`, on ``features`` or else on ``student_out``) rules it out.
 
