@@ -286,7 +286,7 @@ def tiny_exp():
     return Toy2D("checkerboard", scale=sc, cache=False, progress=False)
 
 
-@pytest.mark.parametrize("name", ["lagrangian", "lsd_self", "eulerian", "progressive_flow_map", "anyflow"])
+@pytest.mark.parametrize("name", ["lagrangian", "lsd_self", "eulerian", "esd_self", "progressive_flow_map", "anyflow"])
 def test_recipes_smoke(tiny_exp, name):
     from distill_lab.core.registry import get_recipe
     r = get_recipe(name)
@@ -298,3 +298,30 @@ def test_recipes_smoke(tiny_exp, name):
         assert out["ratio"] > 0
     with pytest.raises(ValueError, match="unknown option"):
         r.train(tiny_exp, steps=1, learning_rate=1.0)
+
+
+@pytest.mark.parametrize("name, loss_name, self_distilled", [
+    ("lsd_self", "lagrangian_loss", True), ("esd_self", "eulerian_loss", True),
+    ("lagrangian", "lagrangian_loss", False), ("eulerian", "eulerian_loss", False)])
+def test_self_distillation_uses_the_maps_own_diagonal_and_distillation_the_teacher(tiny_exp, monkeypatch, name,
+                                                                                    loss_name, self_distilled):
+    """LSD and ESD take the tangent from the student's own diagonal V(x, s, s); LMD and EMD from the teacher.
+    A swapped velocity argument (the teacher in ESD, the map in EMD) fails here."""
+    from distill_lab.core.registry import get_recipe
+
+    seen = []
+    real = getattr(fm, loss_name)
+
+    def spy(flow_map, velocity, x, s, t):
+        seen.append((flow_map, velocity))
+        return real(flow_map, velocity, x, s, t)
+
+    monkeypatch.setattr(fm, loss_name, spy)
+    student = get_recipe(name).train(tiny_exp, steps=2)
+    assert len(seen) == 2
+    for flow_map, velocity in seen:
+        assert flow_map is student
+        if self_distilled:
+            assert getattr(velocity, "__self__", None) is student and velocity.__func__ is type(student).velocity
+        else:
+            assert velocity == tiny_exp.velocity

@@ -402,12 +402,13 @@ def train_lsd_self(exp, steps=None, **overrides):
     with ``velocity = student.velocity`` (under stop-gradient), as LSD in the paper.
     """
     o = _defaults(exp, overrides, lr=exp.scale.pick(ci=1e-3, default=1e-3, gpu=5e-4), w_diag=1.0,
-                  p_endpoints=0.25, p_from_noise=0.25, gap_power=0.5)
+                  p_endpoints=0.25, p_from_noise=0.25, gap_power=0.5,
+                  batch=exp.scale.batch)
     steps = steps or exp.scale.pick(ci=400, default=3000, gpu=20000)
     student = FlowMap(exp.student_net(n_times=2))
 
     def terms(i):
-        s, t = sample_pairs(exp.scale.batch, exp.device, o["p_endpoints"], o["p_from_noise"], o["gap_power"])
+        s, t = sample_pairs(o["batch"], exp.device, o["p_endpoints"], o["p_from_noise"], o["gap_power"])
         x, x1 = _interp_batch(exp, s)
         lag, info = lagrangian_loss(student, student.velocity, x, s, t)
         diag, dinfo = diagonal_loss(student, x1)
@@ -435,6 +436,29 @@ def train_eulerian(exp, steps=None, **overrides):
     return _train_flow_map(exp, student, steps, o["lr"], "eulerian flow map", terms)
 
 
+@recipe("esd_self", tracks=("toy2d",), family="flow map", nfes=(1, 2, 4), paper=PAPER + " (ESD)")
+def train_esd_self(exp, steps=None, **overrides):
+    """Eulerian *self*-distillation: :func:`eulerian_loss` with the map's own diagonal ``V(x, s, s)`` as the
+    tangent ``b(x, s)`` (under stop-gradient, with the spatial term), plus :func:`diagonal_loss` (weight
+    ``w_diag``) training that diagonal by flow matching on data: ESD of the paper (eq. 3.10). The teacher
+    is used only for the warm start. Same pairs and budget as ``lsd_self``, so the two compare (``batch``:
+    pairs a step, the scale's batch by default, as for ``lsd_self`` and ``progressive_flow_map``)."""
+    o = _defaults(exp, overrides, lr=exp.scale.pick(ci=1e-3, default=1e-3, gpu=5e-4), w_diag=1.0,
+                  p_endpoints=0.25, p_from_noise=0.25, gap_power=0.5,
+                  batch=exp.scale.batch)
+    steps = steps or exp.scale.pick(ci=400, default=3000, gpu=20000)
+    student = FlowMap(exp.student_net(n_times=2))
+
+    def terms(i):
+        s, t = sample_pairs(o["batch"], exp.device, o["p_endpoints"], o["p_from_noise"], o["gap_power"])
+        x, x1 = _interp_batch(exp, s)
+        eul, info = eulerian_loss(student, student.velocity, x, s, t)
+        diag, dinfo = diagonal_loss(student, x1)
+        return eul + o["w_diag"] * diag, {**info, **dinfo}
+
+    return _train_flow_map(exp, student, steps, o["lr"], "ESD (self) flow map", terms)
+
+
 @recipe("progressive_flow_map", tracks=("toy2d", "cifar-gen"), family="flow map", nfes=(1, 2, 4),
         paper=PAPER + " (PSD)")
 def train_progressive_flow_map(exp, steps=None, **overrides):
@@ -442,12 +466,13 @@ def train_progressive_flow_map(exp, steps=None, **overrides):
     ``[s, t]`` plus :func:`diagonal_loss` (weight ``w_diag``) on data; the teacher is used only for
     the warm start."""
     o = _defaults(exp, overrides, lr=exp.scale.pick(ci=1e-3, default=1e-3, gpu=5e-4), w_diag=0.3,
-                  p_endpoints=0.25, p_from_noise=0.25, gap_power=0.5)
+                  p_endpoints=0.25, p_from_noise=0.25, gap_power=0.5,
+                  batch=exp.scale.batch)
     steps = steps or exp.scale.pick(ci=1000, default=4000, gpu=20000)
     student = FlowMap(exp.student_net(n_times=2))
 
     def terms(i):
-        s, t = sample_pairs(exp.scale.batch, exp.device, o["p_endpoints"], o["p_from_noise"], o["gap_power"])
+        s, t = sample_pairs(o["batch"], exp.device, o["p_endpoints"], o["p_from_noise"], o["gap_power"])
         u = s + (t - s) * torch.rand_like(s)
         x, x1 = _interp_batch(exp, s)
         prog, info = progressive_flow_map_loss(student, x, s, u, t)
