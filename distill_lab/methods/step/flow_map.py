@@ -393,28 +393,34 @@ def train_lagrangian(exp, steps=None, **overrides):
     return _train_flow_map(exp, student, steps, o["lr"], "lagrangian flow map", terms)
 
 
-@recipe("lsd_self", tracks=("toy2d",), family="flow map", nfes=(1, 2, 4), paper=PAPER + " (LSD)")
-def train_lsd_self(exp, steps=None, **overrides):
-    """Lagrangian *self*-distillation: the target velocity is the map's own diagonal ``V(x, t, t)``.
-
-    The teacher is used only for the warm start; the diagonal is then trained by flow matching on
-    data (:func:`diagonal_loss`, weight ``w_diag``) and the off-diagonal by :func:`lagrangian_loss`
-    with ``velocity = student.velocity`` (under stop-gradient), as LSD in the paper.
-    """
+def _train_self_distilled(exp, steps, overrides, residual, desc):
+    """The self-distillation loop LSD and ESD share: the warm-started map's ``residual`` loss with its
+    own diagonal ``student.velocity`` as the velocity (under stop-gradient inside the loss), plus
+    ``w_diag`` times :func:`diagonal_loss` on data; ``batch`` pairs a step."""
     o = _defaults(exp, overrides, lr=exp.scale.pick(ci=1e-3, default=1e-3, gpu=5e-4), w_diag=1.0,
-                  p_endpoints=0.25, p_from_noise=0.25, gap_power=0.5,
-                  batch=exp.scale.batch)
+                  p_endpoints=0.25, p_from_noise=0.25, gap_power=0.5, batch=exp.scale.batch)
     steps = steps or exp.scale.pick(ci=400, default=3000, gpu=20000)
     student = FlowMap(exp.student_net(n_times=2))
 
     def terms(i):
         s, t = sample_pairs(o["batch"], exp.device, o["p_endpoints"], o["p_from_noise"], o["gap_power"])
         x, x1 = _interp_batch(exp, s)
-        lag, info = lagrangian_loss(student, student.velocity, x, s, t)
+        res, info = residual(student, student.velocity, x, s, t)
         diag, dinfo = diagonal_loss(student, x1)
-        return lag + o["w_diag"] * diag, {**info, **dinfo}
+        return res + o["w_diag"] * diag, {**info, **dinfo}
 
-    return _train_flow_map(exp, student, steps, o["lr"], "LSD (self) flow map", terms)
+    return _train_flow_map(exp, student, steps, o["lr"], desc, terms)
+
+
+@recipe("lsd_self", tracks=("toy2d",), family="flow map", nfes=(1, 2, 4), paper=PAPER + " (LSD)")
+def train_lsd_self(exp, steps=None, **overrides):
+    """Lagrangian *self*-distillation: the target velocity is the map's own diagonal ``V(x, t, t)``.
+
+    The teacher is used only for the warm start; the diagonal is then trained by flow matching on
+    data (:func:`diagonal_loss`, weight ``w_diag``) and the off-diagonal by :func:`lagrangian_loss`
+    with ``velocity = student.velocity`` (under stop-gradient), as LSD in the paper (eq. 3.9).
+    """
+    return _train_self_distilled(exp, steps, overrides, lagrangian_loss, "LSD (self) flow map")
 
 
 @recipe("eulerian", tracks=("toy2d",), family="flow map", nfes=(1, 2, 4), paper=PAPER + " (EMD)")
@@ -441,22 +447,9 @@ def train_esd_self(exp, steps=None, **overrides):
     """Eulerian *self*-distillation: :func:`eulerian_loss` with the map's own diagonal ``V(x, s, s)`` as the
     tangent ``b(x, s)`` (under stop-gradient, with the spatial term), plus :func:`diagonal_loss` (weight
     ``w_diag``) training that diagonal by flow matching on data: ESD of the paper (eq. 3.10). The teacher
-    is used only for the warm start. Same pairs and budget as ``lsd_self``, so the two compare (``batch``:
-    pairs a step, the scale's batch by default, as for ``lsd_self`` and ``progressive_flow_map``)."""
-    o = _defaults(exp, overrides, lr=exp.scale.pick(ci=1e-3, default=1e-3, gpu=5e-4), w_diag=1.0,
-                  p_endpoints=0.25, p_from_noise=0.25, gap_power=0.5,
-                  batch=exp.scale.batch)
-    steps = steps or exp.scale.pick(ci=400, default=3000, gpu=20000)
-    student = FlowMap(exp.student_net(n_times=2))
-
-    def terms(i):
-        s, t = sample_pairs(o["batch"], exp.device, o["p_endpoints"], o["p_from_noise"], o["gap_power"])
-        x, x1 = _interp_batch(exp, s)
-        eul, info = eulerian_loss(student, student.velocity, x, s, t)
-        diag, dinfo = diagonal_loss(student, x1)
-        return eul + o["w_diag"] * diag, {**info, **dinfo}
-
-    return _train_flow_map(exp, student, steps, o["lr"], "ESD (self) flow map", terms)
+    is used only for the warm start. Same loop, pairs and budget as ``lsd_self`` (``batch``: pairs a step,
+    the scale's batch by default), so the two compare."""
+    return _train_self_distilled(exp, steps, overrides, eulerian_loss, "ESD (self) flow map")
 
 
 @recipe("progressive_flow_map", tracks=("toy2d", "cifar-gen"), family="flow map", nfes=(1, 2, 4),
