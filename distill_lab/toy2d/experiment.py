@@ -220,9 +220,14 @@ class Toy2D(StepExperiment):
         return self.metric(x, self.eval_data, **kw)
 
     @cached_property
+    def floor_data(self) -> torch.Tensor:
+        """A second held-out draw, independent of :attr:`eval_data`: what every floor is measured on."""
+        return self.sample_data(self.scale.eval_n, self.seed + 13)
+
+    @cached_property
     def floor(self) -> float:
         """The metric between two independent held-out draws: the best any sampler can show."""
-        return self.distance(self.sample_data(self.scale.eval_n, self.seed + 13))
+        return self.distance(self.floor_data)
 
     @torch.no_grad()
     def sharp(self, x: torch.Tensor) -> dict:
@@ -238,7 +243,7 @@ class Toy2D(StepExperiment):
     def sharp_floor(self) -> dict:
         """:meth:`sharp` of a second, independent draw of the data: what a perfect sampler shows (its
         precision and recall sit below 1, its W2 above 0, by sampling noise alone)."""
-        return self.sharp(self.sample_data(self.scale.eval_n, self.seed + 13))
+        return self.sharp(self.floor_data)
 
     @torch.no_grad()
     def evaluate(self, sample: Callable[..., torch.Tensor], nfe: int | None = None) -> dict:

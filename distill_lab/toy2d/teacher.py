@@ -82,8 +82,7 @@ def ablation(scale=None, data="checkerboard", variants=None, seed: int = 0, prog
     if unknown:
         raise ValueError(f"unknown teacher variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
     exp = Toy2D(data, scale=scale, seed=seed, progress=progress)
-    second = exp.sample_data(exp.scale.eval_n, seed + 13)
-    floor = {"off_cells": checkerboard_off_cells(second) if exp.name == "checkerboard" else None,
+    floor = {"off_cells": checkerboard_off_cells(exp.floor_data) if exp.name == "checkerboard" else None,
              "sliced_ratio": 1.0, **exp.sharp_floor}
     rows = []
     for name in names:
