@@ -43,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("tour", help="teacher + four one-step students: a table and a figure")
     _common(t)
     t.add_argument("--out", default="out", help="folder for tour.png, tour_nfe.png, tour.json")
+    t.add_argument("--full", action="store_true",
+                   help="train the students with each recipe's own budget (the bench's) instead of the tour's shorter one")
     tracks = _load_tracks()
     b = sub.add_parser("bench", help="run every method of a track and print one table",
                        epilog="tracks: " + "; ".join(f"{n}: {tr.summary}" for n, tr in tracks.items()))
@@ -120,7 +122,7 @@ def _tour(args, scale) -> int:
         data = resolve_data(args.data)
     except ValueError as err:
         return _error(str(err))
-    res = run_tour(data, scale=scale, out=args.out, seed=args.seed, progress=not args.quiet)
+    res = run_tour(data, scale=scale, out=args.out, seed=args.seed, progress=not args.quiet, full=args.full)
     return 1 if any(r.get("error") for r in res["rows"]) else 0
 
 

@@ -452,6 +452,8 @@ def part_recipes(c: Check, box: float) -> None:
         out = {n: {"steps": 2} for n in names}
         out["trajectory"].update(pool=64)
         out["progressive"].update(start=8)
+        if "arcflow" in out:  # toy2d only
+            out["arcflow"].update(pool=64)
         return out
 
     def run(exp, track, deadline):

@@ -15,7 +15,7 @@ from distill_lab.toy2d.bench import resolve_data, run_toy2d
 from distill_lab.toy2d.experiment import Toy2D
 
 # every method the toy-2D track promises (issue: trajectory, consistency, flow-map, DM, reward families)
-EXPECTED = {"trajectory", "progressive", "cd", "ct", "scm", "tbcm", "hypersd", "ctm", "lagrangian",
+EXPECTED = {"trajectory", "arcflow", "progressive", "cd", "ct", "scm", "tbcm", "hypersd", "ctm", "lagrangian",
             "eulerian", "progressive_flow_map", "lsd_self", "esd_self", "anyflow", "dmd", "dmd2", "adm", "cdm", "rcm",
             "rtdmd"}
 
@@ -118,3 +118,19 @@ def test_tour_writes_its_table_and_figures(tmp_path, monkeypatch):
     assert res["rows"][-1]["method"] == "trajectory" and res["rows"][-1]["value"] > 0
     # the tour's rows carry the exact W2 and the k-NN precision and recall beside their floors
     assert all(r["w2"] > 0 and 0 <= r["precision"] <= 1 and 0 <= r["recall_floor"] <= 1 for r in rows)
+
+
+def test_tour_trains_with_its_budget_unless_full(tmp_path, monkeypatch, capsys):
+    from distill_lab import tour
+    from distill_lab.methods.step import trajectory
+
+    monkeypatch.setenv("DISTILL_LAB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setitem(tour.TOUR_BUDGETS, "ci", {"trajectory": {"steps": 3, "pool": 128}, "dmd": {"steps": 1}})
+    seen = []
+    real = trajectory.teacher_pairs
+    monkeypatch.setattr(trajectory, "teacher_pairs", lambda exp, n, **kw: seen.append(n) or real(exp, n, **kw))
+    res = tour.run_tour("moons", scale=TINY, out=tmp_path / "a", methods=("trajectory",), progress=False)
+    assert res["budgets"] == {"trajectory": {"steps": 3, "pool": 128}} and seen == [128]
+    assert "tour budgets (--full for the bench's): trajectory steps=3, pool=128" in capsys.readouterr().out
+    full = tour.run_tour("moons", scale=TINY, out=tmp_path / "b", methods=("trajectory",), progress=False, full=True)
+    assert full["budgets"] == {} and seen == [128, 8192]  # the recipe's own ci pool

@@ -6,6 +6,7 @@ translation's length, in 1D it is the distance between sorted values, and it bou
 above; the precision falls for a blurred sampler and the recall for one that misses cells, while the
 sliced W2 moves less."""
 
+import json
 import math
 
 import pytest
@@ -16,7 +17,7 @@ from distill_lab.core.scale import Scale
 from distill_lab.metrics.samples import exact_w2, get_metric, sliced_w2
 from distill_lab.nets.mlp import FourierSpace, TimeMLP
 from distill_lab.toy2d.data import checkerboard_off_cells, sample_data
-from distill_lab.toy2d.experiment import Toy2D, teacher_times, train_flow_teacher
+from distill_lab.toy2d.experiment import Toy2D, committed_teacher_dir, teacher_times, train_flow_teacher
 
 
 def test_exact_w2_is_zero_on_a_set_and_itself_and_symmetric():
@@ -184,3 +185,65 @@ def test_teacher_ablation_trains_and_measures_each_variant(capsys):
         teacher.ablation(TINY, variants=["sharpest"], progress=False)
     assert teacher.main(["--variants", "sharpest", "--quiet"]) == 2
     assert "unknown teacher variant" in capsys.readouterr().err
+
+
+def test_a_committed_teacher_is_loaded_only_with_its_own_settings(tmp_path, monkeypatch):
+    import distill_lab.toy2d.experiment as ex
+    from distill_lab.toy2d import teacher
+
+    monkeypatch.setattr(ex, "TEACHERS_DIR", tmp_path)
+    monkeypatch.setenv("DISTILL_LAB_CACHE", str(tmp_path / "cache"))
+    folder = teacher.commit_teacher(TINY, progress=False)
+    assert folder == tmp_path / "toy2d_checkerboard_ci"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["config"]["steps"] == TINY.teacher_steps and manifest["steps"] == TINY.teacher_steps
+    assert 0 <= manifest["quality"]["precision"] <= 1 and manifest["floor"]["off_cells"] == 0.0
+    saved = torch.load(folder / "teacher.pt", weights_only=True)
+    exp = Toy2D("checkerboard", scale=TINY, progress=False)
+    assert exp.teacher_source == "committed: toy2d_checkerboard_ci" and exp.teacher_history is None
+    for k, v in exp.teacher.state_dict().items():
+        assert torch.equal(v, saved[k]), k
+    # another seed (or any other setting) is another teacher: trained, not the committed one
+    other = Toy2D("checkerboard", scale=TINY, seed=1, progress=False)
+    assert other.teacher_source == "trained" and other.teacher_history is not None
+    assert not torch.equal(other.teacher.state_dict()["net.0.weight"], saved["net.0.weight"])
+    # a changed file is refused with the command that rebuilds it
+    state = dict(saved)
+    state["net.0.weight"] = state["net.0.weight"] + 1
+    torch.save(state, folder / "teacher.pt")
+    with pytest.raises(ex.ToyTeacherUnavailable, match="sha256.*--commit --scale ci"):
+        Toy2D("checkerboard", scale=TINY, progress=False)
+    with pytest.raises(ValueError, match="built-in dataset"):
+        teacher.commit_teacher(TINY, data=lambda n: torch.zeros(n, 2), progress=False)
+
+
+@pytest.mark.parametrize("scale", ["ci", "default"])
+def test_the_committed_toy_teachers_are_current_and_sharp(scale):
+    """Each committed teacher was made with the settings the code builds now (else the labs would train
+    one again: rerun `python -m distill_lab.toy2d.teacher --commit --scale SCALE`), and its recorded
+    precision and recall are within 5 points of the second data draw's."""
+    exp = Toy2D("checkerboard", scale=scale, progress=False)
+    assert exp.teacher_source == f"committed: toy2d_checkerboard_{scale}", exp.teacher_source
+    manifest = json.loads((committed_teacher_dir("checkerboard", scale) / "manifest.json").read_text())
+    q, f = manifest["quality"], manifest["floor"]
+    assert f["precision"] - q["precision"] < 0.05 and f["recall"] - q["recall"] < 0.05, (q, f)
+    assert q["off_cells"] < 0.06
+
+
+def test_sliced_w2_with_the_reference_sorted_once_is_the_same_distance():
+    from distill_lab.metrics.samples import sliced_quantiles
+
+    g = torch.Generator().manual_seed(5)
+    y = torch.randn(700, 2, generator=g)
+    ref = sliced_quantiles(y, 64, seed=2)
+    for n in (700, 300, 1200):  # equal, fewer and more points than the reference
+        x = torch.randn(n, 2, generator=g) * 1.5 + 0.3
+        assert sliced_w2(x, y, 64, seed=2, y_sorted=ref) == pytest.approx(sliced_w2(x, y, 64, seed=2), rel=1e-6)
+    # the distance of a 1D shift is the shift's projected length: sqrt(mean over directions of (d . a)^2)
+    shift = torch.tensor([0.5, 0.0])
+    dirs = torch.randn(2, 64, generator=torch.Generator().manual_seed(2))
+    dirs = dirs / dirs.norm(dim=0, keepdim=True)
+    want = float((shift @ dirs).pow(2).mean().sqrt())
+    assert sliced_w2(y + shift, y, 64, seed=2, y_sorted=ref) == pytest.approx(want, rel=1e-5)
+    with pytest.raises(ValueError, match="sliced_quantiles"):
+        sliced_w2(y, y, 32, seed=2, y_sorted=ref)

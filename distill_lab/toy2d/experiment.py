@@ -15,16 +15,18 @@ from __future__ import annotations
 import copy
 import time
 from functools import cached_property
+from pathlib import Path
 from typing import Callable
 
 import torch
 
+from ..core.checkpoints import TEACHERS_DIR, check_folder, float32_state
 from ..core.experiment import StepExperiment
 from ..core.flows import flow_matching_loss, sample_ode, teacher_ode
 from ..core.scale import Scale, get_scale
 from ..core.train import fit, load_or_train, seed_everything
 from ..metrics.frechet import precision_recall
-from ..metrics.samples import coupled_error, exact_w2, get_metric
+from ..metrics.samples import coupled_error, exact_w2, get_metric, sliced_quantiles, sliced_w2
 from ..nets.mlp import TimeMLP
 from ..nets.utils import ema_update, n_params
 from .data import Sampler, dataset_name, sample_data
@@ -40,6 +42,18 @@ TEACHER_METHOD = "midpoint"
 X_FREQ, X_PERIOD = 4, 3.6
 TEACHER_LR = 3e-3
 TEACHER_TIMES = "late"
+TEACHER_FILES = ("teacher.pt",)
+COMMIT_COMMAND = "python -m distill_lab.toy2d.teacher --commit --scale {scale} --data {data}"
+
+
+class ToyTeacherUnavailable(FileNotFoundError):
+    """A committed toy-2D teacher folder is incomplete or its files do not match their manifest."""
+
+
+def committed_teacher_dir(data: str, scale: str, root: Path | None = None) -> Path:
+    """The folder a committed toy-2D teacher of ``data`` at ``scale`` lives in:
+    ``datasets/teachers/toy2d_<data>_<scale>`` (written by ``python -m distill_lab.toy2d.teacher --commit``)."""
+    return Path(root or TEACHERS_DIR) / f"toy2d_{data}_{scale}"
 
 
 def teacher_times(n: int, how: str = TEACHER_TIMES, device=None, generator=None) -> torch.Tensor:
@@ -103,7 +117,9 @@ class Toy2D(StepExperiment):
     scale : ``"ci"``, ``"default"``, ``"gpu"``, a :class:`Scale`, or ``None`` for ``$DISTILL_LAB_SCALE``.
     seed : fixes the teacher's training and every evaluation draw.
     metric : ``"sliced_w2"`` (default) or ``"energy"``.
-    cache : load the teacher from the cache when it was trained before with the same settings.
+    cache : use a teacher made before with exactly the same settings (:meth:`teacher_config`): the
+        committed one (:func:`committed_teacher_dir`; the checkerboard's at ci and default, seed 0), else
+        the one in the cache; train (and cache) it otherwise. :attr:`teacher_source` says which it was.
     deadline : a ``time.perf_counter()`` value at which every training loop of this experiment stops,
         the teacher's included (then it is not cached); for time-boxed measurements.
     sharp_metrics : also report, in :meth:`evaluate`, the exact W2 and the k-NN precision and recall
@@ -153,25 +169,55 @@ class Toy2D(StepExperiment):
             p.requires_grad_(True)
         return net.train()
 
-    def _teacher(self, use_cache: bool) -> TimeMLP:
+    def teacher_config(self) -> dict:
+        """Everything the teacher's weights depend on: the key of the cache and of a committed teacher."""
         sc = self.scale
         # version 2: the initialisation is seeded too (version 1 drew it from the process's random state);
         # version 3: Fourier features of x, the learning rate and the late times
-        cfg = dict(data=self.name, steps=sc.teacher_steps, width=sc.width, depth=sc.depth,
-                   batch=sc.batch, seed=self.seed, x_freq=X_FREQ, x_period=X_PERIOD, lr=TEACHER_LR,
-                   times=TEACHER_TIMES, version=3)
+        return dict(data=self.name, steps=sc.teacher_steps, width=sc.width, depth=sc.depth,
+                    batch=sc.batch, seed=self.seed, x_freq=X_FREQ, x_period=X_PERIOD, lr=TEACHER_LR,
+                    times=TEACHER_TIMES, version=3)
 
-        def build() -> TimeMLP:
-            seed_everything(self.seed)  # the teacher's initial weights depend on the seed alone
-            return TimeMLP(2, sc.width, sc.depth, 1, x_freq=X_FREQ, x_period=X_PERIOD).to(self.device)
+    def build_teacher(self) -> TimeMLP:
+        """The teacher's network before training, its initial weights fixed by the seed alone."""
+        seed_everything(self.seed)
+        sc = self.scale
+        return TimeMLP(2, sc.width, sc.depth, 1, x_freq=X_FREQ, x_period=X_PERIOD).to(self.device)
+
+    def _committed_teacher(self, cfg: dict) -> TimeMLP | None:
+        """The committed teacher (:func:`committed_teacher_dir`) when one was made with exactly ``cfg``;
+        ``None`` when there is none or it was made with other settings (then the teacher is trained)."""
+        folder = committed_teacher_dir(self.name, self.scale.name)
+        if not (folder / "manifest.json").is_file():
+            return None
+        command = COMMIT_COMMAND.format(scale=self.scale.name, data=self.name)
+        manifest = check_folder(folder, TEACHER_FILES, True, "toy-2D teacher", ToyTeacherUnavailable, command)
+        if manifest.get("config") != cfg:
+            return None
+        net = self.build_teacher()
+        state = torch.load(folder / "teacher.pt", map_location="cpu", weights_only=True)
+        net.load_state_dict(float32_state(state))
+        self.teacher_source = f"committed: {folder.name}"
+        return net.to(self.device).eval()
+
+    def _teacher(self, use_cache: bool) -> TimeMLP:
+        sc = self.scale
+        cfg = self.teacher_config()
+        build = self.build_teacher
 
         def train(net):
             self.teacher_history = train_flow_teacher(net, self.data, sc.teacher_steps, sc.batch, seed=self.seed,
                                                       device=self.device, progress=self.progress,
                                                       check_every=sc.check_every, deadline=self.deadline)
 
+        self.teacher_source = "trained"
         if use_cache:
-            return load_or_train(f"toy2d-teacher-{self.name}", cfg, build, train, verbose=False)
+            committed = self._committed_teacher(cfg)
+            if committed is not None:
+                return committed
+            net = load_or_train(f"toy2d-teacher-{self.name}", cfg, build, train, verbose=False)
+            self.teacher_source = "trained" if self.teacher_history is not None else "cache"
+            return net
         net = build()
         train(net)
         return net.eval()
@@ -215,7 +261,15 @@ class Toy2D(StepExperiment):
     def eval_teacher(self) -> torch.Tensor:
         return self.teacher_sample(self.eval_noise)
 
+    @cached_property
+    def _eval_quantiles(self) -> torch.Tensor:
+        """The held-out data's sorted projections, sorted once for every sliced-W2 evaluation."""
+        return sliced_quantiles(self.eval_data, self.scale.n_proj)
+
     def distance(self, x: torch.Tensor) -> float:
+        """The metric from ``x`` to the held-out data :attr:`eval_data`."""
+        if self.metric_name == "sliced_w2":
+            return sliced_w2(x, self.eval_data, n_proj=self.scale.n_proj, y_sorted=self._eval_quantiles)
         kw = {"n_proj": self.scale.n_proj} if self.metric_name == "sliced_w2" else {}
         return self.metric(x, self.eval_data, **kw)
 
@@ -276,5 +330,5 @@ class Toy2D(StepExperiment):
                    deadline=self.deadline)
 
     def __repr__(self):
-        return (f"Toy2D({self.name!r}, scale={self.scale.name!r}, teacher={n_params(self.teacher):,} params, "
-                f"device={self.device!r})")
+        return (f"Toy2D({self.name!r}, scale={self.scale.name!r}, teacher={n_params(self.teacher):,} params "
+                f"({self.teacher_source}), device={self.device!r})")

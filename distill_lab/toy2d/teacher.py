@@ -2,10 +2,14 @@
 
     python -m distill_lab.toy2d.teacher --scale ci                 # every variant, a table
     python -m distill_lab.toy2d.teacher --scale ci --variants before,now --json out/teacher.json
+    python -m distill_lab.toy2d.teacher --commit --scale default   # train the track's teacher, commit it
 
 Each variant is a flow-matching teacher trained by :func:`~distill_lab.toy2d.experiment.train_flow_teacher`
 on a :class:`~distill_lab.nets.mlp.TimeMLP` at the scale's budget, from the same seed, and sampled
-with the track's reference solver (64 midpoint NFE) from the experiment's fixed evaluation noise. The
+with the track's reference solver (64 midpoint NFE) from the experiment's fixed evaluation noise.
+``--commit`` instead trains the track's own teacher (seed 0) and writes it, with a manifest of its
+settings, command, machine and figures, to ``datasets/teachers/toy2d_<data>_<scale>/``, which
+:class:`Toy2D` then loads instead of training (when its settings are still the same). The
 table gives, beside a second data draw's figures: the mass off the checkerboard's cells
 (:func:`~distill_lab.toy2d.data.checkerboard_off_cells`, exact; checkerboard only), the k-NN precision
 and recall and the exact W2 (:meth:`Toy2D.sharp`), the sliced W2 over its floor, and the training seconds.
@@ -25,13 +29,14 @@ from pathlib import Path
 import torch
 
 from ..core.bench import text_table
+from ..core.checkpoints import file_records, training_record
 from ..core.flows import sample_ode
 from ..core.scale import SCALES
 from ..core.train import seed_everything
 from ..nets.mlp import TimeMLP
 from .data import checkerboard_off_cells, dataset_name
-from .experiment import (TEACHER_LR, TEACHER_METHOD, TEACHER_NFE, TEACHER_TIMES, X_FREQ, X_PERIOD, Toy2D,
-                         train_flow_teacher)
+from .experiment import (COMMIT_COMMAND, TEACHER_FILES, TEACHER_LR, TEACHER_METHOD, TEACHER_NFE, TEACHER_TIMES,
+                         X_FREQ, X_PERIOD, Toy2D, committed_teacher_dir, train_flow_teacher)
 
 BEFORE = dict(x_freq=0, lr=2e-3, times="uniform", width=1, steps=1, ema=0.0)  # width, steps: x the scale's
 NOW = dict(x_freq=X_FREQ, lr=TEACHER_LR, times=TEACHER_TIMES, width=1, steps=1, ema=0.0)
@@ -107,6 +112,32 @@ def format_ablation(result: dict) -> str:
     return text_table(head, body)
 
 
+def commit_teacher(scale=None, data: str = "checkerboard", out=None, progress: bool = True) -> Path:
+    """Train the track's teacher for ``data`` at ``scale`` (seed 0, never from the cache) and write it to
+    ``out`` (default :func:`committed_teacher_dir`): ``teacher.pt`` (the float32 state; about 1 MB at ci
+    and default) and ``manifest.json`` with the settings it was made with (:meth:`Toy2D.teacher_config`,
+    which must equal the loader's for it to be used), the command, the machine, the training seconds and
+    its figures beside a second data draw's (:func:`measure`). Returns the folder."""
+    if not isinstance(data, str):
+        raise ValueError("only a built-in dataset's teacher can be committed (a callable has no stable name)")
+    exp = Toy2D(data, scale=scale, seed=0, cache=False, progress=progress)
+    folder = Path(out) if out is not None else committed_teacher_dir(exp.name, exp.scale.name)
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save({k: v.detach().cpu().clone() for k, v in exp.teacher.state_dict().items()}, folder / "teacher.pt")
+    hist = exp.teacher_history
+    command = COMMIT_COMMAND.format(scale=exp.scale.name, data=exp.name)
+    floor = {"off_cells": checkerboard_off_cells(exp.floor_data) if exp.name == "checkerboard" else None,
+             **exp.sharp_floor}
+    manifest = {"what": f"the toy-2D track's flow-matching teacher for {exp.name!r} at the {exp.scale.name} scale",
+                "config": exp.teacher_config(), "n_params": sum(p.numel() for p in exp.teacher.parameters()),
+                **training_record({"steps": hist["steps"], "train_seconds": hist["seconds"],
+                                   "final_loss": hist["loss"][-1]}, command),
+                "quality": measure(exp, exp.teacher), "floor": floor,
+                "files": file_records(folder, TEACHER_FILES)}
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return folder
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m distill_lab.toy2d.teacher", description=__doc__.split("\n\n")[0])
     ap.add_argument("--scale", choices=SCALES, default=None, help="(default: $DISTILL_LAB_SCALE, else 'default')")
@@ -115,7 +146,22 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None, help="also write the rows here")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
+    ap.add_argument("--commit", action="store_true",
+                    help="train the track's teacher (seed 0) and write it to datasets/teachers/toy2d_<data>_<scale>")
+    ap.add_argument("--out", default=None, help="with --commit: write the teacher's folder here instead")
     args = ap.parse_args(argv)
+    if args.commit:
+        if args.seed != 0 or args.variants:
+            print("error: --commit writes the track's teacher (seed 0); drop --seed and --variants", file=sys.stderr)
+            return 2
+        try:
+            folder = commit_teacher(args.scale, args.data, args.out, progress=not args.quiet)
+        except ValueError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        print(f"wrote {folder}")
+        print(json.dumps(json.loads((folder / "manifest.json").read_text())["quality"], indent=1))
+        return 0
     try:
         result = ablation(args.scale, args.data, args.variants.split(",") if args.variants else None,
                           seed=args.seed, progress=not args.quiet)

@@ -8,6 +8,7 @@ registers every recipe in :mod:`distill_lab.core.registry`, in the order the lab
 * :mod:`.students` -- the student parametrisations the recipes share (flow map, consistency
   function, one-step generator, velocity student);
 * :mod:`.trajectory` -- trajectory (direct) and progressive distillation;
+* :mod:`.arcflow` -- ArcFlow: few-step arcs, a mixture of momentum processes integrated in closed form;
 * :mod:`.consistency` -- CD, CT, sCM, TBCM, Hyper-SD (TSCD), CTM;
 * :mod:`.flow_map` -- Lagrangian / Eulerian / progressive flow-map distillation, AnyFlow;
 * :mod:`.dmd` -- DMD, DMD2's GAN term, ADM, CDM;
@@ -15,4 +16,4 @@ registers every recipe in :mod:`distill_lab.core.registry`, in the order the lab
 * :mod:`.reward` -- reward-tilted distribution matching (RTDMD).
 """
 
-from . import trajectory, consistency, flow_map, dmd, rcm, reward  # noqa: F401  (registers the recipes)
+from . import trajectory, arcflow, consistency, flow_map, dmd, rcm, reward  # noqa: F401  (registers the recipes)
