@@ -189,6 +189,46 @@ def test_progressive_stop_gradient(shape):
         assert torch.allclose(a, b, atol=1e-6, rtol=1e-4)
 
 
+@pytest.mark.parametrize("shape", SHAPES)
+def test_backward_simulation_of_the_exact_map_lands_on_the_exact_sample(shape):
+    x = torch.randn(32, *shape)
+    want = G.flow_map(x, torch.zeros(32), torch.ones(32))
+    for nfe, k in ((1, 0), (4, 0), (4, 3), (8, 5)):
+        x_hat, x_k, tk = fm.anyflow_backward_simulation(ExactMap(), x, nfe, k)
+        assert tk == pytest.approx(k / nfe)
+        assert torch.allclose(x_k, G.flow_map(x, torch.zeros(32), torch.full((32,), tk)), atol=1e-5)
+        assert torch.allclose(x_hat, want, atol=1e-5)
+    # a perturbed map is no longer a flow: the rolled-out states drift, and the sample with them
+    x_hat, _, _ = fm.anyflow_backward_simulation(ExactMap(eps=0.2), x, 4, 3)
+    assert (x_hat - want).abs().max() > 1e-2
+    with pytest.raises(ValueError, match="rolled-out jumps"):
+        fm.anyflow_backward_simulation(ExactMap(), x, 2, 2)
+
+
+def test_anyflow_dmd_loss_gradient_reaches_only_the_last_jump():
+    from distill_lab.methods.step.dmd import dmd_loss
+
+    student, real, fake = _student((2,)), _student((2,), seed=1), _student((2,), seed=2)
+    z = torch.randn(16, 2)
+    t = torch.full((16,), 0.5)
+    torch.manual_seed(7)
+    loss, info = fm.anyflow_dmd_loss(student, real.velocity, fake.velocity, z, nfe=4, k=2, t=t)
+    got = _grads(student, loss)
+    assert all(p.grad is None for p in list(real.parameters()) + list(fake.parameters()))
+    assert info["t_k"] == 0.5 and float(info["grad_norm"]) > 0
+    ts = fm.time_schedule(4)
+    with torch.no_grad():
+        x = student(student(z, ts[0], ts[1]), ts[1], ts[2])
+    torch.manual_seed(7)
+    want_loss, _ = dmd_loss(student(x, ts[2], torch.ones(16)), real.velocity, fake.velocity, t=t)
+    want = _grads(student, want_loss)
+    for a, b in zip(got, want):
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-4)
+    # a fake score equal to the real one gives no gradient: the student already matches
+    same, _ = fm.anyflow_dmd_loss(student, real.velocity, real.velocity, z, nfe=4, k=1, t=t)
+    assert float(same) == 0.0
+
+
 def test_onpolicy_stop_gradient():
     student = _student((2,))
     teacher = _student((2,), seed=1)
@@ -290,7 +330,7 @@ def tiny_exp():
 def test_recipes_smoke(tiny_exp, name):
     from distill_lab.core.registry import get_recipe
     r = get_recipe(name)
-    assert r.nfes == (1, 2, 4)
+    assert r.nfes == ((1, 2, 4, 8) if name == "anyflow" else (1, 2, 4))
     student = r.train(tiny_exp, steps=4)
     assert "loss" in student.history
     for nfe in r.nfes:

@@ -19,8 +19,10 @@ teacher; with ``b`` the map's own diagonal ``V(x, t, t)``, itself trained by flo
 AnyFlow (Gu, Fang, Jiang, Mao, Han, Cai & Shou 2026, "AnyFlow: any-step video diffusion model with
 on-policy flow map distillation") trains the map forward as above, then *on policy*: it rolls the
 student's own few-step sampler out ("flow map backward simulation") and corrects the transition it
-takes from the states it really visits. :func:`anyflow_onpolicy_loss` is that on-policy term, with
-one simplification documented there; :func:`anyflow_sample` is the any-step sampler.
+takes from the states it really visits. :func:`anyflow_backward_simulation` makes those states and
+the shortcut jump to data from them; :func:`anyflow_dmd_loss` scores the jump by distribution matching
+(the paper's on-policy objective); :func:`anyflow_onpolicy_loss` is a simpler coupled variant (the
+teacher's ODE from the same state); :func:`anyflow_sample` is the any-step sampler.
 
 Conventions: ``t = 0`` noise, ``t = 1`` data; ``x: [B, ...]``, times ``[B]`` (or scalars). Every loss
 returns ``(loss, info)`` with ``info`` a dict of detached numbers for logging.
@@ -297,6 +299,48 @@ def anyflow_onpolicy_loss(flow_map: FlowMapFn, velocity: Velocity, z: torch.Tens
     return loss, {"onpolicy": loss.detach()}
 
 
+def anyflow_backward_simulation(flow_map: FlowMapFn, z: torch.Tensor, nfe: int, k: int,
+                                schedule: str | Sequence[float] | torch.Tensor = "uniform"):
+    """Flow map backward simulation (Gu et al. 2026, AnyFlow): the student's own ``nfe``-jump sampler
+    rolled out from noise ``z`` to the state ``x_k`` it reaches at ``t_k`` (``k`` jumps, no gradient),
+    then one shortcut jump ``x_hat = X_{t_k, 1}(x_k)`` to data, *with* gradient. A full Euler rollout
+    would need every step of the trajectory; the flow map lets any visited state reach ``t = 1`` in one call.
+
+    Shapes: ``z: [B, ...]``; ``nfe >= 1``; ``0 <= k < nfe``. Returns ``(x_hat, x_k, t_k)`` with ``x_k``
+    detached and ``t_k`` a float.
+    """
+    ts = time_schedule(nfe, schedule, device=z.device)
+    if not 0 <= k < nfe:
+        raise ValueError(f"k is the number of rolled-out jumps and must satisfy 0 <= k < nfe={nfe}, got {k}")
+    with torch.no_grad():
+        x = z
+        for i in range(k):
+            x = flow_map(x, batch_t(ts[i], x), batch_t(ts[i + 1], x))
+    x = x.detach()
+    tk = float(ts[k])
+    return flow_map(x, batch_t(tk, x), batch_t(1.0, x)), x, tk
+
+
+def anyflow_dmd_loss(flow_map: FlowMapFn, real_velocity: Velocity, fake_velocity: Velocity, z: torch.Tensor,
+                     nfe: int, k: int, schedule: str | Sequence[float] | torch.Tensor = "uniform",
+                     t: torch.Tensor | None = None):
+    """AnyFlow's on-policy distribution matching: DMD (:func:`~distill_lab.methods.step.dmd.dmd_loss`,
+    Yin et al. 2024 eqs. 7-8) on the sample ``x_hat = X_{t_k, 1}(x_k)`` reached by
+    :func:`anyflow_backward_simulation` from a state the student's own ``nfe``-jump sampler visits.
+
+    Teacher provides: ``real_velocity`` (the real score). ``fake_velocity`` is the fake score, fitted
+    to the student's ``x_hat`` by :func:`~distill_lab.methods.step.dmd.fake_score_loss` (the caller's
+    critic step). Stop-gradient: the rollout to ``x_k``, both scores' predictions and the DMD target;
+    gradient flows only through the one shortcut jump from ``x_k``. ``t``: DMD's noising times.
+    Returns ``(loss, info)``; ``info["x_hat"]`` is the detached sample (for the fake score).
+    """
+    from .dmd import dmd_loss  # here, so importing flow_map does not register DMD's recipes first
+
+    x_hat, _, tk = anyflow_backward_simulation(flow_map, z, nfe, k, schedule)
+    loss, info = dmd_loss(x_hat, real_velocity, fake_velocity, t=t)
+    return loss, {"onpolicy_dmd": loss.detach(), "grad_norm": info["grad_norm"], "t_k": tk, "x_hat": x_hat.detach()}
+
+
 # ----------------------------------------------------------------------------- time sampling
 def sample_pairs(n: int, device=None, p_endpoints: float = 0.25, p_from_noise: float = 0.25,
                  gap_power: float = 0.5):
@@ -475,18 +519,35 @@ def train_progressive_flow_map(exp, steps=None, **overrides):
     return _train_flow_map(exp, student, steps, o["lr"], "progressive flow map", terms)
 
 
-@recipe("anyflow", tracks=("toy2d",), family="flow map", nfes=(1, 2, 4), paper=ANYFLOW_PAPER)
+@recipe("anyflow", tracks=("toy2d",), family="flow map", nfes=(1, 2, 4, 8), paper=ANYFLOW_PAPER)
 def train_anyflow(exp, steps=None, **overrides):
-    """AnyFlow-style two stages on one map: forward flow-map training (Lagrangian distillation, as
-    ``lagrangian``) for a share ``1 - onpolicy_frac`` of the steps, then the same loss plus the
-    on-policy term :func:`anyflow_onpolicy_loss` (weight ``w_onpolicy``) with the step count drawn
-    from ``nfes`` and the trained jump ``k`` drawn uniformly each step. Samples on ``schedule``."""
+    """AnyFlow's two stages on one map: forward flow-map training (Lagrangian distillation, as
+    ``lagrangian``) for a share ``1 - onpolicy_frac`` of the steps, then the same loss plus an on-policy
+    term (weight ``w_onpolicy``) with the step count drawn from ``nfes`` and the rolled-out jumps ``k``
+    drawn uniformly each step. ``onpolicy="dmd"`` (default, the paper's): :func:`anyflow_dmd_loss`, with
+    a fake score warm-started from the teacher and fitted to the student's backward-simulated samples
+    (``critic_updates`` flow-matching steps at ``fake_lr`` per student step). ``onpolicy="teacher"``: the
+    coupled variant :func:`anyflow_onpolicy_loss` (the teacher's ODE from the visited state; no fake
+    score). Samples on ``schedule`` with :func:`anyflow_sample` at any NFE."""
     o = _defaults(exp, overrides, lr=exp.scale.pick(ci=1e-3, default=1e-3, gpu=5e-4), w_diag=0.1,
                   p_endpoints=0.25, p_from_noise=0.25, gap_power=0.5, onpolicy_frac=0.5,
-                  w_onpolicy=1.0, nfes=(1, 2, 4), schedule="uniform", teacher_nfe=16)
+                  w_onpolicy=1.0, nfes=(1, 2, 4), schedule="uniform", teacher_nfe=16, onpolicy="dmd",
+                  fake_lr=4e-4, critic_updates=2)
+    if o["onpolicy"] not in ("dmd", "teacher"):
+        raise ValueError(f"onpolicy must be 'dmd' (the paper's distribution matching) or 'teacher', got {o['onpolicy']!r}")
     steps = steps or exp.scale.pick(ci=700, default=3000, gpu=20000)
     student = AnyStepFlowMap(exp.student_net(n_times=2), schedule=o["schedule"])
     start = int(steps * (1 - o["onpolicy_frac"]))
+    fake = f_opt = None
+    if o["onpolicy"] == "dmd":
+        from .dmd import fake_score_loss
+
+        fake = exp.student_net(1)
+        f_opt = torch.optim.Adam(fake.parameters(), lr=o["fake_lr"], betas=(0.0, 0.99))
+
+    def draw():
+        nfe = o["nfes"][int(torch.randint(len(o["nfes"]), (1,)))]
+        return nfe, int(torch.randint(nfe, (1,)))
 
     def terms(i):
         s, t = sample_pairs(exp.scale.batch, exp.device, o["p_endpoints"], o["p_from_noise"], o["gap_power"])
@@ -494,9 +555,23 @@ def train_anyflow(exp, steps=None, **overrides):
         lag, info = lagrangian_loss(student, exp.velocity, x, s, t)
         diag, dinfo = diagonal_loss(student, x1)
         loss, info = lag + o["w_diag"] * diag, {**info, **dinfo}
-        if i >= start:
-            nfe = o["nfes"][int(torch.randint(len(o["nfes"]), (1,)))]
-            k = int(torch.randint(nfe, (1,)))
+        if i >= start and fake is not None:
+            for _ in range(o["critic_updates"]):  # the fake score follows the student's samples
+                nfe, k = draw()
+                with torch.no_grad():
+                    x_hat = anyflow_backward_simulation(student, exp.noise_batch(), nfe, k, o["schedule"])[0]
+                lf, finfo = fake_score_loss(fake, x_hat)
+                f_opt.zero_grad(set_to_none=True)
+                lf.backward()
+                f_opt.step()
+            nfe, k = draw()
+            fake.requires_grad_(False)
+            on, oinfo = anyflow_dmd_loss(student, exp.velocity, fake, exp.noise_batch(), nfe, k, o["schedule"])
+            fake.requires_grad_(True)
+            oinfo = {k_: v for k_, v in oinfo.items() if k_ != "x_hat"}
+            loss, info = loss + o["w_onpolicy"] * on, {**info, **oinfo, **finfo}
+        elif i >= start:
+            nfe, k = draw()
             on, oinfo = anyflow_onpolicy_loss(student, exp.velocity, exp.noise_batch(), nfe, k,
                                               o["schedule"], o["teacher_nfe"])
             loss, info = loss + o["w_onpolicy"] * on, {**info, **oinfo}
