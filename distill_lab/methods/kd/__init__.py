@@ -9,14 +9,15 @@ so ``from distill_lab.methods import kd`` then ``kd.kd_loss`` reads like the pap
 * :mod:`.token` -- the same on language models' token logits ``[B, T, V]`` with a mask: forward and
   reverse KL, GKD's generalised JSD, DistiLLM's skew KL, top-k and sampled-token forms, MiniLLM's
   policy gradient, TAID and PACED through :mod:`.adaptive`;
-* :mod:`.kernel_sd` -- self-distillation in closed form for kernel ridge regression (Mobahi et al. 2020).
+* :mod:`.kernel_sd` -- self-distillation in closed form for kernel ridge regression (Mobahi et al. 2020);
+* :mod:`.momentum_gs` -- Momentum-GS's block-wise fitting with a momentum decoder, on a toy 2D scene.
 
 Losses take logits with the classes last, ``[B, ..., C]``, so the same functions distil a CNN's
 class logits and a language model's token logits. The metrics that judge them live in
 :mod:`distill_lab.metrics.classification` and :mod:`distill_lab.metrics.representation`.
 """
 
-from . import kernel_sd  # noqa: F401  (closed-form self-distillation: kd.kernel_sd.*)
+from . import kernel_sd, momentum_gs  # noqa: F401  (kd.kernel_sd.*, kd.momentum_gs.*)
 from .adaptive import (TAIDSchedule, beta_kernel, consensus_loss, consensus_targets, paced_kd_loss, paced_weights,  # noqa: F401
                        taid_loss, taid_target)
 from .common import kl_per_example  # noqa: F401
