@@ -9,6 +9,7 @@ registers every recipe in :mod:`distill_lab.core.registry`, in the order the lab
   function, one-step generator, velocity student);
 * :mod:`.trajectory` -- trajectory (direct) and progressive distillation;
 * :mod:`.arcflow` -- ArcFlow: few-step arcs, a mixture of momentum processes integrated in closed form;
+* :mod:`.leap` -- VideoScene's leap flow distillation and leap-time policy, on a toy restoration task;
 * :mod:`.consistency` -- CD, CT, sCM, TBCM, Hyper-SD (TSCD), CTM;
 * :mod:`.flow_map` -- Lagrangian / Eulerian / progressive flow-map distillation, AnyFlow;
 * :mod:`.dmd` -- DMD, DMD2's GAN term, ADM, CDM;
@@ -16,4 +17,4 @@ registers every recipe in :mod:`distill_lab.core.registry`, in the order the lab
 * :mod:`.reward` -- reward-tilted distribution matching (RTDMD).
 """
 
-from . import trajectory, arcflow, consistency, flow_map, dmd, rcm, reward  # noqa: F401  (registers the recipes)
+from . import trajectory, arcflow, leap, consistency, flow_map, dmd, rcm, reward  # noqa: F401  (registers the recipes)
