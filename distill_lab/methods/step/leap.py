@@ -11,8 +11,8 @@ The toy: the coarse estimate of a data point ``x`` is ``c = x + s * eps`` with a
 level ``s`` (:func:`coarse_inputs`), which the policy does not see. :class:`LeapGenerator` is a
 one-step generator from ``(x_tau, tau)`` to data, warm-started as the teacher's Euler jump and trained
 by :func:`leap_distill_loss` to land on the teacher's ODE solution from the same leap state (the
-distillation; the paper uses consistency distillation and a 3D-aware loss, which the toy has no use
-for). :class:`LeapPolicy` scores each candidate leap time from ``c`` alone, trained by
+distillation; the paper's own distillation objective on a video model and its 3D-aware parts are not
+reproduced). :class:`LeapPolicy` scores each candidate leap time from ``c`` alone, trained by
 :func:`policy_loss` to predict the error each leap time gives (a contextual bandit with every arm's
 outcome observed: the toy can afford to try every leap time on each training input). What is
 measured (:func:`evaluate_leap`): the error to the clean ``x`` at every fixed leap time and with the
