@@ -249,7 +249,8 @@ def evaluate_blocks(field: BlockField, res: int = 64, edge_points: int = 200, sh
     n = field.blocks
     for i in range(1, n):  # vertical edges x = i / n, then horizontal edges y = i / n
         for axis in (0, 1):
-            e = torch.stack([torch.full_like(s, i / n), s], 1) if axis == 0 else torch.stack([s, torch.full_like(s, i / n)], 1)
+            at = torch.full_like(s, i / n)
+            e = torch.stack([at, s], 1) if axis == 0 else torch.stack([s, at], 1)
             step = torch.zeros(2)
             step[axis] = 1e-4
             lo, hi = field.block_of(e - step), field.block_of(e + step)

@@ -23,8 +23,9 @@ What this module implements: the mixture and its closed-form integral; a student
 starts as the teacher's Euler step); trajectory distillation on the teacher's ODE paths, matching the
 arc's position at the step's end and at points inside it (:func:`arcflow_loss`). ``k=1`` is the same
 student with a single constant component: the linear shortcut ArcFlow is measured against. The
-paper's adapters are LoRA on a 20B transformer; here ``train_base=False`` freezes the copied teacher
-and trains only the arc head (the adapter regime), ``train_base=True`` (default) fine-tunes both.
+paper's adapters sit on 12B and 20B text-to-image teachers; here ``train_base=False`` freezes the
+copied teacher and trains only the arc head (the adapter regime), ``train_base=True`` (default)
+fine-tunes both.
 """
 
 from __future__ import annotations
@@ -106,7 +107,8 @@ class ArcFlowStudent(nn.Module):
             raise ValueError(f"an arc needs at least one component, got k={k}")
         dim = int(getattr(base, "dim", 0))
         if dim < 1:
-            raise ValueError("base must be a velocity net with a .dim (the flattened data size), e.g. exp.student_net()")
+            raise ValueError("base must be a velocity net with a .dim (the flattened data size), "
+                             "e.g. exp.student_net()")
         self.base, self.k, self.dim = base, k, dim
         base.requires_grad_(train_base)
         self.space, self.time = FourierSpace(x_freq, x_period), FourierTime(4)

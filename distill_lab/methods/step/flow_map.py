@@ -534,7 +534,8 @@ def train_anyflow(exp, steps=None, **overrides):
                   w_onpolicy=1.0, nfes=(1, 2, 4), schedule="uniform", teacher_nfe=16, onpolicy="dmd",
                   fake_lr=4e-4, critic_updates=2)
     if o["onpolicy"] not in ("dmd", "teacher"):
-        raise ValueError(f"onpolicy must be 'dmd' (the paper's distribution matching) or 'teacher', got {o['onpolicy']!r}")
+        raise ValueError(f"onpolicy must be 'dmd' (the paper's distribution matching) or 'teacher', "
+                         f"got {o['onpolicy']!r}")
     steps = steps or exp.scale.pick(ci=700, default=3000, gpu=20000)
     student = AnyStepFlowMap(exp.student_net(n_times=2), schedule=o["schedule"])
     start = int(steps * (1 - o["onpolicy_frac"]))
