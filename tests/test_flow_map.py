@@ -338,6 +338,10 @@ def test_recipes_smoke(tiny_exp, name):
         assert out["ratio"] > 0
     with pytest.raises(ValueError, match="unknown option"):
         r.train(tiny_exp, steps=1, learning_rate=1.0)
+    if name == "anyflow":  # the on-policy stage by the teacher's ODE runs too; a misspelt kind is refused
+        assert "loss" in r.train(tiny_exp, steps=4, onpolicy="teacher").history
+        with pytest.raises(ValueError, match="'dmd'"):
+            r.train(tiny_exp, steps=1, onpolicy="kl")
 
 
 @pytest.mark.parametrize("name, loss_name, self_distilled", [
