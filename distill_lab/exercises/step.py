@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from ..core import flows
-from ..methods.step import consistency, trajectory
+from ..methods.step import arcflow, consistency, trajectory
 from ..methods.step.students import ConsistencyFunction
 from ..nets.mlp import TimeMLP
 from . import compare, implement, prediction
@@ -244,6 +244,66 @@ def _check_progressive_target(fn) -> str:
 
 prediction("02.progressive_vs_euler_at_4", "at 4 NFE, which is closer to the data: the progressive student or "
            "the teacher's Euler sampler?", ("progressive", "teacher", "about the same"), solution="progressive")
+
+
+def _phi_safe(z):
+    safe = torch.where(z == 0, torch.ones_like(z), z)
+    return torch.where(z.abs() < 1e-6, 1 + z / 2, torch.expm1(safe) / safe)
+
+
+def _arc_sum(means, weights, tau, phi):
+    """``sum_k weights_k * means_k * tau * phi_k`` with ``weights, phi: [B, K]``."""
+    coef = weights * phi * tau[:, None]
+    return (coef.reshape(*coef.shape, *([1] * (means.dim() - 2))) * means).sum(1)
+
+
+def _arc_displacement(means, logits, rates, tau):
+    tau = flows.batch_t(tau, means)
+    return _arc_sum(means, torch.softmax(logits, 1), tau, _phi_safe(rates * tau[:, None]))
+
+
+def _arc_euler(means, logits, rates, tau):  # a straight step with the starting velocity
+    tau = flows.batch_t(tau, means)
+    return _arc_sum(means, torch.softmax(logits, 1), tau, torch.ones_like(rates))
+
+
+def _arc_raw_weights(means, logits, rates, tau):  # the logits used as weights, no softmax
+    tau = flows.batch_t(tau, means)
+    return _arc_sum(means, logits, tau, _phi_safe(rates * tau[:, None]))
+
+
+def _arc_end_velocity(means, logits, rates, tau):  # tau * u(tau): the velocity at the step's end, not its integral
+    tau = flows.batch_t(tau, means)
+    return _arc_sum(means, torch.softmax(logits, 1), tau, torch.exp(rates * tau[:, None]))
+
+
+def _arc_no_limit(means, logits, rates, tau):  # (e^z - 1) / z without its limit 1 at z = 0
+    tau = flows.batch_t(tau, means)
+    z = rates * tau[:, None]
+    return _arc_sum(means, torch.softmax(logits, 1), tau, torch.expm1(z) / z)
+
+
+@implement("02.arc_displacement", "ArcFlow's closed-form step: the integral of a mixture of momentum processes",
+           solution=_arc_displacement,
+           wrong={"a straight step with the starting velocity (no integral)": _arc_euler,
+                  "the logits used as weights (no softmax)": _arc_raw_weights,
+                  "tau times the velocity at the step's end": _arc_end_velocity,
+                  "(e^z - 1) / z without its limit at a zero rate": _arc_no_limit})
+def _check_arc_displacement(fn) -> str:
+    """``fn(means [B, K, ...], logits [B, K], rates [B, K], tau [B] or scalar)`` gives ``[B, ...]``."""
+    g = torch.Generator().manual_seed(4)
+    for shape in ((2,), (3, 4, 4)):
+        means = torch.randn(32, 4, *shape, generator=g)
+        logits = torch.randn(32, 4, generator=g)
+        rates = torch.randn(32, 4, generator=g) * 2
+        rates[:, 0] = 0.0  # component 0 is a constant velocity
+        tau = torch.rand(32, generator=g)
+        compare(fn(means, logits, rates, tau), arcflow.arc_displacement(means, logits, rates, tau),
+                f"the arc's displacement, means of shape {tuple(means.shape)}, per-sample tau", atol=1e-4)
+    compare(fn(means, logits, rates, 0.5), arcflow.arc_displacement(means, logits, rates, 0.5),
+            "the same with one scalar tau = 0.5", atol=1e-4)
+    return ("matches arcflow.arc_displacement on [B, K, 2] and [B, K, 3, 4, 4] means, per-sample and scalar tau, "
+            "with component 0 at rate 0 (where (e^z - 1) / z needs its limit 1)")
 
 
 # ---------------------------------------------------------------- lab 03: the consistency family
