@@ -174,3 +174,36 @@ def test_llm_recipes_score_one_batch_with_both_models(name, source, monkeypatch)
         if rest:
             (m_t, c_t, grad_t, priv), = rest
             assert m_t is exp.teacher and c_t is c_s and not grad_t and priv == exp.privileged
+
+
+def test_anyflow_fake_score_reads_the_students_backward_simulated_samples(tiny_exp, monkeypatch):
+    """AnyFlow's DMD stage: the fake score is fitted to the student's own jump from its visited state
+    (detached), and DMD's gradient reaches the student through a fresh jump, with the teacher as the
+    real score and the fitted fake score as the fake one."""
+    from distill_lab.methods.step.students import FlowMap
+
+    exp = copy.copy(tiny_exp)
+    noises = []
+
+    def noise_batch(n=None):
+        z = torch.randn(n or 64, 2)
+        noises.append(z)
+        return z
+
+    exp.noise_batch = noise_batch
+    calls = {k: [] for k in ("fake_score_loss", "dmd_loss")}
+    for k, c in calls.items():
+        record(monkeypatch, dmd, k, c)
+    torch.manual_seed(0)
+    student0 = FlowMap(exp.student_net(2)).eval()  # the map the recipe starts from
+    torch.manual_seed(0)
+    student = get_recipe("anyflow").train(exp, steps=1, onpolicy_frac=1.0, critic_updates=1, nfes=(1,))
+    assert len(calls["fake_score_loss"]) == 1 and len(calls["dmd_loss"]) == 1
+    ones, zeros = torch.ones(len(noises[0])), torch.zeros(len(noises[0]))
+    (fake_net, x_hat), _, _ = calls["fake_score_loss"][0]
+    assert fake_net is student.fake and not x_hat.requires_grad
+    with torch.no_grad():
+        torch.testing.assert_close(x_hat, student0(noises[0], zeros, ones))
+    (x, real_v, fake_v), _, _ = calls["dmd_loss"][0]
+    assert x.requires_grad and fake_v is student.fake and real_v == exp.velocity
+    torch.testing.assert_close(x.detach(), student0(noises[1], zeros, ones).detach())

@@ -541,7 +541,7 @@ def train_anyflow(exp, steps=None, **overrides):
     start = int(steps * (1 - o["onpolicy_frac"]))
     fake = f_opt = None
     if o["onpolicy"] == "dmd":
-        from .dmd import fake_score_loss
+        from .dmd import fake_score_loss, frozen
 
         fake = exp.student_net(1)
         f_opt = torch.optim.Adam(fake.parameters(), lr=o["fake_lr"], betas=(0.0, 0.99))
@@ -566,9 +566,8 @@ def train_anyflow(exp, steps=None, **overrides):
                 lf.backward()
                 f_opt.step()
             nfe, k = draw()
-            fake.requires_grad_(False)
-            on, oinfo = anyflow_dmd_loss(student, exp.velocity, fake, exp.noise_batch(), nfe, k, o["schedule"])
-            fake.requires_grad_(True)
+            with frozen(fake):  # the gradient flows through the fake score, not into it
+                on, oinfo = anyflow_dmd_loss(student, exp.velocity, fake, exp.noise_batch(), nfe, k, o["schedule"])
             oinfo = {k_: v for k_, v in oinfo.items() if k_ != "x_hat"}
             loss, info = loss + o["w_onpolicy"] * on, {**info, **oinfo, **finfo}
         elif i >= start:
@@ -578,4 +577,6 @@ def train_anyflow(exp, steps=None, **overrides):
             loss, info = loss + o["w_onpolicy"] * on, {**info, **oinfo}
         return loss, info
 
-    return _train_flow_map(exp, student, steps, o["lr"], "AnyFlow flow map", terms)
+    student = _train_flow_map(exp, student, steps, o["lr"], "AnyFlow flow map", terms)
+    student.fake = fake  # after training, so the map's optimiser never holds the fake score (None: "teacher")
+    return student
