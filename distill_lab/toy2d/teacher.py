@@ -79,6 +79,13 @@ def measure(exp: Toy2D, net: torch.nn.Module) -> dict:
     return out
 
 
+def data_floor(exp: Toy2D) -> dict:
+    """:func:`measure`'s figures for a second draw of the data (what a perfect teacher shows), but the
+    sliced ratio: off cells (checkerboard only, else ``None``), exact W2, precision and recall."""
+    return {"off_cells": checkerboard_off_cells(exp.floor_data) if exp.name == "checkerboard" else None,
+            **exp.sharp_floor}
+
+
 def ablation(scale=None, data="checkerboard", variants=None, seed: int = 0, progress: bool = True) -> dict:
     """Train and measure each of ``variants`` (default: all of :data:`VARIANTS`); returns
     ``{"rows": [...], "floor": {...}}``, the floor being a second data draw's figures."""
@@ -87,8 +94,7 @@ def ablation(scale=None, data="checkerboard", variants=None, seed: int = 0, prog
     if unknown:
         raise ValueError(f"unknown teacher variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
     exp = Toy2D(data, scale=scale, seed=seed, progress=progress)
-    floor = {"off_cells": checkerboard_off_cells(exp.floor_data) if exp.name == "checkerboard" else None,
-             "sliced_ratio": 1.0, **exp.sharp_floor}
+    floor = {**data_floor(exp), "sliced_ratio": 1.0}
     rows = []
     for name in names:
         what, settings = VARIANTS[name]
@@ -126,8 +132,7 @@ def commit_teacher(scale=None, data: str = "checkerboard", out=None, progress: b
     torch.save({k: v.detach().cpu().clone() for k, v in exp.teacher.state_dict().items()}, folder / "teacher.pt")
     hist = exp.teacher_history
     command = COMMIT_COMMAND.format(scale=exp.scale.name, data=exp.name)
-    floor = {"off_cells": checkerboard_off_cells(exp.floor_data) if exp.name == "checkerboard" else None,
-             **exp.sharp_floor}
+    floor = data_floor(exp)
     manifest = {"what": f"the toy-2D track's flow-matching teacher for {exp.name!r} at the {exp.scale.name} scale",
                 "config": exp.teacher_config(), "n_params": sum(p.numel() for p in exp.teacher.parameters()),
                 **training_record({"steps": hist["steps"], "train_seconds": hist["seconds"],

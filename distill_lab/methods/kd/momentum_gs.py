@@ -57,6 +57,17 @@ def toy_scene(xy: torch.Tensor) -> torch.Tensor:
     return rgb.clamp(0, 1)
 
 
+def _mean_parameters(decoders) -> list[torch.Tensor]:
+    """Parameter by parameter, the mean over ``decoders`` (modules of one architecture)."""
+    return [torch.stack(ps).mean(0) for ps in zip(*(d.parameters() for d in decoders))]
+
+
+def _pixel_centres(res: int) -> torch.Tensor:
+    """The ``res * res`` pixel centres of ``[0, 1]^2``, ``[res * res, 2]``, x fastest (row 0 at y near 0)."""
+    t = (torch.arange(res).float() + 0.5) / res
+    return torch.stack(torch.meshgrid(t, t, indexing="xy"), -1).reshape(-1, 2)
+
+
 def _decoder(features: int, width: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(features, width), nn.SiLU(), nn.Linear(width, width), nn.SiLU(),
                          nn.Linear(width, 3))
@@ -128,8 +139,8 @@ class BlockField(nn.Module):
     def average_decoder(self) -> nn.Module:
         """One decoder whose weights are the block decoders' mean (what independent blocks can merge into)."""
         avg = copy.deepcopy(self.decoders[0])
-        for name, p in avg.named_parameters():
-            p.copy_(torch.stack([dict(d.named_parameters())[name] for d in self.decoders]).mean(0))
+        for p, mean in zip(avg.parameters(), _mean_parameters(self.decoders)):
+            p.copy_(mean)
         return avg
 
 
@@ -210,8 +221,7 @@ def fit_blocks(field: BlockField, xy: torch.Tensor, rgb: torch.Tensor, steps: in
         opt.step()
         if momentum:
             with torch.no_grad():
-                for name, pm in field.momentum.named_parameters():
-                    online = torch.stack([dict(d.named_parameters())[name] for d in field.decoders]).mean(0)
+                for pm, online in zip(field.momentum.parameters(), _mean_parameters(field.decoders)):
                     pm.lerp_(online, 1 - decay)
         hist["loss"].append(float(total.detach()))
         hist["weights"].append(w.tolist())
@@ -229,8 +239,7 @@ def evaluate_blocks(field: BlockField, res: int = 64, edge_points: int = 200, sh
       each shared edge (each with its own features and decoder), beside ``seam_truth``, the scene's
       own RMS variation across a pixel at those edges (what a seam would be if it were one pixel's error).
     """
-    t = (torch.arange(res).float() + 0.5) / res
-    xy = torch.stack(torch.meshgrid(t, t, indexing="xy"), -1).reshape(-1, 2)
+    xy = _pixel_centres(res)
     truth = toy_scene(xy)
     b = field.block_of(xy)
     f = field.features(xy, b)
@@ -270,8 +279,7 @@ def render(field: BlockField, res: int = 64, decoder: str = "own") -> torch.Tens
     """The fitted scene on a ``res x res`` grid of pixel centres, ``[res, res, 3]`` in ``[0, 1]`` (row 0 at
     ``y`` near 0): every pixel read by its block's features and ``decoder``: ``"own"`` (the online
     decoder(s)), ``"momentum"`` or ``"average"`` (the block decoders' mean); ``"truth"`` gives the scene."""
-    t = (torch.arange(res).float() + 0.5) / res
-    xy = torch.stack(torch.meshgrid(t, t, indexing="xy"), -1).reshape(-1, 2)
+    xy = _pixel_centres(res)
     if decoder == "truth":
         out = toy_scene(xy)
     elif decoder == "average":
