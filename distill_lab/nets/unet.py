@@ -115,11 +115,15 @@ class TimeUNet(nn.Module):
     n_freq : Fourier frequencies of each time, ``pi 2^k`` for ``k < n_freq`` (module docstring).
     emb_dim : width of the time embedding; ``4 * base`` by default.
     groups : GroupNorm groups (reduced to a divisor of each width).
+    cond_channels : channels of an image condition ``cond: [B, cond_channels, H, W]`` (e.g. the
+        upsampled low-resolution image of super-resolution) concatenated to ``x`` at the input; the
+        output keeps ``channels``. ``0``: no condition.
     """
 
     def __init__(self, channels: int = 3, base: int = 32, mults=(1, 2), n_times: int = 1,
                  attention: bool = False, attn_kind: str = "softmax", heads: int = 1, blocks: int = 1,
-                 n_freq: int = 5, emb_dim: int | None = None, groups: int = 8, attn_levels=()):
+                 n_freq: int = 5, emb_dim: int | None = None, groups: int = 8, attn_levels=(),
+                 cond_channels: int = 0):
         super().__init__()
         mults = tuple(int(m) for m in mults)
         attn_levels = tuple(sorted({int(a) for a in attn_levels}))
@@ -135,14 +139,18 @@ class TimeUNet(nn.Module):
                            groups=groups)
         if attn_levels:  # only when used, so configurations saved before the option still compare equal
             self.config["attn_levels"] = attn_levels
-        self.channels, self.n_times, self.mults = channels, n_times, mults
+        if cond_channels < 0:
+            raise ValueError(f"cond_channels must be >= 0, got {cond_channels}")
+        if cond_channels:  # likewise
+            self.config["cond_channels"] = int(cond_channels)
+        self.channels, self.n_times, self.mults, self.cond_channels = channels, n_times, mults, int(cond_channels)
 
         self.time = FourierTime(n_freq)
         self.time_mlp = nn.Sequential(nn.Linear(n_times * self.time.dim, emb_dim), nn.SiLU(),
                                       nn.Linear(emb_dim, emb_dim))
 
         widths = [base * m for m in mults]
-        self.stem = nn.Conv2d(channels, base, 3, padding=1)
+        self.stem = nn.Conv2d(channels + cond_channels, base, 3, padding=1)
         self.down = nn.ModuleList()
         self.downsample = nn.ModuleList()
         # attention after block j of level i: "d{i}_{j}" (encoder), "u{i}_{j}" (decoder); empty if unused
@@ -178,17 +186,27 @@ class TimeUNet(nn.Module):
         """The time embedding ``[B, emb_dim]`` of the ``n_times`` times."""
         return self.time_mlp(torch.cat([self.time(batch_t(t, x)) for t in times], 1))
 
-    def forward(self, x: torch.Tensor, *times: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, *times: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         if len(times) != self.n_times:
             raise ValueError(f"this network takes {self.n_times} time argument(s), got {len(times)}")
         if x.dim() != 4 or x.shape[1] != self.channels:
             raise ValueError(f"this network takes images [B, {self.channels}, H, W], got x of shape {tuple(x.shape)}")
+        if (cond is None) != (self.cond_channels == 0):
+            raise ValueError(f"this network was built with cond_channels={self.cond_channels}: pass cond "
+                             f"[B, {self.cond_channels}, H, W] exactly when it is > 0")
+        if cond is not None:
+            if cond.shape != (x.shape[0], self.cond_channels, *x.shape[2:]):
+                raise ValueError(f"cond must be [B, {self.cond_channels}, H, W] = "
+                                 f"{(x.shape[0], self.cond_channels, *x.shape[2:])}, got {tuple(cond.shape)}")
+            x_in = torch.cat([x, cond], 1)
+        else:
+            x_in = x
         f = 2 ** (len(self.mults) - 1)
         if x.shape[2] % f or x.shape[3] % f:
             raise ValueError(f"with {len(self.mults)} resolutions, H and W must be divisible by {f}; "
                              f"got {x.shape[2]}x{x.shape[3]}")
         emb = self.embed(x, times)
-        h = self.stem(x)
+        h = self.stem(x_in)
         hs = []
         attn = self.level_attn
         for i, level in enumerate(self.down):

@@ -263,11 +263,13 @@ def gan_generator_loss(disc: nn.Module, x: torch.Tensor, t: torch.Tensor | None 
 
 
 def gan_discriminator_loss(disc: nn.Module, x_fake: torch.Tensor, x_real: torch.Tensor,
-                           t: torch.Tensor | None = None):
+                           t: torch.Tensor | None = None, noise_fake: torch.Tensor | None = None,
+                           noise_real: torch.Tensor | None = None):
     """Non-saturating GAN loss for the discriminator (DMD2, eq. (4), discriminator side).
 
     Real data ``x_real`` (positives) and generator samples ``x_fake`` (negatives) are noised to the
-    same times ``t`` with fresh noise; ``loss = softplus(-D(real_t)) + softplus(D(fake_t))``.
+    same times ``t`` with fresh noise (or ``noise_fake``, ``noise_real``: the path's start points, e.g.
+    the super-resolution flow's); ``loss = softplus(-D(real_t)) + softplus(D(fake_t))``.
     Stop-gradient: both inputs are detached, so only ``disc`` is trained. Shapes ``[B, ...]``.
     """
     _check_x(x_fake, "x_fake")
@@ -275,8 +277,8 @@ def gan_discriminator_loss(disc: nn.Module, x_fake: torch.Tensor, x_real: torch.
     if x_fake.shape != x_real.shape:
         raise ValueError(f"x_fake and x_real must have the same shape, got {tuple(x_fake.shape)} and {tuple(x_real.shape)}")
     t = _times(x_fake, t)
-    xf = interpolate(torch.randn_like(x_fake), x_fake.detach(), t)
-    xr = interpolate(torch.randn_like(x_real), x_real.detach(), t)
+    xf = interpolate(_noise(x_fake, noise_fake), x_fake.detach(), t)
+    xr = interpolate(_noise(x_real, noise_real), x_real.detach(), t)
     lr, lf = disc(xr, t), disc(xf, t)
     loss = F.softplus(-lr).mean() + F.softplus(lf).mean()
     return loss, {"gan_d": float(loss.detach()), "d_real": float(lr.detach().mean()),
