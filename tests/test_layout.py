@@ -16,7 +16,8 @@ import distill_lab.toy2d  # noqa: F401  (registers the toy2d track and the step 
 import distill_lab.video  # noqa: F401  (registers the video track and its recipes)
 from distill_lab.__main__ import TRACK_PACKAGES, main
 from distill_lab.core import bench, registry
-from distill_lab.core.experiment import Experiment, KDExperiment, StepExperiment, StreamExperiment, TokenExperiment
+from distill_lab.core.experiment import (ConditionalExperiment, Experiment, KDExperiment, StepExperiment, StreamExperiment,
+                                        TokenExperiment)
 
 ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "distill_lab"
@@ -210,6 +211,18 @@ def _tiny_cifar_gen():
                      feature_fn=pooled_features, image_scale=TINY_BENCH, progress=False)
 
 
+def _tiny_sr():
+    from test_superres import _images, _tiny_velocity
+
+    from distill_lab.cifar import sr
+
+    exp = sr.SRExperiment("ci", teacher=_tiny_velocity(3), data={"train": _images(64, 16, 10), "test": _images(64, 16, 11)},
+                          feature_fn=lambda x: x.mean(dim=(2, 3)), eval_n=16, progress=False)
+    exp.batch = 8
+    exp.recipe_defaults = {r.name: {"steps": 2} for r in registry.recipes("cifar-sr")}
+    return exp
+
+
 def _tiny_video():
     from test_video import SMALL, TINY
     from distill_lab.video import VideoWorld
@@ -246,11 +259,11 @@ def _tiny_cifar(tmp_path, monkeypatch):
                                  test_per_class=2, epochs=1, batch_size=8, seeds=(0,))
 
 
-@pytest.mark.parametrize("track", ["toy2d", "cifar-gen", "cifar", "video", "llm"])
+@pytest.mark.parametrize("track", ["toy2d", "cifar-gen", "cifar-sr", "cifar", "video", "llm"])
 def test_every_registered_recipe_has_a_row_on_its_tracks_bench(track, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("DISTILL_LAB_CACHE", str(tmp_path / "cache"))
     exp = {"toy2d": _tiny_toy2d, "cifar-gen": _tiny_cifar_gen, "video": _tiny_video, "llm": lambda: [_tiny_llm()],
-           "cifar": lambda: _tiny_cifar(tmp_path, monkeypatch)}[track]()
+           "cifar": lambda: _tiny_cifar(tmp_path, monkeypatch), "cifar-sr": _tiny_sr}[track]()
     t = bench.TRACKS[track]
     monkeypatch.setitem(bench.TRACKS, track, bench.BenchTrack(t.name, t.summary, t.row_keys,
                                                               lambda args, scale: exp, t.run, t.table))
@@ -302,8 +315,12 @@ def experiment_uses(path: Path) -> set[str]:
 def test_step_recipes_use_nothing_outside_the_contract():
     step = members(StepExperiment)
     for path in sorted((PKG / "methods" / "step").glob("*.py")) + [PKG / "methods" / "arch.py", PKG / "core" / "bench.py"]:
+        if path.name == "superres.py":
+            continue
         extra = experiment_uses(path) - step - {"recipe_defaults"}
         assert not extra, f"{path.name} uses exp.{sorted(extra)}, which StepExperiment does not declare"
+    extra = experiment_uses(PKG / "methods" / "step" / "superres.py") - members(ConditionalExperiment)
+    assert not extra, f"superres.py uses exp.{sorted(extra)}, which ConditionalExperiment does not declare"
     extra = experiment_uses(PKG / "cifar" / "kd_recipes.py") - members(KDExperiment) - {"runs"}
     assert not extra, f"kd_recipes.py uses exp.{sorted(extra)}, which KDExperiment does not declare"
     extra = experiment_uses(PKG / "video" / "recipes.py") - members(StreamExperiment) - {"recipe_defaults"}
@@ -318,12 +335,13 @@ def test_contract_check_catches_an_undeclared_attribute(tmp_path):
     assert experiment_uses(p) - members(StepExperiment) == {"secret_teacher_weights"}
 
 
-@pytest.mark.parametrize("kind", ["toy2d", "cifar-gen", "cifar", "video", "llm"])
+@pytest.mark.parametrize("kind", ["toy2d", "cifar-gen", "cifar-sr", "cifar", "video", "llm"])
 def test_experiments_implement_every_member_of_their_contract(kind, tmp_path, monkeypatch):
     monkeypatch.setenv("DISTILL_LAB_CACHE", str(tmp_path / "cache"))
     exp = {"toy2d": _tiny_toy2d, "cifar-gen": _tiny_cifar_gen, "video": _tiny_video, "llm": _tiny_llm,
-           "cifar": lambda: _tiny_cifar(tmp_path, monkeypatch)}[kind]()
-    proto = {"cifar": KDExperiment, "video": StreamExperiment, "llm": TokenExperiment}.get(kind, StepExperiment)
+           "cifar": lambda: _tiny_cifar(tmp_path, monkeypatch), "cifar-sr": _tiny_sr}[kind]()
+    proto = {"cifar": KDExperiment, "video": StreamExperiment, "llm": TokenExperiment,
+             "cifar-sr": ConditionalExperiment}.get(kind, StepExperiment)
     assert isinstance(type(exp), type) and proto in type(exp).__mro__, f"{type(exp).__name__} must name {proto.__name__}"
     assert isinstance(exp, Experiment) and isinstance(exp, proto)
     missing = [m for m in sorted(members(proto)) if not implemented_by(exp, m, proto)]

@@ -228,3 +228,26 @@ def test_sr_recipes_train_and_keep_the_lr_image(tiny_sr, train, kw):
         assert st.real is not None and train(tiny_sr, steps=2, dtm_weight=0.0).real is None
         with pytest.raises(ValueError, match="init"):
             train(tiny_sr, steps=1, init="imagenet")
+
+
+def test_sr_bench_rows_and_table(tiny_sr, monkeypatch):
+    from distill_lab.core import bench, registry
+    import distill_lab.cifar  # noqa: F401  (registers the track)
+
+    assert "cifar-sr" in bench.TRACKS and {r.name for r in registry.recipes("cifar-sr")} == {"tadsr", "ctmsr"}
+
+    def broken(exp, *a, **k):
+        raise RuntimeError("boom")
+
+    monkeypatch.setitem(registry.RECIPES, "broken-sr", registry.Recipe("broken-sr", ("cifar-sr",), "test", "none", broken))
+    orig = registry.RECIPES["tadsr"]
+    monkeypatch.setitem(registry.RECIPES, "tadsr", registry.Recipe(
+        "tadsr", orig.tracks, orig.family, orig.paper, lambda exp: orig.train(exp, steps=1, critic_updates=1)))
+    rows = sr.run_sr_bench(tiny_sr, ["tadsr", "broken-sr"])
+    assert [r["method"] for r in rows][:3] == ["[upsampled LR]", "[teacher, 1 step]", "[teacher, 16 NFE]"]
+    assert set(sr.SR_ROW_KEYS) <= set(rows[0])
+    ok, bad = rows[3], rows[4]
+    assert ok["error"] is None and ok["range_error"] < 1e-4 and ok["value"] > 0
+    assert bad["error"] == "RuntimeError: boom" and bad["value"] is None
+    table = sr.format_sr_table(rows)
+    assert "tadsr" in table and "failed: RuntimeError: boom" in table and "floors" in table

@@ -1,5 +1,6 @@
-"""The CIFAR-10 bench tracks: ``cifar`` (knowledge distillation of a classifier) and ``cifar-gen``
-(step distillation of the flow teacher, the toy-2D bench on images).
+"""The CIFAR-10 bench tracks: ``cifar`` (knowledge distillation of a classifier), ``cifar-gen``
+(step distillation of the flow teacher, the toy-2D bench on images) and ``cifar-sr`` (one-step
+super-resolution students of the conditional teacher, :mod:`.sr`).
 
     python -m distill_lab bench cifar --scale ci --methods hinton_kd,taid --seeds 0 1 2
     python -m distill_lab bench cifar-gen --scale ci --json out/bench_cifar_gen.json
@@ -17,6 +18,7 @@ from ..methods import step  # noqa: F401  (registers the step-distillation recip
 from .flow_experiment import CifarFlow
 from .kd_experiment import CifarKD
 from .kd_recipes import CIFAR_ROW_KEYS, format_cifar_table, run_cifar
+from .sr import SR_ROW_KEYS, SRExperiment, format_sr_table, run_sr_bench
 
 
 def _prepare_kd(args, scale) -> CifarKD:
@@ -44,3 +46,18 @@ register_track(BenchTrack(
     row_keys=STEP_ROW_KEYS, prepare=_prepare_gen,
     run=lambda exp, methods, args: run_step_bench(exp, methods, seed=args.seed, track="cifar-gen"),
     table=format_step_table))
+
+
+def _prepare_sr(args, scale) -> SRExperiment:
+    exp = SRExperiment(scale, seed=args.seed, progress=not args.quiet)
+    print(f"bench cifar-sr: {exp.resolution // 2}x{exp.resolution // 2} -> {exp.resolution}x{exp.resolution}, "
+          f"{exp.eval_n} test images, device={exp.device} seed={args.seed}")
+    return exp
+
+
+register_track(BenchTrack(
+    name="cifar-sr", summary="one-step super-resolution students of the conditional flow teacher (PSNR, HF "
+                             "spectrum error, FD in classifier features)",
+    row_keys=SR_ROW_KEYS, prepare=_prepare_sr,
+    run=lambda exp, methods, args: run_sr_bench(exp, methods, seed=args.seed),
+    table=format_sr_table))

@@ -1,20 +1,12 @@
-"""CIFAR-10 super-resolution: the conditional task of the step-distillation track.
+"""CIFAR-10 super-resolution: the conditional task of the step-distillation track (bench ``cifar-sr``).
 
     python -m distill_lab.cifar.sr --commit --scale ci   # train the SR teacher, write datasets/teachers/cifar10_sr_ci
 
 The high-resolution (HR) image is the track's image at the scale's resolution (16 x 16 at ``ci``); its
-low-resolution (LR) version is the ``FACTOR x FACTOR`` block average (8 x 8). Write ``P x`` for
-:func:`range_part`, the block average spread back over its block (``up(down(x))``): an orthogonal
-projection onto images constant on each block, and everything the LR image says about the HR one.
-:func:`null_part` is ``x - P x``, what super-resolution must invent.
-
-**The SR flow** (the path every method of the track shares): start at ``x_0 = c + sigma * (I - P) eps``
-with ``c = up(LR)`` and ``eps ~ N(0, I)`` (:func:`sr_start`), end at ``x_1 = HR``, and move on the
-line ``x_t = (1 - t) x_0 + t x_1``. The velocity ``x_1 - x_0 = (I - P)(HR - sigma eps)`` has no
-range part, so :class:`SRVelocity` projects its network's output with ``I - P``: every sample of the
-flow, at any step count and with any weights, keeps ``P x = c``; its block averages are the LR input
-exactly. This is the flow of CTMSR (a PF-ODE from the noisy LR image to the HR image), with the noise
-kept to the part the LR image leaves open (the range/null-space split of DDNM, Wang et al. 2023).
+low-resolution (LR) version is the ``FACTOR x FACTOR`` block average (8 x 8). The flow from the noisy
+LR image to the HR image, its operators (``range_part``, ``null_part``, ``sr_start``, ``SRVelocity``,
+``sr_flow_loss``, ``sr_sample``) and the students live in :mod:`distill_lab.methods.step.superres`;
+this module re-exports the operators. Every sampler of that flow keeps the LR image exactly.
 
 :class:`SRExperiment` holds the data, the committed teacher (``load_sr_teacher``; trained by
 :func:`train_sr_teacher` when absent) and the measurements of :meth:`SRExperiment.evaluate`: PSNR to
@@ -36,22 +28,20 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from ..core.checkpoints import (check_folder, file_records, float32_state, fp16_state, teachers_root,
                                 training_record, update_manifest)
-from ..core.flows import expand_t, interpolate
+from ..core.experiment import ConditionalExperiment
 from ..core.scale import get_scale
 from ..core.train import fit, seed_everything
 from ..metrics.frechet import disjoint_halves, frechet_distance
 from ..metrics.images import hf_spectrum_error, psnr
+from ..methods.step.superres import (FACTOR, SIGMA, SRVelocity, downsample, null_part, range_part, sr_flow_loss,
+                                     sr_sample, sr_start, upsample)
 from ..nets.unet import TimeUNet
 from ..nets.utils import clone_frozen, ema_update, n_params
 from .flow_config import IMAGE_SCALES, load_flow_data
 
-FACTOR = 2  # the LR image is the HR image's FACTOR x FACTOR block average
-SIGMA = 1.0  # the start's noise level on the null part
 FILES = ("teacher.pt",)
 COMMAND = "python -m distill_lab.cifar.sr --commit --scale"
 # the SR teacher's training, per scale (numbers only); ``unet``: TimeUNet options beside cond_channels=3
@@ -61,90 +51,13 @@ SR_SETTINGS = {
 }
 
 
+__all__ = ["FACTOR", "SIGMA", "SRVelocity", "downsample", "upsample", "range_part", "null_part", "sr_start",
+           "sr_flow_loss", "sr_sample", "sr_unet", "SR_SETTINGS", "train_sr_teacher", "load_sr_teacher",
+           "commit_sr_teacher", "SRExperiment", "run_sr_bench", "format_sr_table", "SR_ROW_KEYS"]
+
+
 class SRTeacherUnavailable(FileNotFoundError):
     """The SR teacher's folder lacks a file, or a file's sha256 differs from the manifest's."""
-
-
-# ---------------------------------------------------------------------------------- the operators
-def downsample(x: torch.Tensor, factor: int = FACTOR) -> torch.Tensor:
-    """``[N, C, H, W] -> [N, C, H / f, W / f]``: the block average (area downsampling)."""
-    if x.dim() != 4 or x.shape[-1] % factor or x.shape[-2] % factor:
-        raise ValueError(f"images [N, C, H, W] with H and W divisible by {factor} expected, got {tuple(x.shape)}")
-    return F.avg_pool2d(x, factor)
-
-
-def upsample(y: torch.Tensor, factor: int = FACTOR) -> torch.Tensor:
-    """``[N, C, h, w] -> [N, C, h f, w f]``: each pixel repeated over its block (nearest)."""
-    return y.repeat_interleave(factor, -2).repeat_interleave(factor, -1)
-
-
-def range_part(x: torch.Tensor, factor: int = FACTOR) -> torch.Tensor:
-    """``P x = up(down(x))``: the orthogonal projection onto block-constant images."""
-    return upsample(downsample(x, factor), factor)
-
-
-def null_part(x: torch.Tensor, factor: int = FACTOR) -> torch.Tensor:
-    """``(I - P) x``: the part of ``x`` its block averages do not determine."""
-    return x - range_part(x, factor)
-
-
-def sr_start(cond: torch.Tensor, noise: torch.Tensor, sigma: float = SIGMA, factor: int = FACTOR) -> torch.Tensor:
-    """The SR flow's start ``x_0 = c + sigma (I - P) eps`` for ``c = up(LR)`` and noise ``eps``."""
-    if cond.shape != noise.shape:
-        raise ValueError(f"cond and noise must have the same shape, got {tuple(cond.shape)} and {tuple(noise.shape)}")
-    return cond + sigma * null_part(noise, factor)
-
-
-class SRVelocity(nn.Module):
-    """``v(x, t, c) = (I - P) net(x, t, cond=c)``: a conditional velocity with no range part, around a
-    :class:`~distill_lab.nets.unet.TimeUNet` built with ``cond_channels`` equal to its ``channels``.
-    ``net`` may take several times (a flow map's ``V(x, s, t, c)``): ``forward(x, *times, cond=c)``."""
-
-    def __init__(self, net: TimeUNet, factor: int = FACTOR):
-        super().__init__()
-        if getattr(net, "cond_channels", 0) != getattr(net, "channels", -1):
-            raise ValueError("SRVelocity needs a TimeUNet with cond_channels equal to channels (the "
-                             "condition is the upsampled LR image)")
-        self.net, self.factor = net, factor
-
-    def forward(self, x: torch.Tensor, *times: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        return null_part(self.net(x, *times, cond=cond), self.factor)
-
-
-def sr_unet(settings: dict, n_times: int = 1) -> TimeUNet:
-    return TimeUNet(channels=3, cond_channels=3, n_times=n_times, **settings["unet"])
-
-
-def sr_flow_loss(velocity: Callable, hr: torch.Tensor, noise: torch.Tensor | None = None,
-                 t: torch.Tensor | None = None, sigma: float = SIGMA, factor: int = FACTOR) -> torch.Tensor:
-    """Flow matching on the SR flow (Lipman et al. 2023, eq. 23, on this path): with ``c = P hr``,
-    ``x_0 = sr_start(c, eps)``, ``x_t = (1 - t) x_0 + t hr``, the loss is
-    ``mean || v(x_t, t, c) - (hr - x_0) ||^2`` over elements. No teacher; ``velocity(x, t, cond=c)``."""
-    noise = torch.randn_like(hr) if noise is None else noise
-    t = torch.rand(hr.shape[0], device=hr.device) if t is None else t
-    c = range_part(hr, factor)
-    x0 = sr_start(c, noise, sigma, factor)
-    return (velocity(interpolate(x0, hr, t), t, cond=c) - (hr - x0)).pow(2).mean()
-
-
-@torch.no_grad()
-def sr_sample(velocity: Callable, cond: torch.Tensor, noise: torch.Tensor, nfe: int, method: str = "euler",
-              sigma: float = SIGMA, factor: int = FACTOR) -> torch.Tensor:
-    """Solve the SR flow from ``sr_start(cond, noise)`` to ``t = 1`` in ``nfe`` evaluations (Euler, or
-    midpoint with ``nfe`` even)."""
-    if method not in ("euler", "midpoint") or nfe < 1 or (method == "midpoint" and nfe % 2):
-        raise ValueError(f"use method 'euler' (any nfe >= 1) or 'midpoint' (even nfe); got {method!r}, nfe={nfe}")
-    steps = nfe if method == "euler" else nfe // 2
-    x = sr_start(cond, noise, sigma, factor)
-    ts = torch.linspace(0, 1, steps + 1, device=x.device)
-    for i in range(steps):
-        a, b = ts[i].expand(x.shape[0]), ts[i + 1].expand(x.shape[0])
-        v = velocity(x, a, cond=cond)
-        if method == "midpoint":
-            m = (a + b) / 2
-            v = velocity(x + expand_t(m - a, x) * v, m, cond=cond)
-        x = x + expand_t(b - a, x) * v
-    return x
 
 
 # ---------------------------------------------------------------------------------- the teacher
@@ -182,6 +95,11 @@ def train_sr_teacher(train_x: torch.Tensor, settings: dict, seed: int = 0, devic
     losses = hist.get("loss", [])[-10:]
     return ema.eval(), {"steps": hist["steps"], "train_seconds": hist["seconds"],
                         "final_loss": float(sum(losses) / len(losses)) if losses else None, "history": hist}
+
+
+def sr_unet(settings: dict, n_times: int = 1) -> TimeUNet:
+    """The SR teacher's U-Net: three channels, the upsampled LR image as three condition channels."""
+    return TimeUNet(channels=3, cond_channels=3, n_times=n_times, **settings["unet"])
 
 
 def sr_teacher_dir(scale: str = "ci") -> Path:
@@ -229,7 +147,7 @@ def commit_sr_teacher(scale: str = "ci", out: str | Path | None = None, progress
 
 
 # ---------------------------------------------------------------------------------- the experiment
-class SRExperiment:
+class SRExperiment(ConditionalExperiment):
     """The SR track at one scale: data, committed teacher, fixed evaluation set and its measurements.
 
     ``evaluate(sample)`` calls ``sample(cond, noise) -> HR estimate`` on the fixed evaluation set
@@ -248,11 +166,13 @@ class SRExperiment:
         if sc.name not in SR_SETTINGS:
             print(f"the SR track has settings for {sorted(SR_SETTINGS)} only; running scale {sc.name!r} as ci")
         self.scale_name = sc.name if sc.name in SR_SETTINGS else "ci"
+        self.scale = sc if sc.name == self.scale_name else get_scale(self.scale_name, device=sc.device)
         self.settings = SR_SETTINGS[self.scale_name]
         self.image_scale = IMAGE_SCALES[self.scale_name]
         self.device, self.seed, self.progress = sc.device, seed, progress
         self.resolution = self.image_scale.resolution
         self.shape = (3, self.resolution, self.resolution)
+        self.name = f"cifar10-sr-{self.resolution // FACTOR}to{self.resolution}px"
         self.eval_n = eval_n or self.settings["eval_n"]
         self.batch = self.settings["batch"]
         self.hf_lo = self.resolution // (2 * FACTOR) + 1  # rings above the LR image's Nyquist frequency
@@ -385,6 +305,53 @@ class SRExperiment:
         out["upsampled_lr"] = self.evaluate(lambda c, z: c)
         out["floors"] = self.floors
         return out
+
+
+# ---------------------------------------------------------------------------------- the bench
+SR_ROW_KEYS = ("method", "metric", "value", "floor", "psnr", "hf", "hf_floor", "range_error", "seeds",
+               "train_seconds")
+
+
+def run_sr_bench(exp: SRExperiment, methods=None, seed: int = 0) -> list[dict]:
+    """The ``cifar-sr`` bench: one row for each baseline (:attr:`SRExperiment.baselines`), then one for
+    each recipe of the track (``methods``: a subset), trained with ``seed``; ``value`` is the Fréchet
+    distance, beside its floor, the PSNR, and the high-frequency error beside its floor."""
+    from ..core.bench import bench_methods
+    from ..core.registry import get_recipe
+
+    def row(name, r, secs, error=None):
+        r = r or {}
+        return {"method": name, "metric": "fd_classifier", "value": r.get("fd"), "floor": exp.floors["fd"],
+                "psnr": r.get("psnr"), "hf": r.get("hf"), "hf_floor": exp.floors["hf"],
+                "range_error": r.get("range_error"), "seeds": [seed], "train_seconds": secs, "error": error}
+
+    rows = [row(f"[{k}]", r, 0.0) for k, r in exp.baselines.items()]
+    for m in methods or bench_methods("cifar-sr"):
+        t0 = time.perf_counter()
+        try:
+            torch.manual_seed(seed)
+            student = get_recipe(m, "cifar-sr").train(exp)
+            rows.append(row(m, exp.evaluate(student.sample), time.perf_counter() - t0))
+        except Exception as err:  # one failed method must not hide the others' results
+            rows.append(row(m, None, time.perf_counter() - t0, f"{type(err).__name__}: {err}"))
+    return rows
+
+
+def format_sr_table(rows: list[dict]) -> str:
+    from ..core.bench import text_table
+
+    def f(v, d):
+        return "-" if v is None else f"{v:.{d}f}"
+
+    body = []
+    for r in rows:
+        body.append([r["method"], f(r["psnr"], 2), f(r["hf"], 3), f(r["value"], 2), f(r["train_seconds"], 0)])
+        if r.get("error"):
+            body.append([f"  failed: {r['error']}"])
+    floor = rows[0] if rows else {}
+    return text_table(["method", "PSNR (dB)", "HF spectrum error", "FD (classifier)", "train s"], body,
+                      notes=[f"floors (two halves of real test images): HF {f(floor.get('hf_floor'), 3)}, "
+                             f"FD {f(floor.get('floor'), 2)}; [..] rows are baselines, not trained"])
 
 
 def main(argv=None) -> None:

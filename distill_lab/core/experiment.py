@@ -9,6 +9,10 @@ offers a recipe the pieces it needs. Two contracts exist, one a kind of distilla
   :class:`distill_lab.toy2d.experiment.Toy2D` and :class:`distill_lab.cifar.flow_experiment.CifarFlow`;
   every recipe of :mod:`distill_lab.methods.step` uses nothing else of ``exp``, so a recipe written on
   2D points runs on images unchanged.
+* :class:`ConditionalExperiment` -- step distillation of a *conditional* flow teacher: super-resolution
+  (track ``cifar-sr``), where every sample has a condition (the upsampled low-resolution image).
+  Implemented by :class:`distill_lab.cifar.sr.SRExperiment`; the recipes of
+  :mod:`distill_lab.methods.step.superres` use nothing else of ``exp``.
 * :class:`StreamExperiment` -- streaming (autoregressive) video distillation: a bidirectional clip
   teacher and block-causal students (track ``video``). Implemented by
   :class:`distill_lab.video.experiment.VideoWorld`.
@@ -172,6 +176,41 @@ class KDExperiment(Experiment, Protocol):
 
     def run(self, method: str, seed: int, **options) -> dict:
         """Train (or load from the cache) one registered recipe with ``seed`` and evaluate it."""
+        ...
+
+
+@runtime_checkable
+class ConditionalExperiment(Experiment, Protocol):
+    """A conditional flow teacher ``v(x, t, cond)``, paired training data and a fixed evaluation: what the
+    super-resolution recipes use. Images are ``[B, *shape]``; the condition has the same shape."""
+
+    seed: int
+    shape: tuple[int, ...]  # one image's shape ``(C, H, W)``
+    batch: int  # the recipes' batch
+    teacher: nn.Module  # the frozen conditional velocity ``teacher(x, t, cond=c)``
+
+    def velocity(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """The teacher's velocity at ``x`` for condition ``cond``, ``t: [B]``."""
+        ...
+
+    def hr_batch(self, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(target, cond)``: ``n`` fresh training targets and their conditions (global RNG)."""
+        ...
+
+    def student_net(self, n_times: int = 1) -> nn.Module:
+        """A trainable copy of the teacher taking ``n_times`` times."""
+        ...
+
+    def new_net(self, n_times: int = 1) -> nn.Module:
+        """A freshly initialised network of the teacher's size (for methods that use no teacher)."""
+        ...
+
+    def fit(self, step: Callable[[int], Any], n_steps: int, desc: str) -> dict:
+        """:func:`distill_lab.core.train.fit` with this experiment's settings."""
+        ...
+
+    def evaluate(self, sample: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> dict:
+        """``sample(cond, noise)`` on the fixed evaluation set, measured beside the floors."""
         ...
 
 

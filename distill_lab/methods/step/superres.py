@@ -1,8 +1,20 @@
-"""One-step super-resolution students on the SR flow (:mod:`distill_lab.cifar.sr`): TAD-SR and CTMSR.
+"""Super-resolution as a flow, and two one-step students of it: TAD-SR and CTMSR.
 
-Both students map the SR flow's start ``x_0 = c + sigma (I - P) eps`` (``c`` the upsampled LR image)
-to an HR image in one network call, and both keep ``P x = c`` by construction (their networks are
-:class:`~distill_lab.cifar.sr.SRVelocity`: no range part). What each method adds:
+**The SR flow.** The low-resolution (LR) image is the high-resolution (HR) one's ``FACTOR x FACTOR``
+block average. Write ``P x`` for :func:`range_part`, the block average spread back over its block
+(``up(down(x))``): an orthogonal projection onto block-constant images, and everything the LR image
+says about the HR one; :func:`null_part` is ``x - P x``, what super-resolution must invent. The flow
+starts at ``x_0 = c + sigma (I - P) eps`` with ``c = up(LR)`` and ``eps ~ N(0, I)`` (:func:`sr_start`),
+ends at ``x_1 = HR`` and moves on the line ``x_t = (1 - t) x_0 + t x_1``. Its velocity
+``x_1 - x_0 = (I - P)(HR - sigma eps)`` has no range part, so :class:`SRVelocity` projects its network's
+output with ``I - P``: every sample of the flow, at any step count and with any weights, keeps
+``P x = c``, its block averages are the LR input exactly. This is CTMSR's flow (a PF-ODE from the noisy
+LR image to the HR image) with the noise kept to the part the LR image leaves open (the range/null-space
+split of DDNM, Wang et al. 2023). :func:`sr_flow_loss` trains a velocity on it (the teacher of
+:mod:`distill_lab.cifar.sr`), :func:`sr_sample` solves it.
+
+**The students** map ``x_0`` to an HR image in one network call and keep ``P x = c`` by construction
+(their networks are :class:`SRVelocity`). What each method adds:
 
 * **TAD-SR** ("One Step Diffusion-based Super-Resolution with Time-Aware Distillation", August
   2024): a one-step generator initialised from the teacher, trained by
@@ -24,22 +36,28 @@ to an HR image in one network call, and both keep ``P x = c`` by construction (t
   images and one on the student's outputs, and their data predictions give a DMD-style gradient: our
   reading of the abstract's DTM, said as such; no pre-trained network enters.
 
-Recipes (plain functions, run by the SR bench and lab): :func:`train_tadsr`, :func:`train_ctmsr`, both
-returning a student with ``sample(cond, noise)``.
+Recipes ``tadsr`` and ``ctmsr`` (track ``cifar-sr``: ``python -m distill_lab bench cifar-sr``):
+:func:`train_tadsr`, :func:`train_ctmsr`, both returning a student with ``sample(cond, noise)``.
 """
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from ...core.flows import batch_t, expand_t
+from ...core.flows import batch_t, expand_t, interpolate
+from ...core.registry import recipe
+from ...nets.unet import TimeUNet
 from ...nets.utils import clone_frozen, ema_update
 from .consistency import _grid_size, ct_loss
 from .dmd import (_adam, _critic_step, ConvDiscriminator, dmd_loss, fake_score_loss, frozen,
                   gan_discriminator_loss, gan_generator_loss, T_MAX)
 
-__all__ = ["SROneStep", "SRConsistency", "tadsr_loss", "tadsr_gan_loss", "tadsr_discriminator_loss",
+__all__ = ["FACTOR", "SIGMA", "downsample", "upsample", "range_part", "null_part", "sr_start",
+           "SRVelocity", "sr_flow_loss", "sr_sample", "SROneStep", "SRConsistency", "tadsr_loss", "tadsr_gan_loss", "tadsr_discriminator_loss",
            "ctmsr_ct_loss", "ctmsr_dtm_loss", "CondDiscriminator", "train_tadsr", "train_ctmsr",
            "TADSR_PAPER", "CTMSR_PAPER"]
 
@@ -47,9 +65,86 @@ TADSR_PAPER = "TAD-SR 2024, One Step Diffusion-based Super-Resolution with Time-
 CTMSR_PAPER = "CTMSR 2025, Consistency Trajectory Matching for One-Step Generative Super-Resolution"
 
 
-def _sr():
-    from ...cifar import sr  # the track's operators (imported late: the track imports the methods)
-    return sr
+FACTOR = 2  # the LR image is the HR image's FACTOR x FACTOR block average
+SIGMA = 1.0  # the start's noise level on the null part
+
+
+# ------------------------------------------------------------------ the SR flow and its operators
+def downsample(x: torch.Tensor, factor: int = FACTOR) -> torch.Tensor:
+    """``[N, C, H, W] -> [N, C, H / f, W / f]``: the block average (area downsampling)."""
+    if x.dim() != 4 or x.shape[-1] % factor or x.shape[-2] % factor:
+        raise ValueError(f"images [N, C, H, W] with H and W divisible by {factor} expected, got {tuple(x.shape)}")
+    return F.avg_pool2d(x, factor)
+
+
+def upsample(y: torch.Tensor, factor: int = FACTOR) -> torch.Tensor:
+    """``[N, C, h, w] -> [N, C, h f, w f]``: each pixel repeated over its block (nearest)."""
+    return y.repeat_interleave(factor, -2).repeat_interleave(factor, -1)
+
+
+def range_part(x: torch.Tensor, factor: int = FACTOR) -> torch.Tensor:
+    """``P x = up(down(x))``: the orthogonal projection onto block-constant images."""
+    return upsample(downsample(x, factor), factor)
+
+
+def null_part(x: torch.Tensor, factor: int = FACTOR) -> torch.Tensor:
+    """``(I - P) x``: the part of ``x`` its block averages do not determine."""
+    return x - range_part(x, factor)
+
+
+def sr_start(cond: torch.Tensor, noise: torch.Tensor, sigma: float = SIGMA, factor: int = FACTOR) -> torch.Tensor:
+    """The SR flow's start ``x_0 = c + sigma (I - P) eps`` for ``c = up(LR)`` and noise ``eps``."""
+    if cond.shape != noise.shape:
+        raise ValueError(f"cond and noise must have the same shape, got {tuple(cond.shape)} and {tuple(noise.shape)}")
+    return cond + sigma * null_part(noise, factor)
+
+
+class SRVelocity(nn.Module):
+    """``v(x, t, c) = (I - P) net(x, t, cond=c)``: a conditional velocity with no range part, around a
+    :class:`~distill_lab.nets.unet.TimeUNet` built with ``cond_channels`` equal to its ``channels``.
+    ``net`` may take several times (a flow map's ``V(x, s, t, c)``): ``forward(x, *times, cond=c)``."""
+
+    def __init__(self, net: TimeUNet, factor: int = FACTOR):
+        super().__init__()
+        if getattr(net, "cond_channels", 0) != getattr(net, "channels", -1):
+            raise ValueError("SRVelocity needs a TimeUNet with cond_channels equal to channels (the "
+                             "condition is the upsampled LR image)")
+        self.net, self.factor = net, factor
+
+    def forward(self, x: torch.Tensor, *times: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        return null_part(self.net(x, *times, cond=cond), self.factor)
+
+
+def sr_flow_loss(velocity: Callable, hr: torch.Tensor, noise: torch.Tensor | None = None,
+                 t: torch.Tensor | None = None, sigma: float = SIGMA, factor: int = FACTOR) -> torch.Tensor:
+    """Flow matching on the SR flow (Lipman et al. 2023, eq. 23, on this path): with ``c = P hr``,
+    ``x_0 = sr_start(c, eps)``, ``x_t = (1 - t) x_0 + t hr``, the loss is
+    ``mean || v(x_t, t, c) - (hr - x_0) ||^2`` over elements. No teacher; ``velocity(x, t, cond=c)``."""
+    noise = torch.randn_like(hr) if noise is None else noise
+    t = torch.rand(hr.shape[0], device=hr.device) if t is None else t
+    c = range_part(hr, factor)
+    x0 = sr_start(c, noise, sigma, factor)
+    return (velocity(interpolate(x0, hr, t), t, cond=c) - (hr - x0)).pow(2).mean()
+
+
+@torch.no_grad()
+def sr_sample(velocity: Callable, cond: torch.Tensor, noise: torch.Tensor, nfe: int, method: str = "euler",
+              sigma: float = SIGMA, factor: int = FACTOR) -> torch.Tensor:
+    """Solve the SR flow from ``sr_start(cond, noise)`` to ``t = 1`` in ``nfe`` evaluations (Euler, or
+    midpoint with ``nfe`` even)."""
+    if method not in ("euler", "midpoint") or nfe < 1 or (method == "midpoint" and nfe % 2):
+        raise ValueError(f"use method 'euler' (any nfe >= 1) or 'midpoint' (even nfe); got {method!r}, nfe={nfe}")
+    steps = nfe if method == "euler" else nfe // 2
+    x = sr_start(cond, noise, sigma, factor)
+    ts = torch.linspace(0, 1, steps + 1, device=x.device)
+    for i in range(steps):
+        a, b = ts[i].expand(x.shape[0]), ts[i + 1].expand(x.shape[0])
+        v = velocity(x, a, cond=cond)
+        if method == "midpoint":
+            m = (a + b) / 2
+            v = velocity(x + expand_t(m - a, x) * v, m, cond=cond)
+        x = x + expand_t(b - a, x) * v
+    return x
 
 
 class SROneStep(nn.Module):
@@ -62,7 +157,7 @@ class SROneStep(nn.Module):
         self.velocity = velocity
 
     def forward(self, cond: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        x0 = _sr().sr_start(cond, noise)
+        x0 = sr_start(cond, noise)
         return x0 + self.velocity(x0, torch.zeros(x0.shape[0], device=x0.device, dtype=x0.dtype), cond=cond)
 
     @torch.no_grad()
@@ -84,7 +179,7 @@ class SRConsistency(nn.Module):
 
     @torch.no_grad()
     def sample(self, cond: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        x0 = _sr().sr_start(cond, noise)
+        x0 = sr_start(cond, noise)
         return self(x0, 0.0, cond)
 
 
@@ -118,7 +213,7 @@ def tadsr_loss(x: torch.Tensor, cond: torch.Tensor, teacher, fake, t_lo: float =
     ``fake(x, t, cond=c)`` give data predictions, and their difference is the gradient on ``x``.
     Stop-gradient: both predictions (inside ``dmd_loss``, under ``no_grad``). Returns ``(loss, info)``."""
     t = _late_times(x, t, t_lo)
-    start = _sr().sr_start(cond, torch.randn_like(x) if noise is None else noise)
+    start = sr_start(cond, torch.randn_like(x) if noise is None else noise)
     return dmd_loss(x, lambda y, s: teacher(y, s, cond=cond), lambda y, s: fake(y, s, cond=cond), t=t, noise=start)
 
 
@@ -126,7 +221,7 @@ def tadsr_gan_loss(disc: CondDiscriminator, x: torch.Tensor, cond: torch.Tensor,
     """TAD-SR's adversarial term, generator side: ``softplus(-D(x_t, t, c))`` on the student's output
     noised along the SR flow to a late time (:func:`~.dmd.gan_generator_loss`). Freeze ``disc``."""
     t = _late_times(x, t, t_lo)
-    start = _sr().sr_start(cond, torch.randn_like(x) if noise is None else noise)
+    start = sr_start(cond, torch.randn_like(x) if noise is None else noise)
     return gan_generator_loss(lambda y, s: disc(y, s, cond), x, t=t, noise=start)
 
 
@@ -136,10 +231,9 @@ def tadsr_discriminator_loss(disc: CondDiscriminator, x_fake: torch.Tensor, hr: 
     LR images, both noised along the SR flow to the same late times (:func:`~.dmd.gan_discriminator_loss`;
     inputs detached there)."""
     t = _late_times(x_fake, t, t_lo)
-    sr = _sr()
     return gan_discriminator_loss(lambda y, s: disc(y, s, cond), x_fake, hr, t=t,
-                                  noise_fake=sr.sr_start(cond, torch.randn_like(hr)),
-                                  noise_real=sr.sr_start(cond, torch.randn_like(hr)))
+                                  noise_fake=sr_start(cond, torch.randn_like(hr)),
+                                  noise_real=sr_start(cond, torch.randn_like(hr)))
 
 
 def ctmsr_ct_loss(f: SRConsistency, f_target: nn.Module, hr: torch.Tensor, cond: torch.Tensor,
@@ -147,7 +241,7 @@ def ctmsr_ct_loss(f: SRConsistency, f_target: nn.Module, hr: torch.Tensor, cond:
     """CTMSR's consistency training: :func:`~.consistency.ct_loss` (Song et al. 2023, Algorithm 3) on the
     SR flow, both points of a pair on the line from ``x_0 = sr_start(c, eps)`` to the HR image (the same
     ``eps``). Stop-gradient: the target ``f_target(x_{t_next}, t_next, c)``."""
-    x0 = _sr().sr_start(cond, torch.randn_like(hr) if noise is None else noise)
+    x0 = sr_start(cond, torch.randn_like(hr) if noise is None else noise)
     return ct_loss(lambda x, s: f(x, s, cond), lambda x, s: f_target(x, s, cond), x0, hr, t, t_next)
 
 
@@ -157,13 +251,13 @@ def ctmsr_dtm_loss(x: torch.Tensor, cond: torch.Tensor, real, fake, t=None, nois
     ``fake - real`` data predictions, where ``real(x, t, cond=c)`` is a velocity fitted to the HR images'
     flow and ``fake`` one fitted to the outputs' flow (both fitted during the run, no teacher).
     :func:`~.dmd.dmd_loss` with ``t`` uniform in [0.02, 0.98]; both predictions under ``no_grad``."""
-    start = _sr().sr_start(cond, torch.randn_like(x) if noise is None else noise)
+    start = sr_start(cond, torch.randn_like(x) if noise is None else noise)
     return dmd_loss(x, lambda y, s: real(y, s, cond=cond), lambda y, s: fake(y, s, cond=cond), t=t, noise=start)
 
 
 def _fm_step(opt, velocity, x1, cond):
     """One flow-matching update of ``velocity`` on the SR flow towards ``x1`` (detached)."""
-    start = _sr().sr_start(cond, torch.randn_like(x1))
+    start = sr_start(cond, torch.randn_like(x1))
     loss, _ = fake_score_loss(lambda y, s: velocity(y, s, cond=cond), x1.detach(), noise=start)
     _critic_step(opt, loss)
     return float(loss.detach())
@@ -176,6 +270,7 @@ def _options(overrides: dict, name: str, **defaults) -> dict:
     return {**defaults, **overrides}
 
 
+@recipe("tadsr", tracks=("cifar-sr",), family="distribution matching", paper=TADSR_PAPER)
 def train_tadsr(exp, steps: int | None = None, **overrides) -> SROneStep:
     """TAD-SR: :class:`SROneStep` and a fake score, both copies of the teacher, and a
     :class:`CondDiscriminator`; each step ``critic_updates`` fake-score (flow matching on the outputs)
@@ -225,6 +320,7 @@ def train_tadsr(exp, steps: int | None = None, **overrides) -> SROneStep:
     return gen.eval()
 
 
+@recipe("ctmsr", tracks=("cifar-sr",), family="consistency", paper=CTMSR_PAPER)
 def train_ctmsr(exp, steps: int | None = None, **overrides) -> SRConsistency:
     """CTMSR: :class:`SRConsistency` from a fresh network (``init="teacher"``: the teacher's weights,
     faster and no longer teacher-free) trained by :func:`ctmsr_ct_loss` on a grid ``t_n = n / N`` with
@@ -260,7 +356,7 @@ def train_ctmsr(exp, steps: int | None = None, **overrides) -> SRConsistency:
         if use_dtm:
             logs["real_fm"] = _fm_step(r_opt, real, hr, c)
             z = torch.randn_like(hr)
-            x0 = _sr().sr_start(c, z)
+            x0 = sr_start(c, z)
             with torch.no_grad():
                 xs = f(x0, 0.0, c)
             logs["fake_fm"] = _fm_step(f_opt, fake, xs, c)
