@@ -16,8 +16,8 @@ import distill_lab.toy2d  # noqa: F401  (registers the toy2d track and the step 
 import distill_lab.video  # noqa: F401  (registers the video track and its recipes)
 from distill_lab.__main__ import TRACK_PACKAGES, main
 from distill_lab.core import bench, registry
-from distill_lab.core.experiment import (ConditionalExperiment, Experiment, KDExperiment, StepExperiment, StreamExperiment,
-                                        TokenExperiment)
+from distill_lab.core.experiment import (ConditionalExperiment, Experiment, KDExperiment, StepExperiment,
+                                        StreamExperiment, TokenExperiment)
 
 ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "distill_lab"
@@ -216,8 +216,9 @@ def _tiny_sr():
 
     from distill_lab.cifar import sr
 
-    exp = sr.SRExperiment("ci", teacher=_tiny_velocity(3), data={"train": _images(64, 16, 10), "test": _images(64, 16, 11)},
-                          feature_fn=lambda x: x.mean(dim=(2, 3)), eval_n=16, progress=False)
+    data = {"train": _images(64, 16, 10), "test": _images(64, 16, 11)}
+    exp = sr.SRExperiment("ci", teacher=_tiny_velocity(3), data=data, feature_fn=lambda x: x.mean(dim=(2, 3)),
+                          eval_n=16, progress=False)
     exp.batch = 8
     exp.recipe_defaults = {r.name: {"steps": 2} for r in registry.recipes("cifar-sr")}
     return exp

@@ -239,7 +239,8 @@ def test_sr_bench_rows_and_table(tiny_sr, monkeypatch):
     def broken(exp, *a, **k):
         raise RuntimeError("boom")
 
-    monkeypatch.setitem(registry.RECIPES, "broken-sr", registry.Recipe("broken-sr", ("cifar-sr",), "test", "none", broken))
+    monkeypatch.setitem(registry.RECIPES, "broken-sr",
+                        registry.Recipe("broken-sr", ("cifar-sr",), "test", "none", broken))
     orig = registry.RECIPES["tadsr"]
     monkeypatch.setitem(registry.RECIPES, "tadsr", registry.Recipe(
         "tadsr", orig.tracks, orig.family, orig.paper, lambda exp: orig.train(exp, steps=1, critic_updates=1)))

@@ -29,12 +29,12 @@ class ExactHead(tmd.TransitionStudent):
 
     def __init__(self, inner):
         torch.nn.Module.__init__(self)
-        self.dim, self.inner = 2, inner
+        self.dim, self.inner, self.flow_map = 2, inner, False  # Euler steps of its instantaneous flow
 
     def features(self, x, t):
         return (x, torch.as_tensor(t, dtype=x.dtype).expand(x.shape[0]).clone()), None
 
-    def head(self, h, v, y, s):
+    def head(self, h, v, y, s, d=0.0):  # the instantaneous x-prediction, whatever d
         x, t = h
         mu, var = _posterior(x, t[:, None])
         s = torch.as_tensor(s, dtype=y.dtype).reshape(-1, 1)
@@ -58,10 +58,11 @@ def test_an_exact_head_makes_few_transitions_exact_and_one_inner_step_gives_the_
 
 def test_inner_sampler_is_euler_on_the_x_prediction_and_lands_on_the_last_prediction():
     st = ExactHead(inner=3)
+    st.flow_map = True  # jumps of 1/3 read the head at d = 1/3
     calls = []
 
-    def head(h, v, y, s):
-        calls.append(float(s[0]))
+    def head(h, v, y, s, d):
+        calls.append((float(s[0]), float(d[0])))
         return 2 * y + 1
 
     st.head = head
@@ -71,11 +72,58 @@ def test_inner_sampler_is_euler_on_the_x_prediction_and_lands_on_the_last_predic
         s = j / 3
         y = y + (1 / 3) * ((2 * y + 1) - y) / (1 - s)
     out = st.inner_sample(None, None, y0)
-    assert torch.allclose(out, y, atol=1e-6) and calls == pytest.approx([0, 1 / 3, 2 / 3])
-    st.head = lambda h, v, y, s: torch.full_like(y, 0.7)  # a head that ignores y: the result is its output
+    assert torch.allclose(out, y, atol=1e-6)
+    assert [c[0] for c in calls] == pytest.approx([0, 1 / 3, 2 / 3])
+    assert [c[1] for c in calls] == pytest.approx([1 / 3] * 3)
+    calls.clear()
+    st.flow_map = False  # Euler steps of the instantaneous flow: the same steps, the head read at d = 0
+    assert torch.allclose(st.inner_sample(None, None, y0), y, atol=1e-6) and [c[1] for c in calls] == [0, 0, 0]
+    st.head = lambda h, v, y, s, d: torch.full_like(y, 0.7)  # a head that ignores y: the result is its output
     assert torch.allclose(st.inner_sample(None, None, y0, inner=5), torch.full_like(y0, 0.7))
-    with pytest.raises(ValueError, match="at least one inner step"):
-        st.inner_sample(None, None, y0, inner=0)
+    v = torch.randn(4, 2)  # no inner step: the backbone's velocity, the plain Euler step
+    assert torch.equal(st.inner_sample(None, v, y0, inner=0), v)
+    with pytest.raises(ValueError, match=">= 0"):
+        st.inner_sample(None, None, y0, inner=-1)
+
+
+class LinearFlowHead(ExactHead):
+    """A head whose instantaneous flow is linear, ``Y_hat(y, s, 0) = a y``, so the flow has the closed
+    form ``y(s') = y(s) ((1 - s') / (1 - s))^(1 - a)``; at ``d > 0`` it returns the exact jump's
+    x-prediction (plus ``bias``)."""
+
+    def __init__(self, a=0.4, bias=0.0):
+        super().__init__(inner=1)
+        self.a, self.bias = a, bias
+
+    def head(self, h, v, y, s, d=0.0):
+        s = torch.as_tensor(s, dtype=y.dtype).reshape(-1, 1).expand(y.shape[0], 1)
+        d = torch.as_tensor(d, dtype=y.dtype).reshape(-1, 1).expand(y.shape[0], 1)
+        r = ((1 - s - d) / (1 - s)) ** (1 - self.a)
+        exact = y * (1 + (r - 1) * (1 - s) / d.clamp_min(1e-12))
+        return torch.where(d > 0, exact + self.bias, self.a * y)
+
+
+def test_head_flow_map_loss_vanishes_at_the_exact_map_of_the_heads_own_flow():
+    torch.manual_seed(4)
+    y0, target = torch.randn(64, 2), torch.randn(64, 2)
+    d = 2.0 ** -torch.randint(0, 3, (64,)).float()
+    s = torch.floor(torch.rand(64) / d) * d
+    h = v = torch.zeros(64, 2)
+    exact, _ = tmd.head_flow_map_loss(LinearFlowHead(), h, v, y0, target, d, substeps=16000, s=s)
+    off, _ = tmd.head_flow_map_loss(LinearFlowHead(bias=0.1), h, v, y0, target, d, substeps=16000, s=s)
+    coarse, _ = tmd.head_flow_map_loss(LinearFlowHead(), h, v, y0, target, d, substeps=1, s=s)
+    assert float(exact) < 1e-5 and float(off) > 100 * float(exact) and float(coarse) > 1e-3
+    with pytest.raises(ValueError, match="inside"):
+        tmd.head_flow_map_loss(LinearFlowHead(), h, v, y0, target, torch.full((64,), 0.5), s=torch.full((64,), 0.75))
+    with pytest.raises(ValueError, match="substeps"):
+        tmd.head_flow_map_loss(LinearFlowHead(), h, v, y0, target, d, substeps=0)
+    # only the head learns its jumps: no gradient reaches the backbone's features through this loss
+    st = tmd.TransitionStudent(_teacher(), head_width=16)
+    torch.nn.init.normal_(st.head_out.weight, std=0.1)
+    hh, vv = st.features(torch.randn(64, 2), torch.zeros(64))
+    loss, _ = tmd.head_flow_map_loss(st, hh, vv, y0, target, d, substeps=4, s=s)
+    loss.backward()
+    assert st.head_out.weight.grad.abs().sum() > 0 and st.backbone[0].weight.grad is None
 
 
 def _teacher(seed=0):
@@ -121,7 +169,7 @@ def test_transition_matching_loss_target_reduction_and_stop_gradient():
             seen["x_t"] = x
             return (x, tt), None
 
-        def head(self, h, v, y, ss):  # recovers Y from y_s with the known y0: exact when the loss is right
+        def head(self, h, v, y, ss, d=0.0):  # recovers Y from y_s with the known y0: exact when the loss is right
             return (y - (1 - ss)[:, None] * y0) / ss[:, None]
 
     loss, _ = tmd.transition_matching_loss(Oracle(1), x1, t, s, x0, y0)
