@@ -1,4 +1,4 @@
-"""Exercises of the image labs (20 to 22).
+"""Exercises of the image labs (20 to 23).
 
 The checkers compare the student's function with the package's own (:mod:`distill_lab.metrics.frechet`,
 :func:`distill_lab.core.flows.sample_ode`, :func:`distill_lab.nets.attention.mix_tokens`) on fixed
@@ -13,6 +13,7 @@ import torch
 from torch.nn import functional as F
 
 from ..core import flows
+from ..methods.step import superres
 from ..metrics.frechet import frechet_distance_from_stats
 from ..nets.attention import mix_tokens
 from . import compare, implement, prediction
@@ -227,3 +228,55 @@ def _check_linear_attention(fn) -> str:
 prediction("22.linear_wins_from", "from how many tokens on is linear attention faster than the fused softmax "
            "kernel, on the device this lab runs on?",
            ("from 64", "from 256 or 1024", "from 4096", "not up to 4096"), solution="from 256 or 1024")
+
+
+# ---------------------------------------------------------------- lab 23: super-resolution
+
+
+def _null_part(x, factor=2):
+    lr = F.avg_pool2d(x, factor)                                   # the block averages: the LR image
+    up = lr.repeat_interleave(factor, -2).repeat_interleave(factor, -1)
+    return x - up
+
+
+def _null_range_part(x, factor=2):  # returns P x, the part the LR image fixes
+    lr = F.avg_pool2d(x, factor)
+    return lr.repeat_interleave(factor, -2).repeat_interleave(factor, -1)
+
+
+def _null_bilinear(x, factor=2):  # bilinear upsampling: x minus it is not orthogonal to P
+    return x - F.interpolate(F.avg_pool2d(x, factor), scale_factor=factor, mode="bilinear", align_corners=False)
+
+
+def _null_global_mean(x, factor=2):  # the whole image's mean per channel, not each block's
+    return x - x.mean(dim=(-2, -1), keepdim=True)
+
+
+def _null_max_pool(x, factor=2):  # the block maximum is not the block average
+    mx = F.max_pool2d(x, factor)
+    return x - mx.repeat_interleave(factor, -2).repeat_interleave(factor, -1)
+
+
+@implement("23.null_part", "the part of an HR image that its LR image (block averages) leaves open",
+           solution=_null_part,
+           wrong={"the range part P x instead of x - P x": _null_range_part,
+                  "bilinear upsampling of the LR image": _null_bilinear,
+                  "the image's global mean per channel": _null_global_mean,
+                  "the block maximum instead of the block average": _null_max_pool})
+def _check_null_part(fn) -> str:
+    """``fn(x [N, C, H, W])`` gives ``x - up(down(x))`` for 2 x 2 blocks."""
+    g = torch.Generator().manual_seed(23)
+    x = torch.randn(4, 3, 8, 8, generator=g)
+    out = _call(fn, x, what="on random 8 x 8 images")
+    compare(out, superres.null_part(x), "x - up(down(x)) on random 8 x 8 images")
+    compare(F.avg_pool2d(out, 2), torch.zeros(4, 3, 4, 4), "the block averages of your result (must vanish)")
+    blocks = torch.randn(2, 3, 4, 4, generator=g).repeat_interleave(2, -2).repeat_interleave(2, -1)
+    compare(_call(fn, blocks, what="on block-constant images"), torch.zeros_like(blocks),
+            "a block-constant image (the LR image fixes all of it)")
+    return ("matches superres.null_part on random images, has zero block averages, and vanishes on images that "
+            "are constant on each 2 x 2 block")
+
+
+prediction("23.best_psnr", "which sampler has the highest PSNR to the true HR images: the teacher's 1 step, its "
+           "16 NFE, or TAD-SR's one step?",
+           ("the teacher's 1 step", "the teacher's 16 NFE", "TAD-SR's one step"), solution="the teacher's 1 step")
