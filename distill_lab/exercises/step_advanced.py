@@ -1,5 +1,5 @@
 """Exercises of the advanced toy step-distillation labs (04 flow maps, 05 distribution
-matching, 06 reward tilting).
+matching, 06 reward tilting, 07 leaps and transitions).
 
 Each checker runs the student's function on the closed-form Gaussian case of :mod:`distill_lab.core.flows`
 (:class:`~distill_lab.core.flows.GaussianLinearFlow`: velocity, flow map and data prediction are exact), where
@@ -18,6 +18,7 @@ import torch
 from ..core import flows
 from ..core.flows import denoise, expand_t, interpolate
 from ..methods.step import flow_map as fm
+from ..methods.step import leap as L
 from ..methods.step import reward as R
 from . import compare, implement, prediction
 
@@ -282,3 +283,55 @@ def _check_tilted_velocity(fn) -> str:
 
 prediction("06.fidelity", "as beta falls from inf to 0.5, what happens to the student's distance to the untilted "
            "data (its ratio to the noise floor)?", ("rises", "falls", "about the same"), solution="rises")
+
+
+# ---------------------------------------------------------------- lab 07: leaps and transitions
+
+
+def _leap_start(coarse, tau, noise):
+    tau = torch.as_tensor(tau, dtype=coarse.dtype)
+    tau = tau.expand(coarse.shape[0]) if tau.dim() == 0 else tau
+    te = tau.reshape(-1, *([1] * (coarse.dim() - 1)))
+    return (1 - te) * noise + te * coarse
+
+
+def _leap_swapped(coarse, tau, noise):  # tau on the noise: tau = 1 would be pure noise
+    return _leap_start(noise, tau, coarse)
+
+
+def _leap_added(coarse, tau, noise):  # noise added on top of the whole input, not interpolated
+    te = torch.as_tensor(tau, dtype=coarse.dtype)
+    te = te.reshape(-1, *([1] * (coarse.dim() - 1))) if te.dim() else te
+    return coarse + (1 - te) * noise
+
+
+def _leap_sqrt(coarse, tau, noise):  # a variance-preserving mix: not the lab's linear path
+    te = torch.as_tensor(tau, dtype=coarse.dtype)
+    te = te.reshape(-1, *([1] * (coarse.dim() - 1))) if te.dim() else te
+    return torch.sqrt(1 - te ** 2) * noise + te * coarse
+
+
+@implement("07.leap_start", "VideoScene's leap state: the coarse estimate noised to the leap time on the flow's path",
+           solution=_leap_start,
+           wrong={"tau and 1 - tau swapped": _leap_swapped,
+                  "noise added to the whole input": _leap_added,
+                  "a variance-preserving mix (sqrt(1 - tau^2) noise)": _leap_sqrt})
+def _check_leap_start(fn) -> str:
+    """``fn(coarse [B, ...], tau (scalar or [B]), noise [B, ...])``."""
+    g = torch.Generator().manual_seed(7)
+    c, z = torch.randn(16, 2, generator=g), torch.randn(16, 2, generator=g)
+    tau = torch.rand(16, generator=g)
+    compare(_call("your leap state, per-sample tau", fn, c, tau, z), L.leap_start(c, tau, z),
+            "the leap state with one tau per sample")
+    compare(_call("your leap state, tau = 0.7", fn, c, 0.7, z), L.leap_start(c, 0.7, z), "the leap state at tau = 0.7")
+    compare(_call("your leap state at tau = 1", fn, c, 1.0, z), c, "at tau = 1 the leap state is the input itself")
+    ci, zi = torch.randn(4, 3, 4, 4, generator=g), torch.randn(4, 3, 4, 4, generator=g)
+    ti = torch.rand(4, generator=g)
+    compare(_call("your leap state on images", fn, ci, ti, zi), L.leap_start(ci, ti, zi), "the same on [4, 3, 4, 4] images")
+    return "matches leap.leap_start on points and images, per-sample and scalar tau, and is the input at tau = 1"
+
+
+prediction("07.tmd_trade", "against plain 2-step DMD with the same two backbone passes, what does TMD's stochastic "
+           "flow head change on the checkerboard?",
+           ("recall up, precision down", "precision up, recall down", "both up", "both down"),
+           solution="recall up, precision down")
