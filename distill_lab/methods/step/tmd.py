@@ -33,7 +33,7 @@ What this module implements, on the lab's linear interpolant (``t = 0`` noise, `
 
 Deviations, said plainly: the paper's flow head is the last few blocks of a video transformer, and
 we do not know that its flow map is trained by the objective used here; the toy MLP's hidden
-layers each cost a quarter of the network, so the head is a new light MLP beside the teacher's output
+layers each cost up to half of the network, so the head is a new light MLP beside the teacher's output
 layer. The cost of a sample is reported in full-network evaluations (:meth:`TransitionStudent.cost`),
 counted from the multiply-adds of the layers each pass runs.
 """
