@@ -30,9 +30,9 @@ def tiny_exp():
     return Toy2D("8gaussians", scale=sc, cache=False, progress=False)
 
 
-def test_dmd2_critics_read_generator_samples_and_the_discriminator_gets_real_data(tiny_exp, monkeypatch):
-    exp = copy.copy(tiny_exp)
-    noises = []
+def noise_recording(tiny_exp):
+    """A copy of the experiment whose ``noise_batch`` keeps every noise it hands out, in order."""
+    exp, noises = copy.copy(tiny_exp), []
 
     def noise_batch(n=None):
         z = torch.randn(n or 64, 2)
@@ -40,6 +40,11 @@ def test_dmd2_critics_read_generator_samples_and_the_discriminator_gets_real_dat
         return z
 
     exp.noise_batch = noise_batch
+    return exp, noises
+
+
+def test_dmd2_critics_read_generator_samples_and_the_discriminator_gets_real_data(tiny_exp, monkeypatch):
+    exp, noises = noise_recording(tiny_exp)
     exp.data_batch = lambda n=None: torch.full((n or 64, 2), DATA_VALUE)
     calls = {k: [] for k in ("fake_score_loss", "gan_discriminator_loss", "dmd_loss", "gan_generator_loss")}
     for k, c in calls.items():
@@ -182,15 +187,7 @@ def test_anyflow_fake_score_reads_the_students_backward_simulated_samples(tiny_e
     real score and the fitted fake score as the fake one."""
     from distill_lab.methods.step.students import FlowMap
 
-    exp = copy.copy(tiny_exp)
-    noises = []
-
-    def noise_batch(n=None):
-        z = torch.randn(n or 64, 2)
-        noises.append(z)
-        return z
-
-    exp.noise_batch = noise_batch
+    exp, noises = noise_recording(tiny_exp)
     calls = {k: [] for k in ("fake_score_loss", "dmd_loss")}
     for k, c in calls.items():
         record(monkeypatch, dmd, k, c)

@@ -167,7 +167,7 @@ def test_transition_matching_loss_target_reduction_and_stop_gradient():
     class Oracle(ExactHead):
         def features(self, x, tt):
             seen["x_t"] = x
-            return (x, tt), None
+            return x, torch.zeros_like(x)  # the head below reads neither
 
         def head(self, h, v, y, ss, d=0.0):  # recovers Y from y_s with the known y0: exact when the loss is right
             return (y - (1 - ss)[:, None] * y0) / ss[:, None]
@@ -178,8 +178,9 @@ def test_transition_matching_loss_target_reduction_and_stop_gradient():
     # a head off by a known amount: per-sample squared norms summed over coordinates, averaged over the batch
     st = tmd.TransitionStudent(_teacher(), head_width=16)
     x1g = x1.clone().requires_grad_(True)
-    loss, _ = tmd.transition_matching_loss(st, x1g, t, s, x0, y0)
+    loss, info = tmd.transition_matching_loss(st, x1g, t, s, x0, y0)
     h, v = st.features(interpolate(x0, x1, t), t)
+    assert torch.equal(info["h"], h.detach()) and torch.equal(info["v"], v.detach()) and not info["h"].requires_grad
     y_hat = st.head(h, v, interpolate(y0, x1 - x0, s), s)
     assert float(loss.detach()) == pytest.approx(float((y_hat - (x1 - x0)).detach().pow(2).sum(1).mean()), rel=1e-5)
     loss.backward()

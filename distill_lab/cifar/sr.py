@@ -40,6 +40,7 @@ from ..methods.step.superres import (FACTOR, SIGMA, SRVelocity, downsample, null
                                      sr_sample, sr_start, upsample)
 from ..nets.unet import TimeUNet
 from ..nets.utils import clone_frozen, ema_update, n_params
+from .data import batch_flip
 from .flow_config import IMAGE_SCALES, load_flow_data
 
 FILES = ("teacher.pt",)
@@ -61,6 +62,12 @@ class SRTeacherUnavailable(FileNotFoundError):
 
 
 # ---------------------------------------------------------------------------------- the teacher
+def mirrored_draw(images: torch.Tensor, n: int) -> torch.Tensor:
+    """``n`` images drawn at random (global RNG), each mirrored left-right with probability 1/2."""
+    idx = torch.randint(0, images.shape[0], (n,), device=images.device)
+    return batch_flip(images[idx], torch.rand(n, device=images.device) < 0.5)
+
+
 def train_sr_teacher(train_x: torch.Tensor, settings: dict, seed: int = 0, device: str = "cpu",
                      progress: bool = True, steps: int | None = None) -> tuple[SRVelocity, dict]:
     """Flow-match an :class:`SRVelocity` on HR images ``train_x: [N, 3, R, R]`` in ``[-1, 1]``
@@ -78,11 +85,7 @@ def train_sr_teacher(train_x: torch.Tensor, settings: dict, seed: int = 0, devic
     train_x = train_x.to(device)
 
     def step(i):
-        idx = torch.randint(0, train_x.shape[0], (settings["batch"],), device=device)
-        hr = train_x[idx]
-        flip = torch.rand(hr.shape[0], device=device) < 0.5
-        hr = torch.where(flip.view(-1, 1, 1, 1), hr.flip(-1), hr)
-        loss = sr_flow_loss(model, hr)
+        loss = sr_flow_loss(model, mirrored_draw(train_x, settings["batch"]))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -204,11 +207,7 @@ class SRExperiment(ConditionalExperiment):
 
     def hr_batch(self, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``(hr, c)``: ``n`` random training images (mirrored with probability 1/2) and ``c = P hr``."""
-        n = n or self.batch
-        train = self.data["train"]
-        hr = train[torch.randint(0, train.shape[0], (n,), device=self.device)]
-        flip = torch.rand(n, device=self.device) < 0.5
-        hr = torch.where(flip.view(-1, 1, 1, 1), hr.flip(-1), hr)
+        hr = mirrored_draw(self.data["train"], n or self.batch)
         return hr, range_part(hr)
 
     def velocity(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:

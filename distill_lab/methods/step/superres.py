@@ -48,12 +48,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...core.flows import batch_t, expand_t, interpolate
-from ...core.registry import recipe
+from ...core.flows import batch_t, expand_t, interpolate, sample_ode
+from ...core.registry import recipe, with_options
 from ...nets.unet import TimeUNet
 from ...nets.utils import clone_frozen, ema_update
 from .consistency import _grid_size, ct_loss
-from .dmd import (_adam, _critic_step, ConvDiscriminator, dmd_loss, fake_score_loss, frozen,
+from .dmd import (_adam, _critic_step, _times, ConvDiscriminator, dmd_loss, fake_score_loss, frozen,
                   gan_discriminator_loss, gan_generator_loss, T_MAX)
 
 __all__ = ["FACTOR", "SIGMA", "downsample", "upsample", "range_part", "null_part", "sr_start",
@@ -130,21 +130,9 @@ def sr_flow_loss(velocity: Callable, hr: torch.Tensor, noise: torch.Tensor | Non
 @torch.no_grad()
 def sr_sample(velocity: Callable, cond: torch.Tensor, noise: torch.Tensor, nfe: int, method: str = "euler",
               sigma: float = SIGMA, factor: int = FACTOR) -> torch.Tensor:
-    """Solve the SR flow from ``sr_start(cond, noise)`` to ``t = 1`` in ``nfe`` evaluations (Euler, or
-    midpoint with ``nfe`` even)."""
-    if method not in ("euler", "midpoint") or nfe < 1 or (method == "midpoint" and nfe % 2):
-        raise ValueError(f"use method 'euler' (any nfe >= 1) or 'midpoint' (even nfe); got {method!r}, nfe={nfe}")
-    steps = nfe if method == "euler" else nfe // 2
-    x = sr_start(cond, noise, sigma, factor)
-    ts = torch.linspace(0, 1, steps + 1, device=x.device)
-    for i in range(steps):
-        a, b = ts[i].expand(x.shape[0]), ts[i + 1].expand(x.shape[0])
-        v = velocity(x, a, cond=cond)
-        if method == "midpoint":
-            m = (a + b) / 2
-            v = velocity(x + expand_t(m - a, x) * v, m, cond=cond)
-        x = x + expand_t(b - a, x) * v
-    return x
+    """Solve the SR flow from ``sr_start(cond, noise)`` to ``t = 1`` in ``nfe`` evaluations: the lab's
+    :func:`~distill_lab.core.flows.sample_ode` (``method`` one of its samplers) on ``velocity(x, t, cond=c)``."""
+    return sample_ode(lambda x, t: velocity(x, t, cond=cond), sr_start(cond, noise, sigma, factor), nfe, method)
 
 
 class SROneStep(nn.Module):
@@ -199,11 +187,10 @@ class CondDiscriminator(nn.Module):
 
 
 def _late_times(x: torch.Tensor, t, t_lo: float) -> torch.Tensor:
+    """DMD's noising times (:func:`~.dmd._times`), drawn in ``[t_lo, 0.98]`` when not given."""
     if not 0 <= t_lo < T_MAX:
         raise ValueError(f"t_lo must lie in [0, {T_MAX}), got {t_lo}")
-    if t is None:
-        return t_lo + (T_MAX - t_lo) * torch.rand(x.shape[0], device=x.device, dtype=x.dtype)
-    return batch_t(t, x)
+    return _times(x, t, t_lo, T_MAX)
 
 
 def tadsr_loss(x: torch.Tensor, cond: torch.Tensor, teacher, fake, t_lo: float = 0.7, t=None, noise=None):
@@ -263,13 +250,6 @@ def _fm_step(opt, velocity, x1, cond):
     return float(loss.detach())
 
 
-def _options(overrides: dict, name: str, **defaults) -> dict:
-    unknown = set(overrides) - set(defaults)
-    if unknown:
-        raise ValueError(f"unknown option(s) {sorted(unknown)} for {name}; known: {sorted(defaults)}")
-    return {**defaults, **overrides}
-
-
 @recipe("tadsr", tracks=("cifar-sr",), family="distribution matching", paper=TADSR_PAPER)
 def train_tadsr(exp, steps: int | None = None, **overrides) -> SROneStep:
     """TAD-SR: :class:`SROneStep` and a fake score, both copies of the teacher, and a
@@ -279,7 +259,7 @@ def train_tadsr(exp, steps: int | None = None, **overrides) -> SROneStep:
     it over every noise level (plain DMD on the SR flow), the ablation of the time-aware part.
     Options: ``t_lo``, ``gan_weight``, ``critic_updates``, ``gen_lr``, ``fake_lr``, ``disc_lr``, ``batch``."""
     # pragma: no mutate start (tuned defaults)
-    o = _options(overrides, "tadsr", t_lo=0.7, gan_weight=0.05, critic_updates=2, gen_lr=5e-5, fake_lr=2e-4,
+    o = with_options(overrides, "tadsr", t_lo=0.7, gan_weight=0.05, critic_updates=2, gen_lr=5e-5, fake_lr=2e-4,
                  disc_lr=2e-4, batch=exp.batch)
     steps = 600 if steps is None else steps
     # pragma: no mutate end
@@ -330,7 +310,7 @@ def train_ctmsr(exp, steps: int | None = None, **overrides) -> SRConsistency:
     outputs from the first step. ``dtm_weight=0`` is consistency training alone. Returns the EMA network.
     Options: ``lr``, ``ema``, ``N0``, ``N1``, ``dtm_weight``, ``dtm_start``, ``critic_lr``, ``init``, ``batch``."""
     # pragma: no mutate start (tuned defaults)
-    o = _options(overrides, "ctmsr", lr=5e-4, ema=0.99, N0=4, N1=32, dtm_weight=1.0, dtm_start=0.5,
+    o = with_options(overrides, "ctmsr", lr=5e-4, ema=0.99, N0=4, N1=32, dtm_weight=1.0, dtm_start=0.5,
                  critic_lr=1e-3, init="scratch", batch=exp.batch)
     steps = 1500 if steps is None else steps
     # pragma: no mutate end

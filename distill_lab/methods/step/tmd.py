@@ -179,7 +179,8 @@ def transition_matching_loss(student: TransitionStudent, x1: torch.Tensor, t: to
 
     ``x1`` are the teacher's samples (the teacher provides them, detached: no gradient reaches it);
     ``x0`` and ``y0`` are independent Gaussian noises, ``t`` uniform in [0, 1) and ``s`` uniform in
-    [0, 1) unless given. Gradient reaches backbone and head. Returns ``(loss, info)``.
+    [0, 1) unless given. Gradient reaches backbone and head. Returns ``(loss, info)``; ``info["h"]`` and
+    ``info["v"]`` are the backbone's features at ``x_t``, detached (what :func:`head_flow_map_loss` reads).
     """
     x1 = x1.detach()
     B = x1.shape[0]
@@ -195,7 +196,7 @@ def transition_matching_loss(student: TransitionStudent, x1: torch.Tensor, t: to
     h, v = student.features(interpolate(x0, x1, t), t)
     y_hat = student.head(h, v, interpolate(y0, target, s), s)
     loss = (y_hat - target).pow(2).reshape(B, -1).sum(1).mean()
-    return loss, {"tm": float(loss.detach())}
+    return loss, {"tm": float(loss.detach()), "h": h.detach(), "v": v.detach()}
 
 
 def head_flow_map_loss(student: TransitionStudent, h: torch.Tensor, v: torch.Tensor, y0: torch.Tensor,
@@ -291,9 +292,9 @@ def train_tmd(exp, steps: int | None = None, **overrides) -> TransitionStudent:
         loss, info = transition_matching_loss(student, x1, t, x0=x0, y0=y0)
         logs = {"tm": loss.detach()}
         if o["flow_map"]:
-            h, v = student.features(interpolate(x0, x1, t), t)
             d = 2.0 ** -torch.randint(0, o["levels"], (B1,), device=exp.device).to(x1.dtype)
-            lmap, _ = head_flow_map_loss(student, h, v, torch.randn_like(x1), x1 - x0, d, o["substeps"])
+            lmap, _ = head_flow_map_loss(student, info["h"], info["v"], torch.randn_like(x1), x1 - x0, d,
+                                         o["substeps"])
             loss = loss + o["map_weight"] * lmap
             logs["map"] = lmap.detach()
         t_opt.zero_grad(set_to_none=True)
