@@ -252,3 +252,71 @@ def test_sr_bench_rows_and_table(tiny_sr, monkeypatch):
     assert bad["error"] == "RuntimeError: boom" and bad["value"] is None
     table = sr.format_sr_table(rows)
     assert "tadsr" in table and "failed: RuntimeError: boom" in table and "floors" in table
+
+
+def _recording(monkeypatch, module, name, calls):
+    """Wrap ``module.name`` so that each call's arguments are kept (tensors cloned) before it runs."""
+    orig = getattr(module, name)
+
+    def wrapper(*args, **kwargs):
+        calls.append([a.detach().clone() if isinstance(a, torch.Tensor) else a for a in args])
+        return orig(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, wrapper)
+
+
+def _with_recorded_batches(exp):
+    import copy
+
+    rec, batches = copy.copy(exp), []
+    orig = exp.hr_batch
+
+    def hr_batch(n=None):
+        batches.append(orig(n))
+        return batches[-1]
+
+    rec.hr_batch = hr_batch
+    return rec, batches
+
+
+def test_tadsr_fake_score_fits_the_generators_outputs_and_the_discriminator_sees_real_images(tiny_sr, monkeypatch):
+    exp, batches = _with_recorded_batches(tiny_sr)
+    fm, disc, starts = [], [], []
+    _recording(monkeypatch, S, "_fm_step", fm)
+    _recording(monkeypatch, S, "tadsr_discriminator_loss", disc)
+    orig_start = S.sr_start
+    monkeypatch.setattr(S, "sr_start", lambda c, z, *a, **k: starts.append(orig_start(c, z, *a, **k)) or starts[-1])
+    st = S.train_tadsr(exp, 1, critic_updates=1)
+    hr, c = batches[0]
+    x0 = starts[0]  # the generator's start in the critic step; the generator begins as the teacher's Euler step
+    with torch.no_grad():
+        expected = x0 + exp.teacher(x0, torch.zeros(len(x0)), cond=c)
+    (_, vel, x_fit, cond), = fm[:1]
+    assert vel is st.fake and torch.equal(cond, c)
+    torch.testing.assert_close(x_fit, expected, atol=1e-5, rtol=1e-5)
+    _, x_fake, x_real, cond_d, _t_lo = disc[0]
+    torch.testing.assert_close(x_fake, expected, atol=1e-5, rtol=1e-5)
+    assert torch.equal(x_real, hr) and torch.equal(cond_d, c)
+
+
+def test_ctmsr_fits_the_real_velocity_to_hr_images_and_the_fake_one_to_the_outputs(tiny_sr, monkeypatch):
+    import copy
+
+    exp, batches = _with_recorded_batches(tiny_sr)
+    fm, starts = [], []
+    _recording(monkeypatch, S, "_fm_step", fm)
+    orig_start = S.sr_start
+    monkeypatch.setattr(S, "sr_start", lambda c, z, *a, **k: starts.append(orig_start(c, z, *a, **k)) or starts[-1])
+    init = []
+    orig_cons = S.SRConsistency
+    monkeypatch.setattr(S, "SRConsistency", lambda net: init.append(copy.deepcopy(net)) or orig_cons(net))
+    st = S.train_ctmsr(exp, 1, dtm_start=0.0)
+    hr, c = batches[0]
+    (_, real_v, real_x1, real_c), (_, fake_v, fake_x1, fake_c) = fm[:2]
+    assert real_v is st.real and fake_v is st.fake and torch.equal(real_c, c) and torch.equal(fake_c, c)
+    assert torch.equal(real_x1, hr)  # the real flow is the HR images'
+    x0 = starts[2]  # after the CT pair's start and the real velocity's path start: the outputs' start
+    with torch.no_grad():
+        expected = orig_cons(init[0])(x0, 0.0, c)  # the online network before its first update
+    torch.testing.assert_close(fake_x1, expected, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(fake_x1, hr)

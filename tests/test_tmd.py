@@ -240,3 +240,29 @@ def test_tmd_recipe_runs_both_stages_and_samples(tiny_exp):
     assert only.history == {}
     with pytest.raises(ValueError, match="unknown option"):
         r.train(tiny_exp, steps=1, inner_steps=3)
+
+
+def test_tmd_fake_score_fits_the_students_rollouts_and_dmd_reads_a_fresh_one(tiny_exp, monkeypatch):
+    import copy
+
+    exp, noises = copy.copy(tiny_exp), []
+
+    def noise_batch(n=None):
+        noises.append(torch.randn(n or 64, 2))
+        return noises[-1]
+
+    exp.noise_batch = noise_batch
+    fits, dmd = [], []
+    orig_fit, orig_dmd = tmd.fake_score_loss, tmd.dmd_loss
+    monkeypatch.setattr(tmd, "fake_score_loss",
+                        lambda f, x, *a, **k: fits.append((f, x.detach().clone())) or orig_fit(f, x, *a, **k))
+    monkeypatch.setattr(tmd, "dmd_loss", lambda x, r, f, *a, **k: dmd.append((x, r, f)) or orig_dmd(x, r, f, *a, **k))
+    st = tmd.train_tmd(exp, 1, pretrain=0, critic_updates=1, batch=32, pool=64)
+    # no stage 1: the head's output layer is zero, so the student is the teacher's 2-step Euler sampler
+    critic_noise, student_noise = noises[1], noises[2]  # noises[0] drew the stage-1 pool
+    (f, x_fit), = fits
+    assert f is st.fake
+    torch.testing.assert_close(x_fit, sample_ode(exp.teacher, critic_noise, 2, "euler"), atol=1e-5, rtol=1e-5)
+    (x, real, fake), = dmd
+    assert x.requires_grad and real == exp.velocity and fake is st.fake
+    torch.testing.assert_close(x.detach(), sample_ode(exp.teacher, student_noise, 2, "euler"), atol=1e-5, rtol=1e-5)

@@ -57,7 +57,8 @@ from .dmd import (_adam, _critic_step, _times, ConvDiscriminator, dmd_loss, fake
                   gan_discriminator_loss, gan_generator_loss, T_MAX)
 
 __all__ = ["FACTOR", "SIGMA", "downsample", "upsample", "range_part", "null_part", "sr_start",
-           "SRVelocity", "sr_flow_loss", "sr_sample", "SROneStep", "SRConsistency", "tadsr_loss", "tadsr_gan_loss", "tadsr_discriminator_loss",
+           "SRVelocity", "sr_flow_loss", "sr_sample", "SROneStep", "SRConsistency", "tadsr_loss", "tadsr_gan_loss",
+           "tadsr_discriminator_loss",
            "ctmsr_ct_loss", "ctmsr_dtm_loss", "CondDiscriminator", "train_tadsr", "train_ctmsr",
            "TADSR_PAPER", "CTMSR_PAPER"]
 
