@@ -1,5 +1,6 @@
 """Exercises of the advanced toy step-distillation labs (04 flow maps, 05 distribution
-matching, 06 reward tilting, 07 leaps and transitions).
+matching, 06 reward tilting, 07 leaps and transitions, 08 few-step distribution matching, 09 rewards and
+preferences).
 
 Each checker runs the student's function on the closed-form Gaussian case of :mod:`distill_lab.core.flows`
 (:class:`~distill_lab.core.flows.GaussianLinearFlow`: velocity, flow map and data prediction are exact), where
@@ -17,8 +18,10 @@ import torch
 
 from ..core import flows
 from ..core.flows import denoise, expand_t, interpolate
+from ..methods.step import fewstep as FS
 from ..methods.step import flow_map as fm
 from ..methods.step import leap as L
+from ..methods.step import preference as PF
 from ..methods.step import reward as R
 from . import compare, implement, prediction
 
@@ -335,3 +338,114 @@ prediction("07.tmd_trade", "against plain 2-step DMD with the same two backbone 
            "flow head change on the checkerboard?",
            ("recall up, precision down", "precision up, recall down", "both up", "both down"),
            solution="recall up, precision down")
+
+
+# ---------------------------------------------------------------- lab 08: few-step distribution matching
+def _renoise(y, s, tau, xi):
+    s, tau = flows.batch_t(s, y), flows.batch_t(tau, y)
+    r = tau / s
+    return expand_t(r, y) * y + expand_t(((1 - tau) ** 2 - (r * (1 - s)) ** 2).clamp_min(0).sqrt(), y) * xi
+
+
+def _renoise_fresh(y, s, tau, xi):  # forgets y: a fresh draw of the path at tau around the mean
+    tau = flows.batch_t(tau, y)
+    return expand_t(tau, y) * y + expand_t(1 - tau, y) * xi
+
+
+def _renoise_no_shrink(y, s, tau, xi):  # keeps y whole and only adds noise
+    s, tau = flows.batch_t(s, y), flows.batch_t(tau, y)
+    return y + expand_t(((1 - tau) ** 2 - (1 - s) ** 2).clamp_min(0).sqrt(), y) * xi
+
+
+def _renoise_vp(y, s, tau, xi):  # a variance-preserving mix
+    s, tau = flows.batch_t(s, y), flows.batch_t(tau, y)
+    r = tau / s
+    return expand_t(r, y) * y + expand_t((1 - r ** 2).clamp_min(0).sqrt(), y) * xi
+
+
+@implement("08.renoise", "TDM's forward kernel: a point of the path at time s carried back to the noisier time tau",
+           solution=_renoise,
+           wrong={"a fresh noising (tau y + (1 - tau) xi)": _renoise_fresh,
+                  "noise added without shrinking y": _renoise_no_shrink,
+                  "a variance-preserving mix": _renoise_vp})
+def _check_renoise(fn) -> str:
+    """``fn(y [B, ...], s [B], tau [B], xi [B, ...])`` with ``0 < tau <= s <= 1``."""
+    g = torch.Generator().manual_seed(11)
+    y, xi = torch.randn(16, 2, generator=g), torch.randn(16, 2, generator=g)
+    s = 0.3 + 0.7 * torch.rand(16, generator=g)
+    tau = s * torch.rand(16, generator=g).clamp_min(0.05)
+    compare(_call("your renoise", fn, y, s, tau, xi), FS.renoise(y, s, tau, xi), "the carried-back point, per-sample times")
+    compare(_call("your renoise at tau = s", fn, y, s, s, xi), y, "at tau = s nothing changes")
+    flow = flows.GaussianLinearFlow(torch.tensor([1.5, -1.0]), 0.5)
+    n = 100_000
+    ss, tt = torch.full((n,), 0.8), torch.full((n,), 0.3)
+    yy = flow.flow_map(torch.randn(n, 2, generator=g), torch.zeros(n), ss)
+    x = _call("your renoise on 100k points", fn, yy, ss, tt, torch.randn(n, 2, generator=g))
+    compare(x.mean(0), 0.3 * flow.mu, "the mean of renoised exact marginal points at tau = 0.3 (tau * mu)", atol=0.02)
+    compare(x.var(0), flow.a(torch.tensor(0.3)).pow(2).expand(2), "their variance (a(tau)^2 of the marginal)", atol=0.02)
+    yi, xii = torch.randn(4, 3, 4, 4, generator=g), torch.randn(4, 3, 4, 4, generator=g)
+    si = 0.5 + 0.5 * torch.rand(4, generator=g)
+    ti = si * 0.5
+    compare(_call("your renoise on images", fn, yi, si, ti, xii), FS.renoise(yi, si, ti, xii), "the same on [4, 3, 4, 4] images")
+    return ("matches fewstep.renoise on points and images, is the identity at tau = s, and carries the exact marginal "
+            "at s to the marginal at tau")
+
+
+prediction("08.more_steps", "each student is trained for a 4-step Euler sampler; from 1 to 4 sampling steps, whose "
+           "samples improve by more than the noise floor?",
+           ("TDM only", "CDM only", "both", "neither"), solution="TDM only")
+
+
+# ---------------------------------------------------------------- lab 09: rewards and preferences
+def _pairs(x_a, x_b, score, tie):
+    with torch.no_grad():
+        sa, sb = score(x_a), score(x_b)
+    a_wins = (sa >= sb)[:, None]
+    return torch.where(a_wins, x_a, x_b), torch.where(a_wins, x_b, x_a), (sa - sb).abs() > tie
+
+
+def _pairs_swapped(x_a, x_b, score, tie):
+    w, l, k = _pairs(x_a, x_b, score, tie)
+    return l, w, k
+
+
+def _pairs_all_kept(x_a, x_b, score, tie):
+    w, l, _ = _pairs(x_a, x_b, score, tie)
+    return w, l, torch.ones(x_a.shape[0], dtype=torch.bool)
+
+
+def _pairs_detached(x_a, x_b, score, tie):
+    w, l, k = _pairs(x_a, x_b, score, tie)
+    return w.detach(), l.detach(), k
+
+
+@implement("09.pairs", "Distillation-DPO's preference pairs: winner and loser of each pair by a non-differentiable score",
+           solution=_pairs,
+           wrong={"winner and loser swapped": _pairs_swapped, "ties kept": _pairs_all_kept,
+                  "samples detached (the generator would get no gradient)": _pairs_detached})
+def _check_pairs(fn) -> str:
+    """``fn(x_a [B, 2], x_b [B, 2], score, tie) -> (x_win, x_lose, keep)``."""
+    g = torch.Generator().manual_seed(13)
+    xa = (2 * torch.randn(64, 2, generator=g)).requires_grad_(True)
+    xb = (2 * torch.randn(64, 2, generator=g)).requires_grad_(True)
+    out = _call("your pairs", fn, xa, xb, PF.column_score, 0.0)
+    if not isinstance(out, tuple) or len(out) != 3:
+        raise AssertionError("return a tuple (x_win, x_lose, keep)")
+    w, l, k = out
+    ww, wl, wk, _ = PF.preference_pairs(xa, xb, PF.column_score, 0.0)
+    compare(w.detach(), ww.detach(), "the winners (the higher column score of each pair; the first sample on a tie)")
+    compare(l.detach(), wl.detach(), "the losers")
+    if k.dtype != torch.bool or k.tolist() != wk.tolist():
+        raise AssertionError("keep must be a [B] bool tensor, true exactly where the two scores differ by more than tie")
+    if not (w.requires_grad and l.requires_grad):
+        raise AssertionError("the winners and losers must keep the generator's graph (pick them with torch.where, "
+                             "do not detach them): only the score is read without gradient")
+    w2, _, k2 = _call("your pairs with tie = 1", fn, xa, xb, PF.column_score, 1.0)
+    if k2.tolist() != PF.preference_pairs(xa, xb, PF.column_score, 1.0)[2].tolist():
+        raise AssertionError("with tie = 1, only pairs whose scores differ by more than 1 are kept")
+    return "winners, losers and kept pairs match preference_pairs, ties are dropped, and the samples keep their graph"
+
+
+prediction("09.reward_only", "fine-tuning the DMD student on the reward alone (no DMD term) for the same steps: how far does "
+           "its fidelity ratio move from the stage-I student's?",
+           ("less than 2x", "2x to 10x", "more than 10x"), solution="more than 10x")

@@ -13,9 +13,11 @@ registers every recipe in :mod:`distill_lab.core.registry`, in the order the lab
 * :mod:`.consistency` -- CD, CT, sCM, TBCM, Hyper-SD (TSCD), CTM;
 * :mod:`.flow_map` -- Lagrangian / Eulerian / progressive flow-map distillation, AnyFlow;
 * :mod:`.dmd` -- DMD, DMD2's GAN term, ADM, CDM;
+* :mod:`.fewstep` -- few-step distribution matching: DMD on a sampler's grid, TDM, Salt's SC-DMD, GDD;
 * :mod:`.tmd` -- Transition Matching Distillation: few outer transitions, each a small conditional flow;
 * :mod:`.rcm` -- score-regularised continuous-time consistency (rCM: sCM + DMD);
-* :mod:`.reward` -- reward-tilted distribution matching (RTDMD).
+* :mod:`.reward` -- reward-tilted distribution matching (RTDMD);
+* :mod:`.preference` -- rewards and preferences on a DMD student: Flash-DMD's joint stage, Distillation-DPO.
 """
 
-from . import trajectory, arcflow, leap, consistency, flow_map, dmd, tmd, rcm, reward  # noqa: F401  (registers the recipes)
+from . import trajectory, arcflow, leap, consistency, flow_map, dmd, fewstep, tmd, rcm, reward, preference  # noqa: F401  (registers the recipes)

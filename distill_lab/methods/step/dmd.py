@@ -190,9 +190,28 @@ def dmd_loss(x: torch.Tensor, real_velocity, fake_velocity, t: torch.Tensor | No
     """
     _check_x(x)
     t = _times(x, t)
-    eps = _noise(x, noise)
     with torch.no_grad():
-        xt = interpolate(eps, x.detach(), t)
+        xt = interpolate(_noise(x, noise), x.detach(), t)
+    return dmd_loss_at(x, xt, t, real_velocity, fake_velocity, normalize=normalize)
+
+
+def dmd_loss_at(x: torch.Tensor, xt: torch.Tensor, t: torch.Tensor, real_velocity, fake_velocity,
+                normalize: bool = True):
+    r"""DMD's loss on ``x`` with the noised point ``x_t`` given, rather than drawn from ``x``.
+
+    The direction of :func:`dmd_loss` (Yin et al. 2024, eqs. (7)-(8)) read at a point ``x_t`` the caller
+    built: ``g = (x_fake(x_t) - x_real(x_t)) / mean|x - x_real(x_t)|``, and the loss
+    ``0.5 * mean((x - sg(x - g))^2)``. :func:`dmd_loss` noises ``x`` itself; TDM
+    (:func:`~distill_lab.methods.step.fewstep.tdm_loss`) noises a point of the student's trajectory.
+    Stop-gradient: ``x_t`` and both predictions carry none; gradient reaches ``x`` only.
+    Shapes ``x, x_t: [B, ...]``, ``t: [B]`` in [0, 1). Returns ``(loss, info)`` as :func:`dmd_loss`.
+    """
+    _check_x(x)
+    t = _times(x, t)
+    if xt.shape != x.shape:
+        raise ValueError(f"xt must have x's shape {tuple(x.shape)}, got {tuple(xt.shape)}")
+    with torch.no_grad():
+        xt = xt.detach()
         x_real = denoise(real_velocity, xt, t)
         x_fake = denoise(fake_velocity, xt, t)
         grad = x_fake - x_real
