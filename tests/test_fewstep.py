@@ -6,14 +6,13 @@ run for two steps on the tiny experiment of ``test_dmd_reward_exact`` with the l
 the tests check which samples each critic fits and which network each optimiser steps.
 """
 
-import math
 import types
 
 import pytest
 import torch
 from test_dmd_reward_exact import FakeExp
 
-from distill_lab.core.flows import GaussianLinearFlow, denoise, expand_t, sample_ode
+from distill_lab.core.flows import GaussianLinearFlow, denoise, sample_ode
 from distill_lab.methods.step import fewstep as fs
 from distill_lab.methods.step.dmd import T_MAX, T_MIN, dmd_loss, dmd_loss_at
 from distill_lab.nets.mlp import TimeMLP
@@ -549,3 +548,94 @@ def test_distillation_dpo_fits_each_fake_to_its_side_and_flash_reward_only_drops
     G2 = pf.train_flash_dmd(exp, steps=1, base=base, batch=8)
     assert seen[-1][5] == 1.0 and seen[-1][2] is G2.fake and seen[-1][1] == exp.velocity
     assert G2.fake is not base.fake, "the stage-I student is copied, not changed"
+
+
+# ------------------------------------------------------------------------------------ R_dm / GNDM
+def test_group_advantages_closed_form_and_identical_rewards_give_zero():
+    """(r - group mean) / (group std + eps) per consecutive group; identical rewards give zero advantage (a
+    mean over the whole batch, or a missing centring, fails)."""
+    r = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0, 5.0, 5.0, 5.0], dtype=D)
+    a = pf.group_advantages(r, 4)
+    g = r[:4]
+    torch.testing.assert_close(a[:4], (g - g.mean()) / (g.std() + 1e-8))
+    assert bool((a[4:] == 0).all())
+    with pytest.raises(ValueError, match="group >= 2"):
+        pf.group_advantages(r, 3)
+
+
+def test_dm_reward_is_minus_the_dmd_direction_dotted_with_the_centred_sample():
+    """R_i = -<g_i, x_i - mean_group x> with g_i DMD's normalised direction at x_i, each group sharing its t and
+    noise; a group of identical samples has zero reward and zero advantage; the fake equal to the teacher gives
+    zero reward (a sign flip, an uncentred sample, or per-sample noise fails)."""
+    real, fake = _gauss([1.0, -1.0]), _gauss([-0.5, 0.5])
+    x = torch.randn(12, 2, dtype=D)
+    t, eps = torch.rand(3, dtype=D) * 0.9, torch.randn(3, 2, dtype=D)
+    r = pf.dm_reward(x, real.velocity, fake.velocity, 4, t=t, noise=eps)
+    tt, ee = t.repeat_interleave(4), eps.repeat_interleave(4, 0)
+    xt = (1 - tt[:, None]) * ee + tt[:, None] * x
+    x_real = denoise(real.velocity, xt, tt)
+    g = (denoise(fake.velocity, xt, tt) - x_real) / (x - x_real).abs().mean(1, keepdim=True)
+    centred = x - x.view(3, 4, 2).mean(1).repeat_interleave(4, 0)
+    torch.testing.assert_close(r, -(g * centred).sum(1))
+    same = x[:1].repeat(8, 1)
+    r_same = pf.dm_reward(same, real.velocity, fake.velocity, 4)
+    assert float(r_same.abs().max()) == 0 and float(pf.group_advantages(r_same, 4).abs().max()) == 0
+    assert float(pf.dm_reward(x, real.velocity, real.velocity, 4).abs().max()) < 1e-12
+    with pytest.raises(ValueError, match="divide the batch"):
+        pf.dm_reward(x, real.velocity, fake.velocity, 5)
+
+
+def test_policy_logp_and_clipped_surrogate_closed_forms():
+    """log pi = -|x - mean|^2 / (2 sigma^2); the surrogate is -mean min(rho A, clip(rho) A): at rho = 1 its gradient
+    is -mean(A grad logp), and a ratio already past the clip in the advantage's direction gives no gradient."""
+    x, m = torch.randn(6, 2, dtype=D), torch.randn(6, 2, dtype=D, requires_grad=True)
+    lp = pf.gaussian_policy_logp(x, m, 0.5)
+    torch.testing.assert_close(lp, -(x - m).pow(2).sum(1) / 0.5)
+    adv = torch.tensor([1.0, -1.0, 2.0, 0.0, -0.5, 0.3], dtype=D)
+    loss, info = pf.clipped_policy_loss(lp, lp.detach(), adv)
+    loss.backward()
+    grad1 = m.grad.clone()
+    m.grad = None
+    (-(adv * pf.gaussian_policy_logp(x, m, 0.5)).mean()).backward()
+    torch.testing.assert_close(grad1, m.grad)
+    assert info["ratio"] == pytest.approx(1.0)
+    lp_new = torch.zeros(2, dtype=D, requires_grad=True)
+    loss, info = pf.clipped_policy_loss(lp_new, torch.tensor([-1.0, 1.0], dtype=D), torch.tensor([1.0, -1.0], dtype=D))
+    loss.backward()
+    assert float(lp_new.grad.abs().max()) == 0 and info["clipped"] == 1.0
+    with pytest.raises(ValueError, match="positive"):
+        pf.gaussian_policy_logp(x, m, 0.0)
+
+
+def test_gndm_fits_the_fake_to_policy_samples_reuses_them_and_mixes_the_external_reward(monkeypatch):
+    """gndm: the fake fits the perturbed policy samples the rewards are read on; the generator takes `reuse`
+    steps per batch against the samples' old log-probabilities; without a reward only R_dm's advantages enter,
+    with one the reward's group advantages are added times reward_weight."""
+    from distill_lab.methods.step import reward as R
+
+    exp = FakeExp()
+    base = R.train_stage1(exp, steps=1, batch=8)
+    seen = {"fit": [], "dm": [], "adv": [], "loss": []}
+    orig = {k: getattr(pf, k) for k in ("fake_score_loss", "dm_reward", "group_advantages", "clipped_policy_loss")}
+
+    def spy(name, key, pick):
+        def wrapper(*a, **k):
+            seen[key].append(pick(a))
+            return orig[name](*a, **k)
+        monkeypatch.setattr(pf, name, wrapper)
+
+    spy("fake_score_loss", "fit", lambda a: a[1])
+    spy("dm_reward", "dm", lambda a: (a[0], a[1:]))
+    spy("group_advantages", "adv", lambda a: a[0])
+    spy("clipped_policy_loss", "loss", lambda a: a)
+    G = pf.train_gndm(exp, steps=1, base=base, group=4, n_groups=2, reuse=3, critic_updates=1)
+    x, args = seen["dm"][0]
+    assert seen["fit"][0] is x and args[0] == exp.velocity and args[1] is G.fake and args[2] == 4
+    assert len(seen["loss"]) == 3 and all(a[1] is seen["loss"][0][1] for a in seen["loss"]), "old log-probs reused"
+    assert len(seen["adv"]) == 1
+    seen["adv"].clear()
+    seen["loss"].clear()
+    pf.train_gndm(exp, steps=1, base=base, group=4, n_groups=2, reuse=1, reward=lambda y: y[:, 0], reward_weight=0.5)
+    assert len(seen["adv"]) == 2
+    a_dm, a_ext = orig["group_advantages"](seen["adv"][0], 4), orig["group_advantages"](seen["adv"][1], 4)
+    torch.testing.assert_close(seen["loss"][0][2], a_dm + 0.5 * a_ext)

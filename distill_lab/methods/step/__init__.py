@@ -17,7 +17,8 @@ registers every recipe in :mod:`distill_lab.core.registry`, in the order the lab
 * :mod:`.tmd` -- Transition Matching Distillation: few outer transitions, each a small conditional flow;
 * :mod:`.rcm` -- score-regularised continuous-time consistency (rCM: sCM + DMD);
 * :mod:`.reward` -- reward-tilted distribution matching (RTDMD);
-* :mod:`.preference` -- rewards and preferences on a DMD student: Flash-DMD's joint stage, Distillation-DPO.
+* :mod:`.preference` -- rewards and preferences on a DMD student: Flash-DMD's joint stage, Distillation-DPO,
+  GNDM.
 """
 
 from . import trajectory, arcflow, leap, consistency, flow_map, dmd, fewstep, tmd, rcm, reward, preference  # noqa: F401  (registers the recipes)
