@@ -528,3 +528,45 @@ def test_rcm_checks_each_input_alone():
                             dmd_t=kw["dmd_t"][:1], dmd_noise=kw["dmd_noise"][:1])
     torch.testing.assert_close(info["x_gen"], f(z[:1], torch.full((1,), 0.5)).detach())
     assert torch.isfinite(loss)
+
+
+# ------------------------------------------------------------------ Hyper-SD, whole
+def test_hypersd_full_runs_its_four_stages_in_order_and_ends_in_one_model(monkeypatch):
+    """hypersd_full: the TSCD stages 8 -> 4 -> 2 -> 1, then the mixed-segment stage (TSCD with a segment count
+    drawn from `segments` each step), the reward stage only when a reward is given, and the DMD stage on the
+    one-step jump X(z, 0, 1) with the teacher as the real score and the fake frozen; the student is one flow
+    map sampled with the same weights at every NFE (a stage skipped or run out of order, a DMD term on another
+    jump, or separate weights per NFE fails)."""
+    from distill_lab.methods.step import dmd as dmd_mod
+
+    tscd = record(monkeypatch, consistency, "tscd_loss")
+    dmd_calls = []
+    orig = dmd_mod.dmd_loss
+
+    def spy(x, real, fake, *a, **k):
+        dmd_calls.append((x.detach().clone(), real, [p.requires_grad for p in fake.parameters()]))
+        return orig(x, real, fake, *a, **k)
+
+    monkeypatch.setattr(dmd_mod, "dmd_loss", spy)
+    exp = StubExp(batch=32)
+    torch.manual_seed(0)
+    st = consistency.train_hypersd_full(exp, steps=8, N=8, unified_steps=6, reward_steps=3, dmd_steps=2,
+                                        critic_updates=1)
+    ends = [args[6] for args, _, _ in tscd]
+    # TSCD stages: 2 steps each with k = 8, 4, 2, 1 (segment ends on that k's grid)
+    for i, k in enumerate((8, 4, 2, 1)):
+        for e in ends[2 * i:2 * i + 2]:
+            torch.testing.assert_close(e * k, (e * k).round())
+    assert len(tscd) == 8 + 6 + 2, "no reward stage without a reward; one mixed TSCD term per unified and DMD step"
+    assert len(dmd_calls) == 2 and all(r == exp.velocity and not any(flags) for _, r, flags in dmd_calls)
+    assert isinstance(st, consistency.UnifiedFlowMapStudent)
+    z = torch.randn(5, 2)
+    for n in (1, 2, 4):
+        torch.testing.assert_close(st.sample(z, n), st.X.sample(z, n))
+    assert set(st.stage_histories) == {"unified", "dmd"}
+    tscd.clear()
+    st2 = consistency.train_hypersd_full(exp, steps=4, N=8, unified_steps=1, reward_steps=3, dmd_steps=0,
+                                         reward=lambda x: x[:, 0])
+    assert "reward" in st2.stage_histories and st2.stage_histories["reward"]["steps"] == 3
+    with pytest.raises(ValueError, match="unknown option"):
+        consistency.train_hypersd_full(exp, steps=4, nope=1)

@@ -512,25 +512,10 @@ class SegmentedStudent(nn.Module):
         return self.stages[str(nfe)].sample(z, nfe)
 
 
-@recipe("hypersd", tracks=("toy2d",), family="consistency", nfes=(1, 2, 4),
-        paper="Ren et al. 2024, Hyper-SD: Trajectory Segmented Consistency Model (TSCD)")
-def train_hypersd(exp, steps=None, **overrides):
-    """TSCD with segments ``8 -> 4 -> 2 -> 1`` over stages, each stage starting from the previous one.
-
-    Student: :class:`FlowMap` on ``exp.student_net(n_times=2)`` (so ``X(x, t, e)`` starts as the
-    teacher's Euler step from ``t`` to ``e``). Per stage: grid ``t_n = n / N``, ``t`` a grid time,
-    ``t_next = t + 1/N``, one Heun teacher step, EMA target. ``steps`` is the total over stages.
-    Overrides: ``lr``, ``batch``, ``N``, ``ema``, ``segments``.
-    """
-    sc = exp.scale
-    o = dict(steps=steps or sc.pick(ci=800, default=3000, gpu=12000), lr=sc.pick(ci=1e-3, default=5e-4, gpu=2e-4),
-             batch=sc.batch, N=sc.pick(ci=16, default=32, gpu=64), ema=sc.pick(ci=0.95, default=0.98, gpu=0.99),
-             segments=(8, 4, 2, 1))
-    o.update(overrides)
-    segs = tuple(int(k) for k in o["segments"])
-    if any(o["N"] % k for k in segs):
-        raise ValueError(f"the grid size N={o['N']} must be a multiple of every segment count {segs}")
-    X = FlowMap(exp.student_net(n_times=2))
+def _tscd_stages(exp, X: FlowMap, o: dict, segs: tuple[int, ...]):
+    """Hyper-SD's TSCD stages on ``X`` (changed in place): for each segment count ``k`` in ``segs``,
+    ``o["steps"] // len(segs)`` steps of :func:`tscd_loss` against an EMA target, the next stage starting
+    from this stage's EMA. Returns ``(stages {k: frozen copy}, history, seconds)``."""
     stages, hist = {}, {"step": [], "loss": [], "segments": []}
     per_stage = max(1, o["steps"] // len(segs))
     offset, seconds = 0, 0.0
@@ -558,11 +543,151 @@ def train_hypersd(exp, steps=None, **overrides):
         offset += per_stage
         stages[k] = copy.deepcopy(X_ema).eval()
         X.load_state_dict(X_ema.state_dict())  # the next stage starts from this stage's EMA
+    return stages, hist, seconds
+
+
+@recipe("hypersd", tracks=("toy2d",), family="consistency", nfes=(1, 2, 4),
+        paper="Ren et al. 2024, Hyper-SD: Trajectory Segmented Consistency Model (TSCD)")
+def train_hypersd(exp, steps=None, **overrides):
+    """TSCD with segments ``8 -> 4 -> 2 -> 1`` over stages, each stage starting from the previous one.
+
+    Student: :class:`FlowMap` on ``exp.student_net(n_times=2)`` (so ``X(x, t, e)`` starts as the
+    teacher's Euler step from ``t`` to ``e``). Per stage: grid ``t_n = n / N``, ``t`` a grid time,
+    ``t_next = t + 1/N``, one Heun teacher step, EMA target. ``steps`` is the total over stages.
+    Overrides: ``lr``, ``batch``, ``N``, ``ema``, ``segments``.
+    """
+    sc = exp.scale
+    o = dict(steps=steps or sc.pick(ci=800, default=3000, gpu=12000), lr=sc.pick(ci=1e-3, default=5e-4, gpu=2e-4),
+             batch=sc.batch, N=sc.pick(ci=16, default=32, gpu=64), ema=sc.pick(ci=0.95, default=0.98, gpu=0.99),
+             segments=(8, 4, 2, 1))
+    o.update(overrides)
+    segs = tuple(int(k) for k in o["segments"])
+    if any(o["N"] % k for k in segs):
+        raise ValueError(f"the grid size N={o['N']} must be a multiple of every segment count {segs}")
+    X = FlowMap(exp.student_net(n_times=2))
+    stages, hist, seconds = _tscd_stages(exp, X, o, segs)
     student = SegmentedStudent(stages)
     hist["seconds"] = seconds
     student.history = hist
     return student.eval()
 
+
+
+class UnifiedFlowMapStudent(nn.Module):
+    """One flow map for every step count (Hyper-SD's unified model): ``sample(z, nfe)`` jumps
+    ``0 -> 1/nfe -> ... -> 1`` with the same weights whatever ``nfe``."""
+
+    def __init__(self, X: FlowMap):
+        super().__init__()
+        self.X = X
+
+    @torch.no_grad()
+    def sample(self, z: Tensor, nfe: int = 1) -> Tensor:
+        return self.X.sample(z, nfe)
+
+
+@recipe("hypersd_full", tracks=("toy2d",), family="consistency", nfes=(1, 2, 4),
+        paper="Ren et al. 2024, Hyper-SD: TSCD, one model for all steps, reward feedback, DMD for one step")
+def train_hypersd_full(exp, steps=None, reward=None, **overrides):
+    """Hyper-SD's whole pipeline on the toy track, in four stages, ending in **one** model for every step count.
+
+    Ren et al. (2024), "Hyper-SD": (1) TSCD stages ``8 -> 4 -> 2 -> 1`` (:func:`_tscd_stages`, as ``hypersd``);
+    (2) one model for all steps: the last stage fine-tuned with the segment count drawn from ``segments`` at
+    every step (the paper's unified LoRA; here the whole network); (3) reward feedback, when a differentiable
+    ``reward`` is given: ``reward_weight`` times ``-r`` of the one-step output ``X(z, 0, 1)`` added to the
+    mixed TSCD loss (the paper's human-feedback learning with a reward model; no reward, no stage);
+    (4) score distillation for one step: DMD (:func:`~distill_lab.methods.step.dmd.dmd_loss`, with a fake score
+    warm-started from the teacher and ``critic_updates`` updates a step) on ``X(z, 0, 1)``, plus the mixed TSCD
+    loss so the other step counts keep working. Teacher provides the TSCD targets (Heun steps) and DMD's real
+    score. Overrides: ``lr``, ``batch``, ``N``, ``ema``, ``segments``, ``unified_steps``, ``reward_steps``,
+    ``reward_weight``, ``dmd_steps``, ``dmd_lr``, ``fake_lr``, ``critic_updates``, ``dmd_weight``.
+    """
+    from ...core.registry import with_options
+    from .dmd import _adam, _critic_step, dmd_loss, fake_score_loss, frozen
+    from .reward import _reward_values
+
+    sc = exp.scale
+    # pragma: no mutate start (tuned defaults: another value is another setting, not a bug)
+    o = with_options(overrides, "hypersd_full", lr=sc.pick(ci=1e-3, default=5e-4, gpu=2e-4), batch=sc.batch,
+                     N=sc.pick(ci=16, default=32, gpu=64), ema=sc.pick(ci=0.95, default=0.98, gpu=0.99),
+                     segments=(8, 4, 2, 1), unified_steps=sc.pick(ci=200, default=750, gpu=3000),
+                     reward_steps=sc.pick(ci=100, default=400, gpu=1500), reward_weight=0.05,
+                     dmd_steps=sc.pick(ci=200, default=750, gpu=3000), dmd_lr=1e-4, fake_lr=4e-4, critic_updates=5,
+                     dmd_weight=1.0)
+    o["steps"] = steps or sc.pick(ci=800, default=3000, gpu=12000)
+    # pragma: no mutate end
+    segs = tuple(int(k) for k in o["segments"])
+    if any(o["N"] % k for k in segs):
+        raise ValueError(f"the grid size N={o['N']} must be a multiple of every segment count {segs}")
+    X = FlowMap(exp.student_net(n_times=2))
+    stages, hist, seconds = _tscd_stages(exp, X, o, segs)
+    N, B = o["N"], o["batch"]
+    X_ema = clone_frozen(X)
+
+    def mixed_tscd():
+        k = segs[int(torch.randint(0, len(segs), ()))]
+        x1, x0 = exp.data_batch(B), exp.noise_batch(B)
+        n = torch.randint(0, N, (B,), device=x1.device)
+        t, t_next = n / N, (n + 1) / N
+        loss, _ = tscd_loss(X, X_ema, exp.velocity, interpolate(x0, x1, t), t, t_next, segment_end(t, k))
+        return loss
+
+    def one_step(z):
+        zero = torch.zeros(z.shape[0], device=z.device, dtype=z.dtype)
+        return X(z, zero, zero + 1)
+
+    logs = {}
+    opt = torch.optim.Adam(X.parameters(), lr=o["lr"])
+
+    def unify(i):
+        loss = mixed_tscd()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        ema_update(X_ema, X, o["ema"])
+        return {"loss": float(loss.detach())}
+
+    logs["unified"] = exp.fit(unify, o["unified_steps"], desc="hypersd one model") if o["unified_steps"] else {}
+    X.load_state_dict(X_ema.state_dict())
+
+    if reward is not None and o["reward_steps"]:
+        def feedback(i):
+            r = _reward_values(reward, one_step(exp.noise_batch(B)))
+            loss = mixed_tscd() - o["reward_weight"] * r.mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            ema_update(X_ema, X, o["ema"])
+            return {"loss": float(loss.detach()), "reward": float(r.detach().mean())}
+
+        logs["reward"] = exp.fit(feedback, o["reward_steps"], desc="hypersd reward feedback")
+        X.load_state_dict(X_ema.state_dict())
+
+    if o["dmd_steps"]:
+        fake = exp.student_net(1)
+        g_opt, f_opt = _adam(X.parameters(), o["dmd_lr"]), _adam(fake.parameters(), o["fake_lr"])
+
+        def distil(i):
+            for _ in range(o["critic_updates"]):
+                with torch.no_grad():
+                    xg = one_step(exp.noise_batch(B))
+                lf, _ = fake_score_loss(fake, xg)
+                _critic_step(f_opt, lf)
+            with frozen(fake):
+                ld, info = dmd_loss(one_step(exp.noise_batch(B)), exp.velocity, fake)
+            loss = o["dmd_weight"] * ld + mixed_tscd()
+            g_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            g_opt.step()
+            ema_update(X_ema, X, o["ema"])
+            return {"loss": float(loss.detach()), "dmd": float(ld.detach()), "grad_norm": info["grad_norm"]}
+
+        logs["dmd"] = exp.fit(distil, o["dmd_steps"], desc="hypersd DMD one step")
+        X.load_state_dict(X_ema.state_dict())
+    student = UnifiedFlowMapStudent(X.eval())
+    hist["seconds"] = seconds
+    student.history, student.stage_histories, student.tscd_stages, student.config = hist, logs, stages, o
+    return student.eval()
 
 # ------------------------------------------------------------------ 6. CTM
 def ctm_loss(X: Callable, X_target: Callable, velocity: Velocity | None, x_t: Tensor, t: Tensor,
