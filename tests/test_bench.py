@@ -17,7 +17,7 @@ from distill_lab.toy2d.experiment import Toy2D
 # every method the toy-2D track promises (issue: trajectory, consistency, flow-map, DM, reward families)
 EXPECTED = {"trajectory", "arcflow", "progressive", "cd", "ct", "scm", "tbcm", "hypersd", "ctm", "lagrangian",
             "eulerian", "progressive_flow_map", "lsd_self", "esd_self", "anyflow", "dmd", "dmd2", "adm", "cdm", "rcm",
-            "rtdmd", "dmd_fewstep", "tdm", "scdmd", "gdd", "flash_dmd", "distillation_dpo", "gndm", "hypersd_full"}
+            "rtdmd", "dmd_fewstep", "tdm", "scdmd", "gdd", "flash_dmd", "distillation_dpo", "gndm", "hypersd_full", "rtdmd_full"}
 
 TINY = Scale("ci", teacher_steps=150, width=32, depth=2, batch=256, student_steps=10, eval_n=600, n_proj=64,
              device="cpu")

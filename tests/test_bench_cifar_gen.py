@@ -19,7 +19,7 @@ from distill_lab.nets.unet import TimeUNet
 
 # the step-distillation methods the image track runs (issue 4, item 2), in the toy recipes' order
 ISSUE_4_METHODS = ["trajectory", "progressive", "cd", "ct", "scm", "tbcm", "lagrangian", "progressive_flow_map",
-                   "dmd", "dmd2", "rcm"]
+                   "dmd", "dmd2", "tdm", "gdd", "rcm"]  # issue 4's rows, and issue 15's TDM and GDD
 CIFAR_GEN_METHODS = bench_methods("cifar-gen")
 # two Adam steps per method, small batches and pools: the whole track in seconds
 FAST = {name: dict(steps=2) for name in CIFAR_GEN_METHODS}

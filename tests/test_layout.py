@@ -195,7 +195,7 @@ def _tiny_toy2d():
     exp.recipe_defaults = {r.name: {"steps": 2} for r in registry.recipes("toy2d")}
     exp.recipe_defaults["trajectory"].update(pool=64)
     exp.recipe_defaults["progressive"].update(start=8)
-    for name in ("rtdmd", "flash_dmd", "distillation_dpo", "gndm"):  # their stage I (plain DMD) for 2 steps too
+    for name in ("rtdmd", "flash_dmd", "distillation_dpo", "gndm", "rtdmd_full"):  # their stage I (plain DMD) for 2 steps too
         exp.recipe_defaults[name].update(stage1_steps=2)
     exp.recipe_defaults["hypersd_full"].update(unified_steps=2, dmd_steps=2)
     return exp

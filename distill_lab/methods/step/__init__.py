@@ -17,8 +17,9 @@ registers every recipe in :mod:`distill_lab.core.registry`, in the order the lab
 * :mod:`.tmd` -- Transition Matching Distillation: few outer transitions, each a small conditional flow;
 * :mod:`.rcm` -- score-regularised continuous-time consistency (rCM: sCM + DMD);
 * :mod:`.reward` -- reward-tilted distribution matching (RTDMD);
+* :mod:`.rtdmd_full` -- RTDMD whole: a K-step stochastic generator, AC-DMD, the hybrid policy gradient;
 * :mod:`.preference` -- rewards and preferences on a DMD student: Flash-DMD's joint stage, Distillation-DPO,
   GNDM.
 """
 
-from . import trajectory, arcflow, leap, consistency, flow_map, dmd, fewstep, tmd, rcm, reward, preference  # noqa: F401  (registers the recipes)
+from . import trajectory, arcflow, leap, consistency, flow_map, dmd, fewstep, tmd, rcm, reward, preference, rtdmd_full  # noqa: F401  (registers the recipes)

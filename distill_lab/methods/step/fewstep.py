@@ -366,7 +366,7 @@ def train_scdmd(exp, steps=None, **overrides):
     return _fewstep(exp, steps, "scdmd", "sc", **overrides)
 
 
-@recipe("tdm", tracks=("toy2d",), family="distribution matching", nfes=(1, 2, 4),
+@recipe("tdm", tracks=("toy2d", "cifar-gen"), family="distribution matching", nfes=(1, 2, 4),
         paper="Luo et al. 2025, Learning Few-Step Diffusion Models by Trajectory Distribution Matching")
 def train_tdm(exp, steps=None, **overrides):
     """TDM: a ``K``-step (default 4) Euler student trained by :func:`tdm_loss` at random grid points,
@@ -376,7 +376,7 @@ def train_tdm(exp, steps=None, **overrides):
     return _fewstep(exp, steps, "tdm", "tdm", **overrides)
 
 
-@recipe("gdd", tracks=("toy2d",), family="distribution matching", nfes=(1,),
+@recipe("gdd", tracks=("toy2d", "cifar-gen"), family="distribution matching", nfes=(1,),
         paper="Zheng & Yang 2024, Diffusion Models Are Innate One-Step Generators (GDD-I)")
 def train_gdd(exp, steps=None, **overrides):
     """GDD-I: the teacher read as a one-step generator ``G(z) = z + v(z, 0)``, tuned only by a GAN on clean
