@@ -10,7 +10,7 @@ import types
 
 import pytest
 import torch
-from test_dmd_reward_exact import FakeExp
+from test_dmd_reward_exact import FakeExp, _record
 
 from distill_lab.core.flows import GaussianLinearFlow, denoise, sample_ode
 from distill_lab.methods.step import fewstep as fs
@@ -308,18 +308,7 @@ def test_freeze_most_keeps_the_first_and_last_weights_and_every_bias_trainable()
 
 # ---------------------------------------------------------------------------------------- recipes
 def _spy(monkeypatch, names):
-    calls = {k: [] for k in names}
-    for k in names:
-        fn = getattr(fs, k)
-
-        def wrapper(*args, _fn=fn, _k=k, **kwargs):
-            flags = [p.requires_grad for a in args if isinstance(a, torch.nn.Module) for p in a.parameters()]
-            out = _fn(*args, **kwargs)
-            calls[_k].append(types.SimpleNamespace(args=args, kwargs=kwargs, out=out, trainable=flags))
-            return out
-
-        monkeypatch.setattr(fs, k, wrapper)
-    return calls
+    return _record(monkeypatch, fs, names)
 
 
 def _adams(monkeypatch):
