@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from ...core.flows import batch_t, expand_t, interpolate
-from ...core.registry import recipe
+from ...core.registry import recipe, with_options
 from ...nets.utils import clone_frozen, ema_update
 from .students import ConsistencyFunction, FlowMap
 
@@ -573,19 +573,6 @@ def train_hypersd(exp, steps=None, **overrides):
 
 
 
-class UnifiedFlowMapStudent(nn.Module):
-    """One flow map for every step count (Hyper-SD's unified model): ``sample(z, nfe)`` jumps
-    ``0 -> 1/nfe -> ... -> 1`` with the same weights whatever ``nfe``."""
-
-    def __init__(self, X: FlowMap):
-        super().__init__()
-        self.X = X
-
-    @torch.no_grad()
-    def sample(self, z: Tensor, nfe: int = 1) -> Tensor:
-        return self.X.sample(z, nfe)
-
-
 @recipe("hypersd_full", tracks=("toy2d",), family="consistency", nfes=(1, 2, 4),
         paper="Ren et al. 2024, Hyper-SD: TSCD, one model for all steps, reward feedback, DMD for one step")
 def train_hypersd_full(exp, steps=None, reward=None, **overrides):
@@ -598,11 +585,13 @@ def train_hypersd_full(exp, steps=None, reward=None, **overrides):
     mixed TSCD loss (the paper's human-feedback learning with a reward model; no reward, no stage);
     (4) score distillation for one step: DMD (:func:`~distill_lab.methods.step.dmd.dmd_loss`, with a fake score
     warm-started from the teacher and ``critic_updates`` updates a step) on ``X(z, 0, 1)``, plus the mixed TSCD
-    loss so the other step counts keep working. Teacher provides the TSCD targets (Heun steps) and DMD's real
+    loss so the other step counts keep working. Returns the one flow map (``sample(z, nfe)`` for any ``nfe``).
+    Teacher provides the TSCD targets (Heun steps) and DMD's real
     score. Overrides: ``lr``, ``batch``, ``N``, ``ema``, ``segments``, ``unified_steps``, ``reward_steps``,
     ``reward_weight``, ``dmd_steps``, ``dmd_lr``, ``fake_lr``, ``critic_updates``, ``dmd_weight``.
     """
-    from ...core.registry import with_options
+    # imported here, not at the top: importing dmd registers its recipes, and the registry keeps the
+    # order the labs teach (consistency before distribution matching)
     from .dmd import _adam, _critic_step, dmd_loss, fake_score_loss, frozen
     from .reward import _reward_values
 
@@ -684,10 +673,9 @@ def train_hypersd_full(exp, steps=None, reward=None, **overrides):
 
         logs["dmd"] = exp.fit(distil, o["dmd_steps"], desc="hypersd DMD one step")
         X.load_state_dict(X_ema.state_dict())
-    student = UnifiedFlowMapStudent(X.eval())
-    hist["seconds"] = seconds
-    student.history, student.stage_histories, student.tscd_stages, student.config = hist, logs, stages, o
-    return student.eval()
+    hist["seconds"] = seconds  # X itself is the student: FlowMap.sample(z, nfe) serves every step count
+    X.history, X.stage_histories, X.tscd_stages, X.config = hist, logs, stages, o
+    return X.eval()
 
 # ------------------------------------------------------------------ 6. CTM
 def ctm_loss(X: Callable, X_target: Callable, velocity: Velocity | None, x_t: Tensor, t: Tensor,

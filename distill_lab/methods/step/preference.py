@@ -33,7 +33,7 @@ import torch
 
 from ...core.flows import denoise, interpolate
 from ...core.registry import recipe, with_options
-from .dmd import _adam, _check_x, _critic_step, _noise, _times, dmd_loss, fake_score_loss, frozen
+from .dmd import _adam, _check_x, _critic_step, _noise, _times, dmd_loss, dmd_loss_at, fake_score_loss, frozen
 from .reward import _reward_values, reward_right, train_stage1
 from .students import OneStepGenerator
 
@@ -181,15 +181,12 @@ def dm_reward(x: torch.Tensor, real_velocity, fake_velocity, group: int, t: torc
     if group < 2 or x.shape[0] % group:
         raise ValueError(f"group must be at least 2 and divide the batch size {x.shape[0]}, got {group}")
     n = x.shape[0] // group
+    x = x.detach()
     with torch.no_grad():
         tt = _times(x[:n], t).repeat_interleave(group)
         eps = _noise(x[:n], noise).repeat_interleave(group, 0)
-        xt = interpolate(eps, x.detach(), tt)
-        x_real = denoise(real_velocity, xt, tt)
-        dims = tuple(range(1, x.dim()))
-        w = (x.detach() - x_real).abs().mean(dim=dims, keepdim=True).clamp_min(1e-6)
-        g = (denoise(fake_velocity, xt, tt) - x_real) / w
-        centred = x.detach() - x.detach().view(n, group, *x.shape[1:]).mean(1).repeat_interleave(group, 0)
+        g = dmd_loss_at(x, interpolate(eps, x, tt), tt, real_velocity, fake_velocity)[1]["grad"]
+        centred = x - x.view(n, group, *x.shape[1:]).mean(1).repeat_interleave(group, 0)
         return -(g * centred).flatten(1).sum(1)
 
 

@@ -29,8 +29,8 @@ import torch
 
 from ...core.flows import denoise, expand_t, interpolate
 from ...core.registry import recipe, with_options
-from .dmd import _adam, _check_x, _critic_step, dmd_loss, frozen
-from .preference import group_advantages
+from .dmd import _adam, _check_x, _critic_step, dmd_loss, fake_score_loss, frozen
+from .preference import gaussian_policy_logp, group_advantages
 from .reward import _check_beta, _reward_values, reward_disk
 from .students import VelocityStudent
 
@@ -71,10 +71,10 @@ def transition_logp(velocity, x_k: torch.Tensor, x_next: torch.Tensor, t_k: floa
     Gradient reaches the student through ``x_hat_k``; ``x_k`` and ``x_{k+1}`` are detached."""
     if not 0 <= t_k < t_next < 1:
         raise ValueError(f"a stochastic transition needs 0 <= t_k < t_next < 1, got {t_k}, {t_next}")
-    x_k, x_next = x_k.detach(), x_next.detach()
+    x_k = x_k.detach()
     tk = torch.full((x_k.shape[0],), float(t_k), device=x_k.device, dtype=x_k.dtype)
     x_hat = x_k + expand_t(1 - tk, x_k) * velocity(x_k, tk)
-    return -(x_next - t_next * x_hat).pow(2).flatten(1).sum(1) / (2 * (1 - t_next) ** 2)
+    return gaussian_policy_logp(x_next.detach(), t_next * x_hat, 1 - t_next)
 
 
 def _subinterval_times(k: torch.Tensor, K: int, x: torch.Tensor, lo: float = 0.02, hi: float = 0.98) -> torch.Tensor:
@@ -101,15 +101,12 @@ def acdmd_loss(x_hat: torch.Tensor, k: torch.Tensor, K: int, real_velocity, fake
 
 def acdmd_fake_loss(fake_velocity, x_hat: torch.Tensor, k: torch.Tensor, K: int, t: torch.Tensor | None = None,
                     noise: torch.Tensor | None = None):
-    """Fit AC-DMD's fake score to step ``k``'s predictions, by flow matching at times in step ``k``'s
-    subinterval (the times its generator loss reads). ``x_hat`` is detached. Returns ``(loss, info)``."""
+    """Fit AC-DMD's fake score to step ``k``'s predictions: :func:`~distill_lab.methods.step.dmd.fake_score_loss`
+    (flow matching on the detached ``x_hat``) at times in step ``k``'s subinterval, the times its generator loss
+    reads. Returns ``(loss, info)``."""
     _check_x(x_hat, "x_hat")
-    x_hat = x_hat.detach()
     t = _subinterval_times(k, K, x_hat) if t is None else t
-    eps = torch.randn_like(x_hat) if noise is None else noise
-    xt = interpolate(eps, x_hat, t)
-    loss = (fake_velocity(xt, t) - (x_hat - eps)).pow(2).mean()
-    return loss, {"fake_fm": float(loss.detach())}
+    return fake_score_loss(fake_velocity, x_hat, t=t, noise=noise)
 
 
 def fake_consistency_loss(fake_velocity, x_t: torch.Tensor, t: torch.Tensor, dt: float = 0.05):
@@ -191,16 +188,15 @@ def train_rtdmd_full(exp, steps=None, reward=None, beta: float | None = None, **
     g_opt, f_opt = _adam(student.parameters(), cfg["lr"]), _adam(fake.parameters(), cfg["fake_lr"])
 
     def draw(n):
+        """A random step ``k`` of fresh rollouts: its input ``x_k`` and its (detached) prediction ``x_hat_k``."""
         k = torch.randint(0, K, (n,), device=exp.device)
         states, outputs = stochastic_rollout(student.net, exp.noise_batch(n), K)
-        x_k = torch.stack(states)[k, torch.arange(n)]
-        return x_k, k
+        rows = torch.arange(n, device=exp.device)
+        return torch.stack(states)[k, rows], torch.stack(outputs)[k, rows], k
 
     def critic(logs):
         for _ in range(cfg["critic_updates"]):
-            x_k, k = draw(B)
-            with torch.no_grad():
-                x_hat = x_k + expand_t(1 - k.to(x_k.dtype) / K, x_k) * student.net(x_k, k.to(x_k.dtype) / K)
+            _, x_hat, k = draw(B)
             lf, info = acdmd_fake_loss(fake, x_hat, k, K)
             if cfg["consistency_weight"] > 0:
                 t = 0.02 + 0.9 * torch.rand(B, device=x_hat.device)
@@ -211,7 +207,7 @@ def train_rtdmd_full(exp, steps=None, reward=None, beta: float | None = None, **
             logs.update(info)
 
     def dm_term(logs):
-        x_k, k = draw(B)
+        x_k, _, k = draw(B)
         tk = k.to(x_k.dtype) / K
         x_hat = x_k + expand_t(1 - tk, x_k) * student.net(x_k, tk)
         with frozen(fake):
