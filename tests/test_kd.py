@@ -148,6 +148,30 @@ def test_random_teacher_loss(shape):
     assert head(torch.randn(5, 8)).shape == (5, 20)
 
 
+def test_output_information_closed_forms():
+    # the same distribution for every example: the target says nothing about the input
+    row = torch.tensor([0.3, -1.0, 2.0, 0.5])
+    info = kd.output_information(row.repeat(6, 1), temp=0.5)
+    h = -(F.softmax(row / 0.5, -1) * F.log_softmax(row / 0.5, -1)).sum()
+    assert info["mutual_information"] == pytest.approx(0.0, abs=1e-12)
+    assert info["entropy"] == pytest.approx(float(h)) and info["marginal_entropy"] == pytest.approx(float(h))
+    # two examples, mirrored Bernoulli(a) outputs: I = log 2 - H_b(a); the temperature divides the logits
+    a = 0.8
+    logits = torch.tensor([[math.log(a), math.log(1 - a)], [math.log(1 - a), math.log(a)]])
+    hb = -(a * math.log(a) + (1 - a) * math.log(1 - a))
+    got = kd.output_information(0.25 * logits, temp=0.25)
+    assert got["mutual_information"] == pytest.approx(math.log(2) - hb, rel=1e-6)
+    assert got["entropy"] == pytest.approx(hb, rel=1e-6) and got["marginal_entropy"] == pytest.approx(math.log(2))
+    sharper = kd.output_information(logits, temp=0.1)["mutual_information"]
+    assert math.log(2) - hb < sharper < math.log(2)  # a colder temperature tells more about the input
+    # one-hot on a class of its own: the most it can be, log B
+    assert kd.output_information(40.0 * torch.eye(5), temp=1.0)["mutual_information"] == pytest.approx(math.log(5))
+    with pytest.raises(ValueError, match="B >= 2"):
+        kd.output_information(torch.zeros(1, 4))
+    with pytest.raises(ValueError):
+        kd.output_information(torch.zeros(3, 4), temp=0.0)
+
+
 def test_linear_probe_separates_linearly_separable_data():
     g = torch.Generator().manual_seed(12)
     centers = 4.0 * torch.randn(3, 10, generator=g)

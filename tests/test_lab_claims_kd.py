@@ -12,6 +12,7 @@ import torch
 
 from distill_lab.cifar import kd_recipes as K
 from distill_lab.cifar.classifiers import get_model
+from distill_lab.cifar.data import normalize
 from distill_lab.core.train import seed_everything
 from distill_lab.methods import kd
 from distill_lab.methods.kd import kernel_sd
@@ -82,6 +83,7 @@ class _ProbeExp:
         self.cfg = type("C", (), {"student": "tiny_cnn"})()
         self.device = "cpu"
         self.probed = []
+        self.x = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
 
     def fit(self, model, seed, desc="", batch_loss=None):
         self.batch_loss = batch_loss
@@ -103,6 +105,25 @@ def test_lab12_rebuilds_the_recipes_random_teacher_from_its_seed():
     for (name, a), b in zip(teacher.state_dict().items(), rebuilt.state_dict().values()):
         assert torch.equal(a, b), name
     assert not any(p.requires_grad for p in teacher.parameters())
+
+
+def test_random_teacher_recipe_uses_its_teacher_temperature_and_records_the_targets_information():
+    exp = _ProbeExp()
+    extra = K.train_random_teacher(exp, seed=3, out_dim=32, teacher_temp=0.005)[1]
+    student, teacher = exp.probed
+    x = normalize(exp.x)
+    with torch.no_grad():
+        want_info = kd.output_information(teacher.project(x), 0.005)
+        torch.manual_seed(5)
+        got = exp.batch_loss(student, x, None, None)[0]
+        torch.manual_seed(5)
+        view = K._second_view(x)  # the same random crop and flip
+        want = kd.random_teacher_loss(student.project(view), teacher.project(x), teacher_temp=0.005)[0]
+        default = kd.random_teacher_loss(student.project(view), teacher.project(x))[0]
+    torch.testing.assert_close(got, want)
+    assert abs(float(want - default)) > 1e-3  # the temperature matters for this check to mean anything
+    assert extra["teacher_information"] == pytest.approx(want_info["mutual_information"])
+    assert extra["max_information"] == pytest.approx(math.log(6))
 
 
 # ------------------------------------------------------------------ lab 13: TAID's schedule

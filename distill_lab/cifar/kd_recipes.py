@@ -15,6 +15,7 @@ the same seeds and the teacher's accuracy); labs 10 to 13 call the same recipes 
 from __future__ import annotations
 
 import copy
+import math
 import statistics
 from typing import Callable
 
@@ -26,8 +27,8 @@ from ..core.bench import bench_methods, text_table
 from ..core.registry import get_recipe, recipe
 from ..core.train import seed_everything
 from ..methods.kd import (DINOHead, TAIDSchedule, anchored_distill_loss, consensus_loss, ema_self_distill_loss,
-                          generation_kls, paced_kd_loss, random_teacher_loss, rotate_batch, self_distill_loss,
-                          sla_aggregate, sla_sd_loss, taid_loss)
+                          generation_kls, output_information, paced_kd_loss, random_teacher_loss, rotate_batch,
+                          self_distill_loss, sla_aggregate, sla_sd_loss, taid_loss)
 from ..metrics.representation import collapse_metrics
 from ..nets.utils import ema_update
 from .classifiers import get_model
@@ -209,12 +210,16 @@ class Projected(nn.Module):
 
 @kd_recipe("random_teacher", "self-supervised distillation",
            "Sarnthein, Bachmann, Anagnostidis & Hofmann, ICML 2023 (random teachers)", metric="probe_acc",
-           build=lambda exp, out_dim=256, **_: Projected(get_model(exp.cfg.student), out_dim), out_dim=256, teacher_seed_offset=10_000)
-def train_random_teacher(exp: CifarKD, seed: int, out_dim=256, teacher_seed_offset=10_000):
+           build=lambda exp, out_dim=256, **_: Projected(get_model(exp.cfg.student), out_dim), out_dim=256,
+           teacher_seed_offset=10_000, teacher_temp=0.04)
+def train_random_teacher(exp: CifarKD, seed: int, out_dim=256, teacher_seed_offset=10_000, teacher_temp=0.04):
     """Distil a frozen, randomly initialised teacher (backbone + DINO head) into a student of the same
-    architecture with :func:`distill_lab.methods.kd.random_teacher_loss`, on two augmented views, no labels.
+    architecture with :func:`distill_lab.methods.kd.random_teacher_loss` (student temperature 0.1, teacher
+    ``teacher_temp``), on two augmented views, no labels.
     Judged by the linear probe of its backbone features (``extra["probe_acc"]``) against the frozen
-    teacher's (``extra["teacher_probe_acc"]``) and raw pixels' (``extra["pixel_probe_acc"]``)."""
+    teacher's (``extra["teacher_probe_acc"]``) and raw pixels' (``extra["pixel_probe_acc"]``).
+    ``extra["teacher_information"]`` is :func:`~distill_lab.methods.kd.output_information` of the teacher's
+    sharpened outputs on the labelled images: how much its target depends on the image, in nats."""
     seed_everything(seed + teacher_seed_offset)
     teacher = Projected(get_model(exp.cfg.student), out_dim).to(exp.device).eval()
     for p in teacher.parameters():
@@ -225,11 +230,16 @@ def train_random_teacher(exp: CifarKD, seed: int, out_dim=256, teacher_seed_offs
     def batch_loss(model, x, y, t):
         with torch.no_grad():
             target = teacher.project(x)
-        return random_teacher_loss(model.project(_second_view(x)), target)
+        return random_teacher_loss(model.project(_second_view(x)), target, teacher_temp=teacher_temp)
 
     exp.fit(student, seed, desc=f"random teacher seed {seed}", batch_loss=batch_loss)
+    with torch.no_grad():
+        t_out = torch.cat([teacher.project(normalize(exp.x[i:i + 1000].to(exp.device))).float().cpu()
+                           for i in range(0, len(exp.x), 1000)])
+    info = output_information(t_out, teacher_temp)
     return student, {"probe_acc": exp.probe(student), "teacher_probe_acc": exp.probe(teacher),
-                     "pixel_probe_acc": exp.pixel_probe()}
+                     "pixel_probe_acc": exp.pixel_probe(), "teacher_information": info["mutual_information"],
+                     "teacher_entropy": info["entropy"], "max_information": math.log(len(exp.x))}
 
 
 class SLANet(nn.Module):

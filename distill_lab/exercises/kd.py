@@ -332,9 +332,9 @@ def _check_random_teacher_loss(fn) -> str:
             "a frozen teacher")
 
 
-prediction("12.student_vs_teacher", "a linear probe on the student's features vs on its random teacher's: "
-           "which reads better?",
-           ("the student", "about the same", "the teacher"), solution="the student")
+prediction("12.random_teacher_gain", "a linear probe on the features: how much of the way from the random teacher "
+           "to the label-trained student does the student of the random teacher go, at this lab's budget?",
+           ("almost none of it", "about half", "most of it"), solution="almost none of it")
 
 # ---------------------------------------------------------------- lab 13: adaptive distillation
 

@@ -28,5 +28,5 @@ from .token import (check_mask, forward_kl_loss, gjsd_loss, masked_mean, minillm
                     on_policy_pg_loss, paced_token_loss, reverse_kl_loss, sampled_reverse_kl, skew_kl_loss,
                     taid_token_loss, token_ce_loss, topk_kl_loss)
 from .self_supervised import (DINOHead, ema_self_distill_loss, feature_diversity_loss,  # noqa: F401
-                              random_teacher_loss, rotate_batch, sla_aggregate, sla_joint_labels, sla_loss,
-                              sla_sd_loss)
+                              output_information, random_teacher_loss, rotate_batch, sla_aggregate,
+                              sla_joint_labels, sla_loss, sla_sd_loss)

@@ -1,7 +1,8 @@
 """Distillation without labels: the teacher is random, or an average of the student itself.
 
 * :func:`random_teacher_loss`, :class:`DINOHead` -- random teachers (Sarnthein, Bachmann,
-  Anagnostidis & Hofmann, ICML 2023): a student distils a frozen, randomly initialised network.
+  Anagnostidis & Hofmann, ICML 2023): a student distils a frozen, randomly initialised network;
+  :func:`output_information` measures how much the teacher's target depends on the image.
 * :func:`rotate_batch`, :func:`sla_joint_labels`, :func:`sla_loss`, :func:`sla_aggregate`,
   :func:`sla_sd_loss` -- self-supervised label augmentation with self-distillation (Lee, Hwang &
   Shin, ICML 2020).
@@ -80,6 +81,41 @@ def random_teacher_loss(student_logits: torch.Tensor, teacher_logits: torch.Tens
     h_s = -(log_q.exp() * log_q).sum(-1).mean()
     return loss, {"loss": loss.detach(), "kl": torch.stack(kls).mean().detach(),
                   "teacher_entropy": h_t.detach(), "student_entropy": h_s.detach()}
+
+
+def output_information(logits: torch.Tensor, temp: float = 0.04) -> dict:
+    """How much a (teacher's) sharpened output tells about its input: the mutual information, in nats,
+    between the example and a class drawn from ``softmax(logits / temp)``,
+
+        I = H(mean_b p_b) - mean_b H(p_b),
+
+    the entropy of the average distribution minus the average entropy. ``I = 0`` when every example gets
+    the same distribution (then a student can match the target with a constant and learns nothing about
+    the data from it); its largest value is ``log B`` (each example one-hot on its own class). A
+    diagnostic for :func:`random_teacher_loss`: a random network's outputs through a
+    :class:`DINOHead` can be nearly the same for every image. Our yardstick, not a formula of
+    Sarnthein et al. (2023).
+
+    Parameters
+    ----------
+    logits : ``[B, K]``, the outputs on ``B`` examples (detached here).
+    temp : the sharpening temperature (the teacher's, 0.04 by default as in :func:`random_teacher_loss`).
+
+    Returns
+    -------
+    ``{"mutual_information", "entropy", "marginal_entropy"}``: floats in nats (``entropy`` the mean of
+    ``H(p_b)``, ``marginal_entropy`` ``H(mean_b p_b)``).
+    """
+    if logits.dim() != 2 or logits.shape[0] < 2:
+        raise ValueError(f"logits must be [B, K] with B >= 2 examples, got {tuple(logits.shape)}")
+    tau = check_temperature(temp, "temp")
+    log_p = F.log_softmax(logits.detach().double() / tau, dim=-1)
+    p = log_p.exp()
+    h = -(p * log_p).sum(-1).mean()
+    p_bar = p.mean(0)
+    h_bar = -(p_bar * p_bar.clamp_min(1e-300).log()).sum()
+    return {"mutual_information": float((h_bar - h).clamp_min(0.0)), "entropy": float(h),
+            "marginal_entropy": float(h_bar)}
 
 
 class DINOHead(nn.Module):
