@@ -1,16 +1,18 @@
-"""Exercises of the video labs (30 and 31).
+"""Exercises of the video labs (30, 31 and 32).
 
 The checkers compare the student's function with the package's own on cases where the answer is
 exact: the world's deterministic motion (:meth:`distill_lab.video.world.World.move`, and clips the
 world simulates without kicks, where each frame *is* the motion of the one before), and the attention
-mask of the video transformer (:func:`distill_lab.video.nets.frame_mask`) on token frame indices.
+mask of the video transformer (:func:`distill_lab.video.nets.frame_mask`) on token frame indices, and
+the weights an EMA-sink gives to the frames it has absorbed, read off one-hot keys folded through the
+package's own :class:`~distill_lab.video.nets.KVCache`.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ..video.nets import frame_mask
+from ..video.nets import KVCache, frame_mask
 from ..video.world import World
 from . import compare, implement, prediction
 from .images import _call
@@ -163,3 +165,57 @@ def _check_mask(fn) -> str:
 prediction("31.least_drift", "streamed to 4x the horizon, which student's frames stay cleanest (lowest frame "
            "error over the last horizon)?", ("teacher forcing", "diffusion forcing", "self forcing"),
            solution="self forcing")
+
+
+# ---------------------------------------------------------------- lab 32: memory past the window
+
+
+def _sink_weights(n_folded, decay):
+    a = torch.as_tensor(decay, dtype=torch.float64)
+    k = torch.arange(n_folded, dtype=torch.float64)
+    folded = (1 - a) * a ** (n_folded - 1 - k)
+    return torch.cat([a.reshape(1) ** n_folded, folded])
+
+
+def _sink_weights_swapped(n_folded, decay):
+    return _sink_weights(n_folded, 1 - decay)
+
+
+def _sink_weights_no_first(n_folded, decay):
+    w = _sink_weights(n_folded, decay)
+    w[0] = 0.0
+    return w
+
+
+def _sink_weights_reversed(n_folded, decay):
+    w = _sink_weights(n_folded, decay)
+    return torch.cat([w[:1], w[1:].flip(0)])
+
+
+def _folded_weights(n_folded: int, decay: float) -> torch.Tensor:
+    """The truth, from the cache itself: frame f's key is the one-hot vector e_f; a sink of one frame and
+    a window of one frame, one frame a block, so frames 1 .. n are folded in turn; the sink's key is
+    then the weights."""
+    d = n_folded + 2
+    cache = KVCache(1, window=1, sink=1, ema=decay)
+    for f in range(n_folded + 2):
+        k = torch.zeros(1, 1, 1, d, dtype=torch.float64)
+        k[..., f] = 1.0
+        cache.append([(k, k)], 1)
+    return cache.k[0][0, 0, 0, :n_folded + 1]
+
+
+@implement("32.sink_weights", "the weight an EMA-sink gives the first frame and each frame folded into it",
+           solution=_sink_weights,
+           wrong={"decay and 1 - decay swapped": _sink_weights_swapped,
+                  "the first frame's share forgotten (the weights do not sum to one)": _sink_weights_no_first,
+                  "the newest frame given the oldest one's weight": _sink_weights_reversed})
+def _check_sink_weights(fn) -> str:
+    """``fn(n_folded, decay) -> [n_folded + 1]``: the weights of the first frame and of frames 1..n."""
+    for n, a in ((0, 0.9), (1, 0.5), (4, 0.9), (6, 0.3), (5, 1.0), (3, 0.0)):
+        got = _call(fn, n, a, what=f"n_folded={n}, decay={a}")
+        if not torch.is_tensor(got):
+            got = torch.as_tensor(got, dtype=torch.float64)
+        compare(got.double().reshape(-1), _folded_weights(n, a),
+                f"n_folded={n}, decay={a} (against one-hot keys folded through KVCache(ema={a}))")
+    return "matches one-hot keys folded through the cache for six settings, decay 0 and 1 included"

@@ -45,11 +45,30 @@ def mix_tokens(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kind: str = "s
         w = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1)  # [..., N, N]
         return w @ v
     if kind == "linear":
-        q, k = F.elu(q) + 1, F.elu(k) + 1
-        kv = k.transpose(-1, -2) @ v                          # [..., d, d_v]
-        z = q @ k.sum(-2, keepdim=True).transpose(-1, -2)     # [..., N, 1]: the normaliser
-        return (q @ kv) / (z + eps)
+        kv, ksum = linear_state(k, v)
+        return read_linear_state(q, kv, ksum, eps)
     raise ValueError(f"unknown attention kind {kind!r}; choose one of {', '.join(ATTENTION_KINDS)}")
+
+
+def feature_map(u: torch.Tensor) -> torch.Tensor:
+    """``phi(u) = elu(u) + 1``: the positive feature map of linear attention (Katharopoulos et al. 2020)."""
+    return F.elu(u) + 1
+
+
+def linear_state(k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fixed-size memory linear attention keeps of keys ``k [..., N, d]`` and values ``v [..., N, d_v]``:
+    ``(sum_j phi(k_j) v_j^T [..., d, d_v], sum_j phi(k_j) [..., d])``. Its size does not grow with ``N``,
+    and two states add: the state of two sets of tokens is the sum of their states (what lets a
+    streaming network absorb tokens as they leave its window, :class:`distill_lab.video.nets.KVCache`)."""
+    k = feature_map(k)
+    return k.transpose(-1, -2) @ v, k.sum(-2)
+
+
+def read_linear_state(q: torch.Tensor, kv: torch.Tensor, ksum: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Queries ``q [..., N, d]`` read a :func:`linear_state`: ``phi(q) kv / (phi(q) . ksum)``, each query's
+    normalised mix of the values the state absorbed, ``[..., N, d_v]``."""
+    q = feature_map(q)
+    return (q @ kv) / ((q @ ksum.unsqueeze(-1)) + eps)
 
 
 class Attention(nn.Module):

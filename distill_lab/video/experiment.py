@@ -75,6 +75,7 @@ class VideoWorld(StreamExperiment):
         self.shape = (v.frames, v.net.channels, v.resolution, v.resolution)
         t0 = time.perf_counter()
         self.teacher_manifest = None  # the committed teacher's manifest, when it was loaded from its folder
+        self._eval_clips: dict = {}  # horizons -> (noise, context) of evaluations of another length
         if teacher is None:
             # imported here, so that `python -m distill_lab.video.teacher` runs a module the package
             # has not imported yet
@@ -156,21 +157,35 @@ class VideoWorld(StreamExperiment):
         m["fd"] = motion_fd(m["positions"], self.reference["positions"])
         return m
 
+    def eval_clips(self, horizons: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fixed noise and real context clips of ``horizons`` training horizons (the scale's
+        ``horizon_factor``: :attr:`eval_noise` and :attr:`eval_context`; another length: its own fixed draw)."""
+        if horizons < 1:
+            raise ValueError(f"an evaluation rollout is at least one horizon long, got {horizons}")
+        if horizons == self.vscale.horizon_factor:
+            return self.eval_noise, self.eval_context
+        if horizons not in self._eval_clips:
+            L = horizons * self.frames
+            self._eval_clips[horizons] = (self._noise(self.scale.eval_n, L, self.seed + 7 + 100 * horizons),
+                                          self._real(self.scale.eval_n, L, self.seed + 9 + 100 * horizons).to(self.device))
+        return self._eval_clips[horizons]
+
     @torch.no_grad()
-    def evaluate(self, student: StreamingStudent) -> dict:
-        """The student's rollouts of 4x the horizon, measured (module docstring): ``frame_error_1x``,
-        ``frame_error_4x`` (and its spread over clips), ``curve``, ``drift_slope``, ``exposure_gap``,
+    def evaluate(self, student: StreamingStudent, horizons: int | None = None) -> dict:
+        """The student's rollouts of ``horizons`` training horizons (default the scale's
+        ``horizon_factor``, 4), measured (module docstring): ``frame_error_1x``, ``frame_error_4x`` (the
+        last horizon's error, and its spread over clips), ``curve``, ``drift_slope``, ``exposure_gap``,
         ``physics``, ``dynamic_degree``, ``data_dynamic_degree``, ``fd``, ``fd_floor``,
-        ``nfe_per_frame``, ``frames_per_second``."""
+        ``nfe_per_frame``, ``frames_per_second``, ``horizons``."""
         student.eval()
-        z = self.eval_noise
+        z, context = self.eval_clips(horizons or self.vscale.horizon_factor)
         t0 = time.perf_counter()
         free = student.sample(z)
         if z.is_cuda:
             torch.cuda.synchronize()
         fps = z.shape[0] * z.shape[1] / (time.perf_counter() - t0)
         m = self._measure(free)
-        forced = clip_metrics(student.sample_with_context(z, self.eval_context).cpu(), self.world, self.frames)
+        forced = clip_metrics(student.sample_with_context(z, context).cpu(), self.world, self.frames)
         return self._row(m, forced, student.nfe_per_frame, fps, free)
 
     @torch.no_grad()
@@ -194,7 +209,7 @@ class VideoWorld(StreamExperiment):
                 "physics": m["physics"], "dynamic_degree": m["dynamic_degree"],
                 "data_dynamic_degree": self.reference["dynamic_degree"], "fd": m["fd"],
                 "fd_floor": self.reference["fd_floor"], "nfe_per_frame": nfe, "frames_per_second": fps,
-                "clips": clips}
+                "horizons": clips.shape[1] // self.frames, "clips": clips}
 
     def __repr__(self):
         return (f"VideoWorld({self.name!r}, scale={self.scale.name!r}, teacher={n_params(self.teacher):,} params, "

@@ -25,6 +25,18 @@ eviction); keys are stored before rotation, with their frame index, and rotated 
 frame is placed just before the window (the offsets stay the trained ones). Without sink frames,
 streaming block by block is exactly the one-pass block-causal forward with the same window
 (tested in float64), so a student trains in one pass and streams with the same weights.
+
+**Memory past the window.** What an evicted frame leaves behind is the cache's choice (:class:`KVCache`):
+
+* nothing (the rolling window), or the first frames kept for ever (sink frames);
+* ``ema``: the sink frames become a running summary, each evicted frame folded into a sink slot by an
+  exponential moving average, ``s <- ema s + (1 - ema) e`` on keys and values (Reward Forcing's
+  EMA-Sink, Lu et al. 2025; ``ema = 1`` is the static sink);
+* ``linear``: every evicted token is absorbed into a per-layer linear-attention state (the fixed-size
+  ``sum phi(k) v^T`` and ``sum phi(k)`` of :func:`distill_lab.nets.attention.linear_state`, the CIFAR
+  track's linear attention), which a network built with ``linear_memory=True`` reads beside its
+  softmax window through a zero-initialised projection a layer (Hybrid Forcing's linear temporal
+  attention, Li et al. 2026): a fresh hybrid network streams exactly as the plain one does.
 """
 
 from __future__ import annotations
@@ -36,6 +48,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..core.flows import batch_t
+from ..nets.attention import linear_state, read_linear_state
 from ..nets.mlp import FourierTime
 
 MASKS = ("full", "block_causal")
@@ -119,6 +132,15 @@ class Layer(nn.Module):
         self.mod = nn.Linear(dim, 4 * dim)  # shift and scale of both norms, from the time embedding
         nn.init.zeros_(self.mod.weight)
         nn.init.zeros_(self.mod.bias)
+        self.linear_proj: nn.Linear | None = None  # Hybrid Forcing's read-out of the linear state (add_linear_memory)
+
+    def add_linear_memory(self) -> None:
+        """A zero-initialised ``d_head -> d_head`` projection of the linear state's read-out, shared by the
+        heads, added to the softmax attention's output: zero at first, so nothing changes until trained."""
+        d = self.qkv.in_features // self.heads
+        self.linear_proj = nn.Linear(d, d).to(self.qkv.weight.device, self.qkv.weight.dtype)
+        nn.init.zeros_(self.linear_proj.weight)
+        nn.init.zeros_(self.linear_proj.bias)
 
     def qkv_heads(self, h: torch.Tensor, emb: torch.Tensor):
         """``h [B, N, D]`` -> (normalised, modulated) q, k, v ``[B, heads, N, D / heads]``."""
@@ -142,11 +164,14 @@ class VideoTransformer(nn.Module):
     """
 
     def __init__(self, config: VideoNetConfig = VideoNetConfig(), mask: str = "full", block: int = 1,
-                 window: int | None = None):
+                 window: int | None = None, linear_memory: bool = False):
         super().__init__()
         if mask not in MASKS:
             raise ValueError(f"unknown attention mask {mask!r}; choose one of {', '.join(MASKS)}")
+        if linear_memory and mask != "block_causal":
+            raise ValueError("a linear memory of evicted frames belongs to a streaming (block_causal) network")
         self.config, self.mask, self.block, self.window = config, mask, block, window
+        self.linear_memory = linear_memory
         c = config
         self.patch_dim = c.channels * c.patch * c.patch
         self.embed = nn.Linear(self.patch_dim, c.dim)
@@ -161,6 +186,9 @@ class VideoTransformer(nn.Module):
         for lin in (self.out_mod, self.out):  # the network starts as v = 0
             nn.init.zeros_(lin.weight)
             nn.init.zeros_(lin.bias)
+        if linear_memory:
+            for layer in self.layers:
+                layer.add_linear_memory()
 
     # ---------------------------------------------------------------- shapes
     def _check(self, x: torch.Tensor) -> None:
@@ -212,6 +240,10 @@ class VideoTransformer(nn.Module):
         is the index of ``x``'s first frame (for RoPE and the blocks)."""
         self._check(x)
         B, Fr = x.shape[:2]
+        if self.linear_memory and self.window is not None and Fr > self.window + self.block:
+            raise ValueError(f"a hybrid network's one-pass forward has no linear state for the frames its "
+                             f"{self.window}-frame window drops ({Fr} frames given): stream it with "
+                             "forward_block and a KVCache(..., linear=True)")
         N = self.config.tokens_per_frame
         t = self._frame_times(t, x)
         h, emb = self._embed(x, t)
@@ -251,6 +283,9 @@ class VideoTransformer(nn.Module):
             if ck is not None:
                 k, v = torch.cat([ck, k], 2), torch.cat([cv, v], 2)
             attn = F.scaled_dot_product_attention(rope(q, frames_q), rope(k, pos_k), v)
+            state = cache.linear_layer(i)
+            if layer.linear_proj is not None and state is not None:  # Hybrid Forcing: what left the window
+                attn = attn + layer.linear_proj(read_linear_state(q, *state))
             h = layer.finish(h, attn, emb)
         out = self._out(h, emb, B, b)
         return (out, new_kv) if return_kv else out
@@ -261,34 +296,80 @@ class VideoTransformer(nn.Module):
         net.load_state_dict(self.state_dict())
         return net
 
+    def with_linear_memory(self, window: int) -> "VideoTransformer":
+        """A hybrid copy of this block-causal network (Hybrid Forcing's second stage): the same weights,
+        a ``window``-frame softmax window, and a zero-initialised read-out of the linear state of
+        evicted frames a layer, so it starts as this network streamed with a ``window``-frame cache."""
+        if self.mask != "block_causal":
+            raise ValueError("with_linear_memory turns a block-causal student into a hybrid one; "
+                             "call as_causal first")
+        p = next(self.parameters())
+        net = VideoTransformer(self.config, "block_causal", self.block, window, linear_memory=True).to(p.device, p.dtype)
+        missing, unexpected = net.load_state_dict(self.state_dict(), strict=False)
+        if unexpected or any("linear_proj" not in k for k in missing):
+            raise ValueError(f"cannot copy the weights: missing {missing}, unexpected {unexpected}")
+        return net
+
     def extra_repr(self) -> str:
-        return f"mask={self.mask!r}, block={self.block}, window={self.window}, {asdict(self.config)}"
+        hybrid = ", linear_memory=True" if self.linear_memory else ""
+        return f"mask={self.mask!r}, block={self.block}, window={self.window}{hybrid}, {asdict(self.config)}"
 
 
 class KVCache:
     """Keys and values of the frames a streaming network has generated, per layer.
 
     ``window``: how many of the most recent frames are kept (``None``: all); ``sink``: how many first
-    frames are kept for ever beside them (attention sinks, as in Live Avatar's and MotionStream's
-    rolling sink frames). :meth:`append` adds a finished block and evicts the oldest non-sink frames
-    beyond the window. Keys are stored unrotated; :meth:`key_positions` gives the position each one is
-    rotated to when used: its frame index, except that sink frames sit just before the oldest kept
-    frame, so attention offsets stay within those of training however long the stream runs.
+    frames are kept beside them (attention sinks, as in Live Avatar's and MotionStream's rolling sink
+    frames). :meth:`append` adds a finished block and evicts the oldest non-sink frames beyond the
+    window. Keys are stored unrotated; :meth:`key_positions` gives the position each one is rotated
+    to when used: its frame index, except that sink frames sit just before the oldest kept frame, so
+    attention offsets stay within those of training however long the stream runs.
+
+    What an evicted frame leaves (module docstring): with ``ema`` (a decay in ``[0, 1]``, needs sink
+    frames) it is folded into the sink slot ``j = n mod sink`` (``n`` counts the frames folded so far),
+    ``k_s <- ema k_s + (1 - ema) k_e`` and the same for values: Reward Forcing's EMA-Sink (Lu et al.
+    2025, sec. 3.2), which with a block of ``sink`` frames blends the evicted block into the sink block
+    position by position, as the authors' code does; ``ema = 1`` keeps the first frames (the static
+    sink), ``ema = 0`` makes the sink the last evicted frames. With ``linear`` every evicted token is
+    also absorbed into the layer's linear-attention state (:func:`~distill_lab.nets.attention.linear_state`,
+    summed over everything evicted): Hybrid Forcing's compact state (Li et al. 2026).
+    :attr:`nbytes` is the memory all of it holds.
     """
 
-    def __init__(self, depth: int, window: int | None = None, sink: int = 0):
+    def __init__(self, depth: int, window: int | None = None, sink: int = 0, ema: float | None = None,
+                 linear: bool = False):
         if window is not None and window < 1:
             raise ValueError(f"window must be at least one frame (or None), got {window}")
         if sink < 0:
             raise ValueError(f"sink must be >= 0 frames, got {sink}")
-        self.depth, self.window, self.sink = depth, window, sink
+        if ema is not None and not (0.0 <= ema <= 1.0 and sink > 0 and window is not None):
+            raise ValueError(f"an EMA sink needs a decay in [0, 1], sink frames and a window (frames are folded "
+                             f"into the sink as they leave the window); got ema={ema}, sink={sink}, window={window}")
+        if linear and window is None:
+            raise ValueError("a linear state absorbs the frames a window evicts: give the cache a window")
+        self.depth, self.window, self.sink, self.ema, self.linear = depth, window, sink, ema, linear
         self.k: list = [None] * depth
         self.v: list = [None] * depth
+        self.state: list = [None] * depth  # per layer (sum phi(k) v^T, sum phi(k)) of evicted tokens
         self.frames: list[int] = []  # frame index of each cached frame, in order
         self.next_frame = 0
+        self.folded = 0  # evicted frames folded into the EMA sink so far
+        self.absorbed = 0  # evicted frames absorbed into the linear state so far
 
     def layer(self, i: int):
         return self.k[i], self.v[i]
+
+    def linear_layer(self, i: int):
+        """Layer ``i``'s linear state ``(kv [B, heads, d, d], ksum [B, heads, d])``, or ``None`` while
+        nothing has been absorbed (then a hybrid network attends as the plain one does)."""
+        return self.state[i]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held: cached keys and values, and the linear state."""
+        tensors = [t for t in self.k + self.v if t is not None]
+        tensors += [t for st in self.state if st is not None for t in st]
+        return sum(t.numel() * t.element_size() for t in tensors)
 
     def key_positions(self, tokens_per_frame: int) -> torch.Tensor:
         if not self.frames:
@@ -301,7 +382,8 @@ class KVCache:
 
     def append(self, kv: list, frames: int) -> None:
         """Store a finished block's keys and values (``kv``: per layer ``(k, v)`` ``[B, heads, b N, d]``,
-        ``frames`` frames), then evict the oldest non-sink frames beyond the window."""
+        ``frames`` frames), then evict the oldest non-sink frames beyond the window (folding them into
+        the EMA sink, absorbing them into the linear state, as the cache was built to)."""
         if len(kv) != self.depth:
             raise ValueError(f"the cache holds {self.depth} layers, got keys and values for {len(kv)}")
         for i, (k, v) in enumerate(kv):
@@ -309,16 +391,39 @@ class KVCache:
             self.v[i] = v if self.v[i] is None else torch.cat([self.v[i], v], 2)
         self.frames += list(range(self.next_frame, self.next_frame + frames))
         self.next_frame += frames
-        if self.window is not None:
-            keep = [j for j, f in enumerate(self.frames) if f < self.sink]
-            rest = [j for j, f in enumerate(self.frames) if f >= self.sink]
-            keep += rest[max(0, len(rest) - self.window):]
-            if len(keep) < len(self.frames):
-                per = self.k[0].shape[2] // len(self.frames)
-                idx = torch.tensor([j * per + n for j in keep for n in range(per)], device=self.k[0].device)
-                self.k = [k.index_select(2, idx) for k in self.k]
-                self.v = [v.index_select(2, idx) for v in self.v]
-                self.frames = [self.frames[j] for j in keep]
+        if self.window is None:
+            return
+        keep = [j for j, f in enumerate(self.frames) if f < self.sink]
+        rest = [j for j, f in enumerate(self.frames) if f >= self.sink]
+        evicted = rest[:max(0, len(rest) - self.window)]
+        if not evicted:
+            return
+        keep += rest[len(evicted):]
+        per = self.k[0].shape[2] // len(self.frames)
+        dev = self.k[0].device
+
+        def tokens(js):
+            return torch.tensor([j * per + n for j in js for n in range(per)], device=dev)
+
+        if self.linear:
+            idx = tokens(evicted)
+            for i in range(self.depth):
+                add = linear_state(self.k[i].index_select(2, idx), self.v[i].index_select(2, idx))
+                self.state[i] = add if self.state[i] is None else (self.state[i][0] + add[0], self.state[i][1] + add[1])
+            self.absorbed += len(evicted)
+        if self.ema is not None:
+            sinks = [j for j, f in enumerate(self.frames) if f < self.sink]
+            self.k, self.v = [k.clone() for k in self.k], [v.clone() for v in self.v]  # never write into a view
+            for j in evicted:  # oldest first, each into the next sink slot in turn
+                s, e = tokens([sinks[self.folded % len(sinks)]]), tokens([j])
+                for i in range(self.depth):
+                    for store in (self.k, self.v):
+                        store[i][:, :, s] = self.ema * store[i][:, :, s] + (1 - self.ema) * store[i][:, :, e]
+                self.folded += 1
+        idx = tokens(keep)
+        self.k = [k.index_select(2, idx) for k in self.k]
+        self.v = [v.index_select(2, idx) for v in self.v]
+        self.frames = [self.frames[j] for j in keep]
 
     def __len__(self) -> int:
         return len(self.frames)

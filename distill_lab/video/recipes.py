@@ -21,9 +21,25 @@ and CIFAR recipes use); the rollouts with their KV cache from :mod:`distill_lab.
 * ``self_forcing_sink``: training rollouts twice the horizon, the cache rolling over a window of one
   horizon with the first block kept as a sink frame, DMD on the last horizon (KV rolling inside the
   training rollouts, as MotionStream does, with a rolling sink frame as in Live Avatar and MotionStream).
+
+Memory for long rollouts (:class:`~distill_lab.video.nets.KVCache`):
+
+* ``ema_sink``: ``self_forcing_sink`` whose sink is Reward Forcing's EMA-Sink, evicted frames folded
+  into it by an exponential moving average in training and when streaming (Lu et al. 2025; their
+  Re-DMD is not part of this recipe);
+* ``hybrid_forcing``: Hybrid Forcing's decoupled schedule (Li et al. 2026): Self Forcing with dense
+  attention over the training clip first, then a hybrid copy (a short softmax window plus a linear
+  state that absorbs every evicted token, read through a zero-initialised projection) distilled on
+  rollouts twice the horizon. Its block-sparse attention inside the window is not implemented.
+
+Every distribution-matching recipe takes ``from_student``: a trained
+:class:`~distill_lab.video.rollout.StreamingStudent` whose network it starts from (no ODE
+initialisation then), to fine-tune a student rather than train one afresh.
 """
 
 from __future__ import annotations
+
+import copy
 
 import torch
 
@@ -130,13 +146,21 @@ def _distribution_matching(exp, name: str, steps, overrides, own_context: bool) 
     # pragma: no mutate start (tuned defaults: another value is another setting, not a bug)
     o = with_options(overrides, name, batch=exp.scale.batch, gen_lr=5e-5, fake_lr=2e-4, critic_updates=2,
                      sample_steps=vsc.student_nfe, init_steps=exp.scale.student_steps // 2, init_lr=3e-4,
-                     pool=256, ramp=0.0, rollout_factor=1, window=None, sink=0)
+                     pool=256, ramp=0.0, rollout_factor=1, window=None, sink=0, ema=None, from_student=None,
+                     linear_memory=False)
     # pragma: no mutate end
     steps = steps or exp.scale.student_steps
     # the cache keeps the frames a block saw in training: one horizon minus the block itself
     window = o["window"] if o["window"] is not None else exp.frames - exp.block
-    student = StreamingStudent(exp.causal_net(), times=uniform_times(o["sample_steps"]), sampler="renoise",
-                               window=window, sink=o["sink"])
+    if o["from_student"] is not None:
+        net = copy.deepcopy(o["from_student"].net).train()
+        o["init_steps"] = 0  # it starts from a trained student, not from ODE pairs
+    else:
+        net = exp.causal_net()
+    if o["linear_memory"] and not net.linear_memory:
+        net = net.with_linear_memory(window)
+    student = StreamingStudent(net, times=uniform_times(o["sample_steps"]), sampler="renoise",
+                               window=window, sink=o["sink"], ema=o["ema"])
     init_hist = ode_init(exp, student, o["init_steps"], o["batch"], o["init_lr"], o["pool"]) if o["init_steps"] else None
     fake = exp.score_net()
     g_opt, f_opt = _adam(student.net.parameters(), o["gen_lr"], DMD_BETAS), _adam(fake.parameters(), o["fake_lr"], DMD_BETAS)
@@ -218,3 +242,57 @@ def train_self_forcing_sink(exp, steps=None, **overrides) -> StreamingStudent:
     student trains in the state it streams in past the horizon."""
     return _distribution_matching(exp, "Self Forcing, sink", steps,
                                   {"rollout_factor": 2, "sink": exp.block, **overrides}, own_context=True)
+
+
+REWARD_FORCING = ("Lu et al. 2025, Reward Forcing: Efficient Streaming Video Generation with Rewarded Distribution "
+                  "Matching Distillation")
+HYBRID_FORCING = "Li et al. 2026, Hybrid Forcing"
+EMA_DECAY = 0.9  # pragma: no mutate (this lab's decay a folded frame; the paper's 0.999 is per much longer streams)
+
+
+@recipe("ema_sink", tracks=VIDEO, family="streaming",
+        paper=REWARD_FORCING + "; its EMA-Sink only (Re-DMD is not part of this recipe)")
+def train_ema_sink(exp, steps=None, **overrides) -> StreamingStudent:
+    """``self_forcing_sink`` with Reward Forcing's EMA-Sink (sec. 3.2): the sink block starts as the
+    first block and each evicted frame is folded into it, ``s <- ema s + (1 - ema) e`` on keys and values
+    (:class:`~distill_lab.video.nets.KVCache`), in the training rollouts (twice the horizon, so frames
+    are evicted) and when the student streams. ``ema`` (default 0.9) is the decay; ``ema=1`` is the
+    static sink of ``self_forcing_sink``. Options as ``self_forcing``."""
+    return _distribution_matching(exp, "EMA-Sink", steps,
+                                  {"rollout_factor": 2, "sink": exp.block, "ema": EMA_DECAY, **overrides},
+                                  own_context=True)
+
+
+@recipe("hybrid_forcing", tracks=VIDEO, family="streaming",
+        paper=HYBRID_FORCING + ": linear temporal attention over evicted tokens beside a sliding window, "
+              "decoupled distillation (block-sparse window attention not implemented)")
+def train_hybrid_forcing(exp, steps=None, **overrides) -> StreamingStudent:
+    """Hybrid Forcing's decoupled distillation. Stage 1: few-step distillation with dense attention,
+    the ``self_forcing`` recipe, whose window covers the whole training clip (skipped when
+    ``from_student`` gives that student). Stage 2: its hybrid copy
+    (:meth:`~distill_lab.video.nets.VideoTransformer.with_linear_memory`): softmax attention over the
+    last ``hybrid_window`` frames (default one block) and a linear-attention state absorbing every token
+    evicted from it, read through a zero-initialised projection a layer, so stage 2 starts where
+    stage 1 ended; then Self Forcing on rollouts twice the horizon, so the state fills in training,
+    for ``hybrid_steps`` generator steps (default half of ``steps``). The teacher provides the real
+    score of DMD in both stages; the critic and the cache are detached as in ``self_forcing``.
+    ``linear=False`` is the ablation: the same second stage with the short window alone, evicted
+    tokens dropped. Options: ``hybrid_window``, ``hybrid_steps``, ``from_student``, ``linear``, and
+    ``self_forcing``'s (both stages)."""
+    # pragma: no mutate start (tuned defaults: another value is another setting, not a bug)
+    own = {"hybrid_window": exp.block, "hybrid_steps": None, "from_student": None, "linear": True}
+    # pragma: no mutate end
+    o = {k: overrides.pop(k, v) for k, v in own.items()}
+    steps = steps or exp.scale.student_steps
+    first = o["from_student"]
+    if first is None:
+        first = _distribution_matching(exp, "Hybrid Forcing, stage 1 (dense)", steps, dict(overrides), own_context=True)
+    if first.window is not None and first.window < exp.frames - exp.block:
+        raise ValueError(f"Hybrid Forcing's first stage attends densely over the training clip; this student's "
+                         f"cache keeps {first.window} frames, fewer than {exp.frames - exp.block}")
+    second = _distribution_matching(
+        exp, "Hybrid Forcing, stage 2 (hybrid)", o["hybrid_steps"] or max(1, steps // 2),
+        {"rollout_factor": 2, **overrides, "from_student": first, "window": o["hybrid_window"],
+         "linear_memory": o["linear"]}, own_context=True)
+    second.first_stage = first
+    return second

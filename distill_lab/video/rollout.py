@@ -46,11 +46,15 @@ class StreamingStudent(nn.Module):
 
     ``times``: the time each denoising step starts from (default ``steps`` uniform steps);
     ``sampler``: ``"euler"`` or ``"renoise"`` (module docstring); ``window``, ``sink``: the cache's
-    rolling window and sink frames at generation (the network's own window, if it has one, by default).
+    rolling window and sink frames at generation (the network's own window, if it has one, by default);
+    ``ema``: fold evicted frames into the sink frames with this decay (Reward Forcing's EMA-Sink,
+    :class:`~distill_lab.video.nets.KVCache`). A network built with ``linear_memory`` gets a cache that
+    absorbs evicted frames into its linear state (Hybrid Forcing).
     """
 
     def __init__(self, net: VideoTransformer, steps: int = 4, sampler: str = "euler",
-                 times: list[float] | None = None, window: int | None = None, sink: int = 0):
+                 times: list[float] | None = None, window: int | None = None, sink: int = 0,
+                 ema: float | None = None):
         super().__init__()
         if net.mask != "block_causal":
             raise ValueError("a streaming student needs a block-causal network (VideoTransformer.as_causal)")
@@ -61,7 +65,8 @@ class StreamingStudent(nn.Module):
         if not self.times or not all(0 <= a < b <= 1 for a, b in zip(self.times, self.times[1:] + [1.0])):
             raise ValueError(f"times must increase within [0, 1), got {self.times}")
         self.window = window if window is not None else net.window
-        self.sink = sink
+        self.sink, self.ema = sink, ema
+        self.new_cache()  # a bad window, sink or decay fails here, not in the middle of a stream
 
     @property
     def block(self) -> int:
@@ -73,7 +78,8 @@ class StreamingStudent(nn.Module):
         return len(self.times)
 
     def new_cache(self) -> KVCache:
-        return KVCache(self.net.config.depth, window=self.window, sink=self.sink)
+        return KVCache(self.net.config.depth, window=self.window, sink=self.sink, ema=self.ema,
+                       linear=self.net.linear_memory)
 
     def _check(self, z: torch.Tensor) -> None:
         if z.dim() != 5 or z.shape[1] % self.block:
@@ -131,6 +137,18 @@ class StreamingStudent(nn.Module):
             out.append(self.denoise_block(z[:, i:i + self.block], cache))
             self.commit(context[:, i:i + self.block], cache)
         return torch.cat(out, 1)
+
+    @torch.no_grad()
+    def cache_bytes(self, z: torch.Tensor, every: int = 1) -> list[int]:
+        """Stream ``z`` and return the cache's :attr:`~distill_lab.video.nets.KVCache.nbytes` after each
+        ``every``-th committed block: how the memory grows (or not) with the rollout."""
+        self._check(z)
+        cache, sizes = self.new_cache(), []
+        for n, i in enumerate(range(0, z.shape[1], self.block)):
+            self.commit(self.denoise_block(z[:, i:i + self.block], cache), cache)
+            if (n + 1) % every == 0:
+                sizes.append(cache.nbytes)
+        return sizes
 
     @torch.no_grad()
     def frames_per_second(self, z: torch.Tensor) -> float:

@@ -1,0 +1,298 @@
+"""Memory for long rollouts and speculative streaming, each on a case with a known answer.
+
+An EMA-sink with decay 1 is the static sink and with decay 0 the last evicted frames; one fold is
+``a s + (1 - a) e`` exactly; a linear state holds linear attention over exactly the evicted tokens
+(the CIFAR track's ``mix_tokens``); a fresh hybrid network streams as the plain window does; memory
+stays constant as the rollout grows for every cache but the unbounded one; SDVG with ``tau = +inf``
+is the target and with ``tau = -inf`` the drafter; the committed students load as they were saved.
+"""
+
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+from test_video import random_net as video_random_net
+
+from distill_lab.core.registry import get_recipe
+from distill_lab.nets.attention import mix_tokens
+from distill_lab.video import students as video_students
+from distill_lab.video.config import VIDEO_SCALES
+from distill_lab.video.experiment import VideoWorld
+from distill_lab.video.nets import KVCache, VideoNetConfig, VideoTransformer
+from distill_lab.video.rollout import StreamingStudent
+from distill_lab.video.speculative import speculative_stream, stream_evals_per_frame, worst_frame_score
+from distill_lab.video.world import World
+
+SMALL = VideoNetConfig(resolution=8, patch=4, dim=16, depth=2, heads=2)
+TINY = replace(VIDEO_SCALES["ci"], net=SMALL, frames=4, block=2, teacher_steps=3, teacher_batch=4, teacher_nfe=2,
+               batch=4, student_steps=2, student_nfe=2, eval_n=4)
+
+
+def random_net(**kw):
+    return video_random_net(cfg=SMALL, **kw)
+
+
+def stream(net, x, t, cache):
+    """Every block of ``x`` through ``net`` against ``cache``, committing the block itself."""
+    outs = []
+    for i in range(0, x.shape[1], net.block):
+        out, kv = net.forward_block(x[:, i:i + net.block], t[:, i:i + net.block], cache, return_kv=True)
+        cache.append(kv, net.block)
+        outs.append(out)
+    return torch.cat(outs, 1)
+
+
+def clip(n=2, frames=12):
+    g = torch.Generator().manual_seed(1)
+    return (torch.randn(n, frames, 1, 8, 8, generator=g, dtype=torch.float64),
+            torch.rand(n, frames, generator=g, dtype=torch.float64))
+
+
+def kv_of(tag: float, frames: int, per: int = 1):
+    """Keys and values whose every entry names its frame: ``tag + frame``."""
+    vals = torch.cat([torch.full((1, 1, per, 2), tag + f, dtype=torch.float64) for f in range(frames)], 2)
+    return [(vals.clone(), -vals.clone())]
+
+
+# ------------------------------------------------------------------ EMA-sink
+def test_ema_sink_with_decay_one_is_the_static_sink():
+    net = random_net(window=4)
+    x, t = clip()
+    static = stream(net, x, t, KVCache(SMALL.depth, window=4, sink=2))
+    ema1 = stream(net, x, t, KVCache(SMALL.depth, window=4, sink=2, ema=1.0))
+    assert torch.equal(static, ema1)
+    ema = stream(net, x, t, KVCache(SMALL.depth, window=4, sink=2, ema=0.5))
+    assert (ema - static).abs().max() > 1e-6  # the decay is used
+
+
+def test_one_fold_is_the_moving_average_and_decay_zero_keeps_the_last_evicted_frames():
+    for a in (0.0, 0.3):
+        cache = KVCache(1, window=2, sink=2, ema=a)
+        for start in (0, 2, 4):  # frames 0-1 (the sink), 2-3, then 4-5 evicts 2-3
+            k = torch.stack([torch.full((1, 1, 2), float(start + f), dtype=torch.float64) for f in range(2)], 2)
+            cache.append([(k, -k)], 2)
+        assert cache.frames == [0, 1, 4, 5] and cache.folded == 2
+        sink_k = cache.k[0][0, 0, :2, 0]
+        assert torch.allclose(sink_k, torch.tensor([a * 0 + (1 - a) * 2, a * 1 + (1 - a) * 3], dtype=torch.float64))
+        assert torch.allclose(cache.v[0][0, 0, :2, 0], -sink_k)  # values folded the same way
+        assert cache.k[0][0, 0, 2:, 0].tolist() == [4.0, 5.0]  # the window is untouched
+
+
+def test_frames_fold_into_the_sink_slots_in_turn():
+    cache = KVCache(1, window=1, sink=2, ema=0.0)
+    for f in range(6):  # one frame a block: frames 2, 3, 4 are evicted in turn
+        k = torch.full((1, 1, 1, 1), float(f), dtype=torch.float64)
+        cache.append([(k, k)], 1)
+    # slot 0 got frame 2 then frame 4; slot 1 got frame 3
+    assert cache.k[0][0, 0, :, 0].tolist() == [4.0, 3.0, 5.0]
+
+
+def test_ema_sink_needs_sink_frames_a_window_and_a_decay_in_range():
+    for kw in ({"ema": 0.9, "window": 4}, {"ema": 1.5, "window": 4, "sink": 2}, {"ema": 0.9, "sink": 2}):
+        with pytest.raises(ValueError, match="EMA sink"):
+            KVCache(2, **kw)
+    with pytest.raises(ValueError, match="window"):
+        KVCache(2, linear=True)
+
+
+# ------------------------------------------------------------------ Hybrid Forcing's linear state
+def test_the_linear_state_is_linear_attention_over_exactly_the_evicted_tokens():
+    cache = KVCache(1, window=2, linear=True)
+    ks, vs = [], []
+    g = torch.Generator().manual_seed(0)
+    for _ in range(5):  # blocks of 2 frames, 3 tokens a frame
+        k, v = torch.randn(2, 2, 6, 4, generator=g, dtype=torch.float64), torch.randn(2, 2, 6, 4, generator=g,
+                                                                                     dtype=torch.float64)
+        ks.append(k)
+        vs.append(v)
+        cache.append([(k, v)], 2)
+    assert cache.absorbed == 8 and cache.frames == [8, 9]
+    q = torch.randn(2, 2, 5, 4, generator=g, dtype=torch.float64)
+    kv, ksum = cache.linear_layer(0)
+    from distill_lab.nets.attention import read_linear_state
+    expected = mix_tokens(q, torch.cat(ks[:4], 2), torch.cat(vs[:4], 2), "linear")
+    assert torch.allclose(read_linear_state(q, kv, ksum), expected, atol=1e-12)
+    assert torch.equal(cache.k[0], ks[4])  # the window holds the last block only
+
+
+def test_a_fresh_hybrid_network_streams_as_the_plain_window_does():
+    net = random_net(window=2)
+    hybrid = net.with_linear_memory(window=2)
+    assert all(layer.linear_proj is not None for layer in hybrid.layers)
+    x, t = clip()
+    plain = stream(net, x, t, KVCache(SMALL.depth, window=2))
+    cache = KVCache(SMALL.depth, window=2, linear=True)
+    assert torch.equal(stream(hybrid, x, t, cache), plain)  # zero read-out: the state changes nothing
+    assert cache.absorbed == 10  # 12 frames streamed, 2 in the window
+    for layer in hybrid.layers:  # a trained read-out uses it
+        torch.nn.init.normal_(layer.linear_proj.weight, std=0.3)
+    assert (stream(hybrid, x, t, KVCache(SMALL.depth, window=2, linear=True)) - plain).abs().max() > 1e-6
+
+
+def test_a_linear_state_that_absorbs_nothing_changes_nothing():
+    hybrid = random_net(window=8).with_linear_memory(window=8)
+    for layer in hybrid.layers:
+        torch.nn.init.normal_(layer.linear_proj.weight, std=0.3)
+    plain = random_net(window=8)  # the same weights but the read-out (same seed)
+    x, t = clip(frames=8)
+    assert torch.equal(stream(hybrid, x, t, KVCache(SMALL.depth, window=8, linear=True)),
+                       stream(plain, x, t, KVCache(SMALL.depth, window=8)))
+
+
+def test_hybrid_networks_refuse_what_they_cannot_do():
+    hybrid = random_net(window=2).with_linear_memory(window=2)
+    x, t = clip(frames=8)
+    with pytest.raises(ValueError, match="stream it"):
+        hybrid(x, t)
+    with pytest.raises(ValueError, match="as_causal"):
+        random_net(mask="full").with_linear_memory(2)
+    with pytest.raises(ValueError, match="block_causal"):
+        VideoTransformer(SMALL, "full", linear_memory=True)
+
+
+def test_memory_is_constant_for_every_bounded_cache_and_grows_without_a_bound():
+    net = random_net(window=4)
+    hybrid = random_net(window=2).with_linear_memory(2)
+    z = torch.randn(1, 24, 1, 8, 8, dtype=torch.float64)
+    sizes = {
+        "window": StreamingStudent(net, steps=1, window=4).cache_bytes(z),
+        "sink": StreamingStudent(net, steps=1, window=4, sink=2).cache_bytes(z),
+        "ema": StreamingStudent(net, steps=1, window=4, sink=2, ema=0.9).cache_bytes(z),
+        "hybrid": StreamingStudent(hybrid, steps=1, window=2).cache_bytes(z),
+        "all": StreamingStudent(random_net(), steps=1, window=None).cache_bytes(z),
+    }
+    tokens = SMALL.tokens_per_frame * SMALL.dim * 2 * 8 * SMALL.depth  # k and v of one frame, float64 bytes
+    for name in ("window", "sink", "ema", "hybrid"):
+        assert len(set(sizes[name][4:])) == 1, (name, sizes[name])
+    assert sizes["window"][-1] == 4 * tokens and sizes["sink"][-1] == sizes["ema"][-1] == 6 * tokens
+    d = SMALL.dim // SMALL.heads
+    assert sizes["hybrid"][-1] == 2 * tokens + SMALL.depth * SMALL.heads * (d * d + d) * 8
+    assert sizes["all"] == [2 * tokens * (n + 1) for n in range(12)]
+
+
+# ------------------------------------------------------------------ SDVG
+def euler_student(seed, steps):
+    return StreamingStudent(random_net(seed=seed), steps=steps, sampler="euler", window=4)
+
+
+def test_sdvg_with_tau_plus_infinity_is_the_target_and_minus_infinity_the_drafter():
+    drafter, target = euler_student(1, 1), euler_student(2, 3)
+    z = torch.randn(3, 8, 1, 8, 8, dtype=torch.float64)
+    score = worst_frame_score(World())
+    top = speculative_stream(drafter, target, z, math.inf, score)
+    assert torch.equal(top["clips"], target.sample(z)) and not top["accepted"].any()
+    bottom = speculative_stream(drafter, target, z, -math.inf, score, force_first=False)
+    assert torch.equal(bottom["clips"], drafter.sample(z)) and bottom["accepted"].all()
+    assert top["evals_per_frame"] == pytest.approx((1 + 2 + 3) / 2)
+    assert bottom["evals_per_frame"] == pytest.approx((1 + 2) / 2)
+    assert stream_evals_per_frame(target) == 2.0 and stream_evals_per_frame(drafter) == 1.0
+    first = speculative_stream(drafter, target, z, -math.inf, score)  # the first block is always the target's
+    assert torch.equal(first["clips"][:, :2], target.sample(z[:, :2])) and first["accept_rate"] == 1.0
+    assert not first["accepted"][:, 0].any() and first["accepted"][:, 1:].all()
+
+
+def test_sdvg_accepts_exactly_the_drafts_scoring_at_least_tau_clip_by_clip():
+    drafter, target = euler_student(1, 1), euler_student(2, 2)
+    z = torch.randn(4, 8, 1, 8, 8, dtype=torch.float64)
+    score = worst_frame_score(World())
+    free = speculative_stream(drafter, target, z, -math.inf, score)
+    tau = float(free["scores"][:, 1].median())
+    run = speculative_stream(drafter, target, z, tau, score)
+    assert torch.equal(run["accepted"][:, 1], run["scores"][:, 1] >= tau)
+    assert 0 < run["accepted"][:, 1].sum() < 4  # some clips accept the second block, some do not
+    rejected = run["accepted"].logical_not().double()
+    expected = (1 + 2 + 2 * rejected).sum(1).mean() / 8
+    assert run["evals_per_frame"] == pytest.approx(float(expected))
+
+
+def test_worst_frame_score_is_the_worst_frame_and_zero_on_clean_frames():
+    w = World()
+    real = w.clips(3, 4, 16, generator=torch.Generator().manual_seed(0))
+    assert worst_frame_score(w)(real).abs().max() < 1e-8
+    broken = real.clone()
+    broken[1, 2] = -1.0 + 0.5 * torch.rand_like(broken[1, 2])  # one frame of noise in clip 1
+    s = worst_frame_score(w)(broken)
+    from distill_lab.video.metrics import frame_error
+    assert s[1] == pytest.approx(-float(frame_error(broken[1:2], w)[0, 2])) and s[1] < -0.01
+    assert s[0].abs() < 1e-8 and s[2].abs() < 1e-8
+
+
+def test_sdvg_rejects_bad_input():
+    drafter = euler_student(1, 1)
+    other = StreamingStudent(random_net(block=4), steps=1)
+    z = torch.randn(1, 8, 1, 8, 8, dtype=torch.float64)
+    with pytest.raises(ValueError, match="same size"):
+        speculative_stream(drafter, other, z, 0.0, worst_frame_score(World()))
+    with pytest.raises(ValueError, match="nan"):
+        speculative_stream(drafter, drafter, z, float("nan"), worst_frame_score(World()))
+
+
+# ------------------------------------------------------------------ the recipes and committed students
+@pytest.fixture(scope="module")
+def tiny_exp():
+    torch.manual_seed(0)
+    return VideoWorld("ci", teacher=VideoTransformer(SMALL, "full"), video_scale=TINY, progress=False)
+
+
+def test_ema_sink_recipe_trains_and_streams_with_its_decay(tiny_exp):
+    torch.manual_seed(0)
+    st = get_recipe("ema_sink", track="video").train(tiny_exp, steps=1, batch=2, critic_updates=1, pool=4,
+                                                     init_steps=1)
+    assert st.ema == 0.9 and st.sink == tiny_exp.block and st.options["rollout_factor"] == 2
+    assert st.new_cache().ema == 0.9
+
+
+def test_hybrid_forcing_starts_its_second_stage_from_the_first(tiny_exp, monkeypatch):
+    torch.manual_seed(0)
+    first = get_recipe("self_forcing", track="video").train(tiny_exp, steps=1, batch=2, critic_updates=1, pool=4,
+                                                            init_steps=1)
+    starts = []
+    from distill_lab.video import recipes
+
+    real = recipes._distribution_matching
+
+    def spy(exp, name, steps, overrides, own_context):
+        if overrides.get("from_student") is not None:
+            starts.append({k: v.clone() for k, v in overrides["from_student"].net.state_dict().items()})
+        return real(exp, name, steps, overrides, own_context)
+
+    monkeypatch.setattr(recipes, "_distribution_matching", spy)
+    hy = get_recipe("hybrid_forcing", track="video").train(tiny_exp, steps=2, batch=2, critic_updates=1,
+                                                           from_student=first)
+    assert hy.net.linear_memory and hy.window == tiny_exp.block and hy.new_cache().linear
+    assert hy.first_stage is first and hy.options["init_steps"] == 0 and hy.options["rollout_factor"] == 2
+    assert len(hy.history["loss"]) == 1  # hybrid_steps defaults to half the steps
+    assert all(torch.equal(starts[0][k], v) for k, v in first.net.state_dict().items())
+    changed = [k for k, v in first.net.state_dict().items() if not torch.equal(hy.net.state_dict()[k], v)]
+    assert changed  # the second stage trained the copy, not the first stage's network
+    ablation = get_recipe("hybrid_forcing", track="video").train(tiny_exp, steps=2, batch=2, critic_updates=1,
+                                                                 from_student=first, linear=False)
+    assert not ablation.net.linear_memory and ablation.window == tiny_exp.block
+
+
+def test_committed_students_load_as_saved_and_train_when_missing(tiny_exp, tmp_path, monkeypatch):
+    monkeypatch.setattr(video_students, "students_dir", lambda scale: tmp_path)
+    trained = []
+    real = video_students.train_student
+
+    def spy(exp, name, seed, start=None):
+        trained.append((name, seed, start is not None))
+        return real(exp, name, seed, start)
+
+    monkeypatch.setattr(video_students, "train_student", spy)
+    monkeypatch.setitem(video_students.STUDENTS, "self_forcing",
+                        ("self_forcing", {"steps": 1, "batch": 2, "critic_updates": 1, "pool": 4, "init_steps": 1}, None))
+    monkeypatch.setitem(video_students.STUDENTS, "hybrid_forcing",
+                        ("hybrid_forcing", {"steps": 2, "batch": 2, "critic_updates": 1}, "self_forcing"))
+    got = video_students.committed_students(tiny_exp, "hybrid_forcing", seeds=(0,), quiet=True)
+    assert trained == [("self_forcing", 0, False), ("hybrid_forcing", 0, True)]  # nothing committed: trained
+    assert got[0].net.linear_memory
+    video_students.save_student(got[0], tmp_path / "x.pt")
+    back = video_students.load_student(tmp_path / "x.pt")
+    assert (back.times, back.window, back.sink, back.ema, back.sampler) == \
+        (got[0].times, got[0].window, got[0].sink, got[0].ema, got[0].sampler)
+    for k, v in got[0].net.state_dict().items():
+        assert torch.equal(back.net.state_dict()[k], v.half().float()), k
+    with pytest.raises(ValueError, match="known"):
+        video_students.committed_students(tiny_exp, "nope")
