@@ -296,3 +296,21 @@ def test_committed_students_load_as_saved_and_train_when_missing(tiny_exp, tmp_p
         assert torch.equal(back.net.state_dict()[k], v.half().float()), k
     with pytest.raises(ValueError, match="known"):
         video_students.committed_students(tiny_exp, "nope")
+
+
+def test_a_cache_of_some_rows_denoises_those_clips_as_the_whole_batch_does():
+    st = StreamingStudent(random_net(window=4).with_linear_memory(4), steps=2, sampler="euler", window=4, sink=2,
+                          ema=0.5)
+    z = torch.randn(4, 12, 1, 8, 8, dtype=torch.float64)
+    cache = st.new_cache()
+    for i in range(0, 10, 2):
+        st.commit(st.denoise_block(z[:, i:i + 2], cache), cache)
+    assert cache.folded and cache.absorbed  # the sub-cache must carry the sink and the linear state
+    idx = torch.tensor([3, 1])
+    whole = st.denoise_block(z[:, 10:12], cache)
+    part = st.denoise_block(z[idx, 10:12], cache.rows(idx))
+    assert torch.allclose(part, whole[idx], atol=1e-12)
+    for layer in st.net.layers:  # with a live read-out of the state
+        torch.nn.init.normal_(layer.linear_proj.weight, std=0.3)
+    assert torch.allclose(st.denoise_block(z[idx, 10:12], cache.rows(idx)), st.denoise_block(z[:, 10:12], cache)[idx],
+                          atol=1e-12)

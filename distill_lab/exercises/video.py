@@ -219,3 +219,71 @@ def _check_sink_weights(fn) -> str:
         compare(got.double().reshape(-1), _folded_weights(n, a),
                 f"n_folded={n}, decay={a} (against one-hot keys folded through KVCache(ema={a}))")
     return "matches one-hot keys folded through the cache for six settings, decay 0 and 1 included"
+
+
+prediction("32.worst_memory", "streamed to 8x the horizon, which memory gives the worst frames over the last "
+           "horizon?", ("window", "window + sink", "window + EMA-sink", "every frame"), solution="every frame")
+
+
+prediction("34.cost_at_inf", "with tau = +inf (every draft rejected), does speculative streaming cost less than the "
+           "target alone, the same, or more?", ("less", "the same", "more"), solution="more")
+
+
+# ---------------------------------------------------------------- lab 34: speculative decoding's cost
+
+
+def _spec_cost(drafter_steps, target_steps, block, accept_rate):
+    return (drafter_steps + 2 + (1 - accept_rate) * target_steps) / block
+
+
+def _spec_cost_no_cache_passes(drafter_steps, target_steps, block, accept_rate):
+    return (drafter_steps + (1 - accept_rate) * target_steps) / block
+
+
+def _spec_cost_drafts_only_when_accepted(drafter_steps, target_steps, block, accept_rate):
+    return (accept_rate * drafter_steps + 2 + (1 - accept_rate) * target_steps) / block
+
+
+def _spec_cost_per_block(drafter_steps, target_steps, block, accept_rate):
+    return drafter_steps + 2 + (1 - accept_rate) * target_steps
+
+
+def _measured_costs():
+    """``(drafter steps, target steps, block, accept rate, evaluations a frame)`` of real speculative runs:
+    two small random streaming students, every block judged (no forced first block), several thresholds."""
+    from ..video.nets import VideoNetConfig, VideoTransformer
+    from ..video.rollout import StreamingStudent
+    from ..video.speculative import speculative_stream
+
+    cfg = VideoNetConfig(resolution=8, patch=4, dim=16, depth=1, heads=2)
+    torch.manual_seed(0)
+    nets = [VideoTransformer(cfg, "block_causal", 2).double() for _ in range(2)]
+    for net in nets:
+        for p in net.parameters():
+            torch.nn.init.normal_(p, std=0.3)
+    z = torch.randn(6, 8, 1, 8, 8, dtype=torch.float64)
+    score = lambda b: -b.flatten(1).abs().amax(1)  # noqa: E731  (any score will do for counting)
+    out = []
+    for d_steps, t_steps in ((1, 4), (2, 8), (3, 5)):
+        drafter = StreamingStudent(nets[0], steps=d_steps, window=4)
+        target = StreamingStudent(nets[1], steps=t_steps, window=4)
+        scores = speculative_stream(drafter, target, z, -float("inf"), score, force_first=False)["scores"]
+        for q in (0.0, 0.3, 0.7, 1.0):
+            tau = float(scores.flatten().quantile(q)) if q < 1 else float("inf")
+            r = speculative_stream(drafter, target, z, tau, score, force_first=False)
+            out.append((d_steps, t_steps, 2, r["accept_rate"], r["evals_per_frame"]))
+    return out
+
+
+@implement("34.spec_cost", "network evaluations a frame of speculative streaming, from the acceptance rate",
+           solution=_spec_cost,
+           wrong={"the two cache passes a block left out": _spec_cost_no_cache_passes,
+                  "the drafter counted only for accepted blocks": _spec_cost_drafts_only_when_accepted,
+                  "per block, not per frame": _spec_cost_per_block})
+def _check_spec_cost(fn) -> str:
+    """``fn(drafter_steps, target_steps, block, accept_rate) -> float``."""
+    for d, t, b, acc, measured in _measured_costs():
+        got = _call(fn, d, t, b, acc, what=f"drafter {d} steps, target {t}, block {b}, accept rate {acc:.2f}")
+        compare(float(got), measured, f"drafter {d} steps, target {t} steps, block {b}, accept rate {acc:.2f} "
+                                      "(against the count of a real speculative_stream run)")
+    return "matches the evaluations counted in twelve real runs (three step settings, four thresholds)"

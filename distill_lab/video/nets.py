@@ -364,6 +364,16 @@ class KVCache:
         nothing has been absorbed (then a hybrid network attends as the plain one does)."""
         return self.state[i]
 
+    def rows(self, idx: torch.Tensor) -> "KVCache":
+        """A cache of the clips ``idx`` of this batch only (new tensors, same frames): for denoising a
+        block of some clips of a batch, as speculative streaming regenerates only the rejected ones."""
+        out = KVCache(self.depth, self.window, self.sink, self.ema, self.linear)
+        out.frames, out.next_frame, out.folded, out.absorbed = list(self.frames), self.next_frame, self.folded, self.absorbed
+        out.k = [None if k is None else k[idx] for k in self.k]
+        out.v = [None if v is None else v[idx] for v in self.v]
+        out.state = [None if st is None else (st[0][idx], st[1][idx]) for st in self.state]
+        return out
+
     @property
     def nbytes(self) -> int:
         """Bytes held: cached keys and values, and the linear state."""

@@ -77,10 +77,10 @@ def speculative_stream(drafter: StreamingStudent, target: StreamingStudent, z: t
         if force_first and n == 0:
             ok = torch.zeros_like(ok)
         block = draft
-        if not bool(ok.all()):
-            regen = target.denoise_block(zi, tc)
-            keep = ok.view(B, *([1] * (draft.dim() - 1)))
-            block = torch.where(keep, draft, regen)
+        rejected = (~ok).nonzero().flatten()
+        if len(rejected):  # the target regenerates the rejected clips' blocks only
+            block = draft.clone()
+            block[rejected] = target.denoise_block(zi[rejected], tc.rows(rejected))
         evals += d_steps + 2 + (~ok).double().cpu() * t_steps
         drafter.commit(block, dc)
         target.commit(block, tc)
