@@ -314,3 +314,118 @@ def test_a_cache_of_some_rows_denoises_those_clips_as_the_whole_batch_does():
         torch.nn.init.normal_(layer.linear_proj.weight, std=0.3)
     assert torch.allclose(st.denoise_block(z[idx, 10:12], cache.rows(idx)), st.denoise_block(z[:, 10:12], cache)[idx],
                           atol=1e-12)
+
+
+# ------------------------------------------------------------------ Re-DMD and the motion reward
+def test_rewarded_dmd_scales_each_samples_dmd_gradient_by_exp_beta_reward():
+    from distill_lab.methods.step.dmd import dmd_loss
+    from distill_lab.methods.streaming import rewarded_dmd_loss
+
+    def real(x, t):
+        return -x + 0.3
+
+    def fake(x, t):
+        return -0.5 * x
+
+    x0 = torch.randn(4, 2, 1, 3, 3, dtype=torch.float64)
+    t, noise = torch.full((4,), 0.4, dtype=torch.float64), torch.randn_like(x0)
+    r = torch.tensor([0.5, -1.0, 0.0, 2.0], dtype=torch.float64)
+    x = x0.clone().requires_grad_(True)
+    loss, info = rewarded_dmd_loss(x, real, fake, lambda c: r, beta=0.7, t=t, noise=noise)
+    loss.backward()
+    x_plain = x0.clone().requires_grad_(True)
+    plain, _ = dmd_loss(x_plain, real, fake, t=t, noise=noise)
+    plain.backward()
+    w = torch.exp(0.7 * r)
+    assert torch.allclose(info["weights"], w)
+    assert torch.allclose(x.grad, w.view(4, 1, 1, 1, 1) * x_plain.grad, atol=1e-12)  # per sample, not a mean weight
+    x_zero = x0.clone().requires_grad_(True)
+    zero, _ = rewarded_dmd_loss(x_zero, real, fake, lambda c: r, beta=0.0, t=t, noise=noise)
+    assert torch.allclose(zero, plain)  # beta = 0 is DMD
+    with pytest.raises(ValueError, match="one number a sample"):
+        rewarded_dmd_loss(x0.clone().requires_grad_(True), real, fake, lambda c: r[:2], beta=1.0, t=t, noise=noise)
+
+
+def test_motion_reward_is_zero_at_the_datas_motion_and_minus_one_when_frozen():
+    from distill_lab.video.metrics import clip_dynamic_degree, motion_reward
+
+    w = World()
+    states = w.simulate(3, 6, seed=0)
+    clips = w.render(states, 16)
+    dd = clip_dynamic_degree(w.detect(clips))
+    reward = motion_reward(w, float(dd[0]))
+    r = reward(clips)
+    assert abs(float(r[0])) < 1e-9 and torch.allclose(r, (dd / dd[0] - 1).float(), atol=1e-6)
+    frozen = clips[:, :1].expand_as(clips).contiguous()
+    assert torch.allclose(reward(frozen), torch.full((3,), -1.0), atol=1e-6)
+    with pytest.raises(ValueError, match="positive"):
+        motion_reward(w, 0.0)
+
+
+def test_reward_forcing_weights_its_dmd_by_the_motion_reward(tiny_exp, monkeypatch):
+    from distill_lab.video import recipes
+
+    seen = []
+    real = recipes.rewarded_dmd_loss
+
+    def spy(x, real_v, fake_v, reward, beta, **kw):
+        seen.append((beta, reward(x.detach())))
+        return real(x, real_v, fake_v, reward, beta, **kw)
+
+    monkeypatch.setattr(recipes, "rewarded_dmd_loss", spy)
+    torch.manual_seed(0)
+    st = get_recipe("reward_forcing", track="video").train(tiny_exp, steps=1, batch=2, critic_updates=1, pool=4,
+                                                           init_steps=1)
+    assert [b for b, _ in seen] == [2.0] and seen[0][1].shape == (2,)
+    assert st.ema == 0.9 and st.sink == tiny_exp.block and st.options["reward_beta"] == 2.0
+    seen.clear()
+    get_recipe("ema_sink", track="video").train(tiny_exp, steps=1, batch=2, critic_updates=1, pool=4, init_steps=1)
+    assert not seen  # EMA-sink alone is plain DMD
+
+
+# ------------------------------------------------------------------ step schedules and HiAR's order
+def test_block_steps_give_each_block_its_own_schedule():
+    st = StreamingStudent(random_net(window=4), steps=2, sampler="euler", window=4, block_steps=[4, 2, 1])
+    assert st.times_for(0) == [0.0, 0.25, 0.5, 0.75] and st.times_for(1) == [0.0, 0.5]
+    assert st.times_for(2) == [0.0] and st.times_for(7) == [0.0]
+    assert st.nfe_per_frame == 1 and st.mean_nfe_per_frame(8) == pytest.approx((4 + 2 + 1 + 1) / 4)
+    z = torch.randn(2, 8, 1, 8, 8, dtype=torch.float64)
+    got = st.sample(z)
+    cache, out = st.new_cache(), []
+    for n, steps in enumerate((4, 2, 1, 1)):  # the same, block by block, each with its own uniform steps
+        one = StreamingStudent(st.net, steps=steps, sampler="euler", window=4)
+        out.append(one.denoise_block(z[:, 2 * n:2 * n + 2], cache))
+        st.commit(out[-1], cache)
+    assert torch.equal(got, torch.cat(out, 1))
+    for bad in ([], [2, 0]):
+        with pytest.raises(ValueError, match="block_steps"):
+            StreamingStudent(random_net(), steps=2, block_steps=bad)
+
+
+@pytest.mark.parametrize("sampler", ["euler", "renoise"])
+def test_lockstep_denoising_of_one_block_is_the_plain_sampler(sampler):
+    from distill_lab.video.rollout import lockstep_sample
+
+    st = StreamingStudent(random_net(window=4), steps=3, sampler=sampler, window=4)
+    z = torch.randn(2, 2, 1, 8, 8, dtype=torch.float64)
+    torch.manual_seed(5)
+    plain = st.sample(z)
+    torch.manual_seed(5)
+    assert torch.allclose(lockstep_sample(st, z), plain, atol=1e-12)
+
+
+def test_lockstep_denoising_conditions_each_block_on_context_at_its_own_noise_level():
+    from distill_lab.video.rollout import lockstep_sample
+
+    st = StreamingStudent(random_net(window=4), steps=2, sampler="euler", window=4)
+    z = torch.randn(2, 4, 1, 8, 8, dtype=torch.float64)
+    b0, b1 = z[:, :2], z[:, 2:]
+    for k, t in enumerate((0.0, 0.5)):  # by hand: both blocks step together, block 1 sees block 0 at time t
+        cache = st.new_cache()
+        v0, kv = st.net.forward_block(b0, t, cache, return_kv=True)
+        cache.append(kv, 2)
+        v1 = st.net.forward_block(b1, t, cache)
+        b0, b1 = b0 + 0.5 * v0, b1 + 0.5 * v1
+    got = lockstep_sample(st, z)
+    assert torch.allclose(got, torch.cat([b0, b1], 1), atol=1e-12)
+    assert (got - st.sample(z)).abs().max() > 1e-6  # not the sequential order

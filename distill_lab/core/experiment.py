@@ -225,6 +225,8 @@ class StreamExperiment(Experiment, Protocol):
     block: int  # frames a student generates at once
     shape: tuple[int, ...]  # one clip's shape ``(frames, C, H, W)``
     teacher: nn.Module  # the frozen bidirectional network ``teacher(x, t)``
+    world: Any  # the world whose physics the metrics and rewards read (``detect``, ``render``)
+    reference: dict  # real clips' metrics, e.g. ``"dynamic_degree"`` (what a motion reward is relative to)
 
     def velocity(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The teacher's velocity on clips, ``t: [B]`` (a time a clip) or ``[B, F]`` (a time a frame)."""

@@ -19,6 +19,8 @@ recipes reuses :func:`distill_lab.methods.step.dmd.dmd_loss` and
   Bidirectional to Fast Autoregressive Video Diffusion Models", sec. 4): the causal student learns to
   jump from points on the straight path between a noise clip and the *teacher's* clip from that noise
   to the teacher's clip, block by block, given the teacher's earlier frames.
+* :func:`rewarded_dmd_loss` -- Reward Forcing's Re-DMD (Lu et al. 2025): the shared DMD loss with each
+  sample's term weighted by ``exp(beta r)`` of a reward under stop-gradient.
 """
 
 from __future__ import annotations
@@ -107,3 +109,35 @@ def ode_regression_loss(net, z: torch.Tensor, x1: torch.Tensor, block: int, t: t
     pred = xt + (1 - t).view(-1, 1, 1, 1, 1) * v
     loss = (pred - x1[:, sl]).pow(2).mean()
     return loss, {"loss": loss.detach(), "block": k}
+
+
+def rewarded_dmd_loss(x: torch.Tensor, real_velocity, fake_velocity, reward, beta: float,
+                      t: torch.Tensor | None = None, noise: torch.Tensor | None = None):
+    r"""Rewarded distribution matching (Re-DMD; Lu et al. 2025, Reward Forcing, sec. 3.3): DMD's loss with
+    each sample's term weighted by the exponential of its reward,
+
+    .. math:: L = \frac{1}{B} \sum_b e^{\beta r(x_b)} \, \tfrac12 \,\text{mean}\big((x_b - \text{sg}(x_b - g_b))^2\big),
+
+    so the student's distribution is pulled towards the teacher's where its samples score high: the
+    gradient on sample ``b`` is DMD's direction ``g_b`` (:func:`~distill_lab.methods.step.dmd.dmd_loss`,
+    Yin et al. 2024, eqs. (7)-(8), computed by that very function) scaled by ``exp(beta r_b)``. The
+    authors' code scores a rollout with a video reward model's motion-quality head and multiplies its
+    DMD loss by ``exp(beta r)``; ``beta = 0`` is plain DMD.
+
+    Teacher provides: ``real_velocity``. Stop-gradient: the reward and its weights (computed on
+    ``x.detach()``), both data predictions and the target ``x - g``; gradient reaches ``x`` only.
+    ``reward(x) -> [B]``. Returns ``(loss, info)``, ``info`` as :func:`dmd_loss`'s plus ``"reward"`` and
+    ``"weights"`` (``[B]``, detached).
+    """
+    from .step.dmd import dmd_loss
+
+    _, info = dmd_loss(x, real_velocity, fake_velocity, t=t, noise=noise)
+    with torch.no_grad():
+        r = torch.as_tensor(reward(x.detach()), dtype=x.dtype, device=x.device).reshape(-1)
+        if r.shape[0] != x.shape[0]:
+            raise ValueError(f"the reward must give one number a sample ([{x.shape[0]}]), got {tuple(r.shape)}")
+        w = torch.exp(beta * r)
+    target = (x.detach() - info["grad"]).detach()
+    per_sample = 0.5 * (x - target).pow(2).flatten(1).mean(1)
+    loss = (w * per_sample).mean()
+    return loss, {**info, "reward": r, "weights": w}

@@ -14,6 +14,9 @@ renderer; everything else follows from positions and the world's own dynamics:
   for jittering, teleporting or frozen-then-jumping sprites.
 * :func:`dynamic_degree` -- the mean distance a sprite moves per frame: the data's is about the mean
   speed; a student that learned the frozen-motion shortcut scores near 0.
+* :func:`motion_reward` -- a reward for motion, each clip's dynamic degree over the data's, minus 1
+  (0 for a clip that moves like the data), the toy world's stand-in for a video reward model's
+  motion-quality score (Reward Forcing's Re-DMD, Stream-R1).
 * :func:`motion_features`, :func:`motion_fd` -- a Fréchet distance between (position, velocity)
   features of generated and real frames (:mod:`distill_lab.metrics.frechet`), beside its floor
   between two independent sets of real clips.
@@ -70,6 +73,25 @@ def physics_residual(positions: torch.Tensor, world: World) -> torch.Tensor:
 def dynamic_degree(positions: torch.Tensor) -> float:
     """Mean distance a sprite moves from one frame to the next (units of the square per frame)."""
     return float((positions[:, 1:] - positions[:, :-1]).double().norm(dim=-1).mean())
+
+
+def clip_dynamic_degree(positions: torch.Tensor) -> torch.Tensor:
+    """``[B]``: :func:`dynamic_degree` of each clip on its own."""
+    return (positions[:, 1:] - positions[:, :-1]).double().norm(dim=-1).mean(dim=(1, 2))
+
+
+def motion_reward(world: World, data_dynamic_degree: float):
+    """``reward(frames [B, F, 1, R, R]) -> [B]``: each clip's dynamic degree (positions read off its
+    frames, no gradient) divided by the data's, minus 1. Positive for a clip that moves more than the
+    data, negative for one that moves less, -1 for a frozen clip."""
+    if data_dynamic_degree <= 0:
+        raise ValueError(f"the data's dynamic degree must be positive, got {data_dynamic_degree}")
+
+    def reward(frames: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            dd = clip_dynamic_degree(world.detect(frames.detach().cpu()))
+        return (dd / data_dynamic_degree - 1).to(frames.device, frames.dtype)
+    return reward
 
 
 def motion_features(positions: torch.Tensor) -> torch.Tensor:

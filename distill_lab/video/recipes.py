@@ -27,6 +27,9 @@ Memory for long rollouts (:class:`~distill_lab.video.nets.KVCache`):
 * ``ema_sink``: ``self_forcing_sink`` whose sink is Reward Forcing's EMA-Sink, evicted frames folded
   into it by an exponential moving average in training and when streaming (Lu et al. 2025; their
   Re-DMD is not part of this recipe);
+* ``reward_forcing``: ``ema_sink`` with Re-DMD, each rollout's DMD term weighted by ``exp(beta r)`` of a
+  motion reward read off the world's physics (:func:`~distill_lab.video.metrics.motion_reward`): both
+  parts of Reward Forcing (Lu et al. 2025), the reward model replaced by the toy's exact motion;
 * ``hybrid_forcing``: Hybrid Forcing's decoupled schedule (Li et al. 2026): Self Forcing with dense
   attention over the training clip first, then a hybrid copy (a short softmax window plus a linear
   state that absorbs every evicted token, read through a zero-initialised projection) distilled on
@@ -45,7 +48,8 @@ import torch
 
 from ..core.registry import recipe, with_options
 from ..methods.step.dmd import dmd_loss, fake_score_loss, frozen
-from ..methods.streaming import diffusion_forcing_loss, ode_regression_loss, teacher_forcing_loss
+from ..methods.streaming import diffusion_forcing_loss, ode_regression_loss, rewarded_dmd_loss, teacher_forcing_loss
+from .metrics import motion_reward
 from .rollout import StreamingStudent, self_forcing_rollout, uniform_times
 
 VIDEO = ("video",)
@@ -147,7 +151,7 @@ def _distribution_matching(exp, name: str, steps, overrides, own_context: bool) 
     o = with_options(overrides, name, batch=exp.scale.batch, gen_lr=5e-5, fake_lr=2e-4, critic_updates=2,
                      sample_steps=vsc.student_nfe, init_steps=exp.scale.student_steps // 2, init_lr=3e-4,
                      pool=256, ramp=0.0, rollout_factor=1, window=None, sink=0, ema=None, from_student=None,
-                     linear_memory=False)
+                     linear_memory=False, reward_beta=0.0)
     # pragma: no mutate end
     steps = steps or exp.scale.student_steps
     # the cache keeps the frames a block saw in training: one horizon minus the block itself
@@ -165,6 +169,7 @@ def _distribution_matching(exp, name: str, steps, overrides, own_context: bool) 
     fake = exp.score_net()
     g_opt, f_opt = _adam(student.net.parameters(), o["gen_lr"], DMD_BETAS), _adam(fake.parameters(), o["fake_lr"], DMD_BETAS)
     B, L = o["batch"], o["rollout_factor"] * exp.frames
+    reward = motion_reward(exp.world, exp.reference["dynamic_degree"]) if o["reward_beta"] else None
 
     def generate(i, grad: bool):
         z = exp.noise_batch(B, L)
@@ -184,7 +189,10 @@ def _distribution_matching(exp, name: str, steps, overrides, own_context: bool) 
             logs.update(info)
         clip, own = generate(i, grad=True)
         with frozen(fake):
-            loss, info = dmd_loss(clip, exp.velocity, fake)
+            if o["reward_beta"]:
+                loss, info = rewarded_dmd_loss(clip, exp.velocity, fake, reward, o["reward_beta"])
+            else:
+                loss, info = dmd_loss(clip, exp.velocity, fake)
         g_opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(student.net.parameters(), MAX_GRAD_NORM)
@@ -296,3 +304,20 @@ def train_hybrid_forcing(exp, steps=None, **overrides) -> StreamingStudent:
          "linear_memory": o["linear"]}, own_context=True)
     second.first_stage = first
     return second
+
+
+REDMD_BETA = 2.0  # pragma: no mutate (this lab's setting: a clip moving half the data's speed weighs e^-1)
+
+
+@recipe("reward_forcing", tracks=VIDEO, family="streaming",
+        paper=REWARD_FORCING + ": EMA-Sink and Re-DMD, the reward model replaced by the world's motion")
+def train_reward_forcing(exp, steps=None, **overrides) -> StreamingStudent:
+    """Reward Forcing: the ``ema_sink`` recipe whose DMD loss is Re-DMD
+    (:func:`~distill_lab.methods.streaming.rewarded_dmd_loss`): each training rollout's term weighted by
+    ``exp(reward_beta r)``, ``r`` its dynamic degree over the data's minus 1
+    (:func:`~distill_lab.video.metrics.motion_reward`, under stop-gradient), so rollouts that move
+    like the data or more pull the student harder than frozen ones. ``reward_beta`` (default 2); the
+    critic is trained as in ``self_forcing``, unweighted. Options as ``ema_sink``."""
+    return _distribution_matching(exp, "Reward Forcing", steps,
+                                  {"rollout_factor": 2, "sink": exp.block, "ema": EMA_DECAY, "reward_beta": REDMD_BETA,
+                                   **overrides}, own_context=True)

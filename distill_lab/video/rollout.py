@@ -54,7 +54,7 @@ class StreamingStudent(nn.Module):
 
     def __init__(self, net: VideoTransformer, steps: int = 4, sampler: str = "euler",
                  times: list[float] | None = None, window: int | None = None, sink: int = 0,
-                 ema: float | None = None):
+                 ema: float | None = None, block_steps: list[int] | None = None):
         super().__init__()
         if net.mask != "block_causal":
             raise ValueError("a streaming student needs a block-causal network (VideoTransformer.as_causal)")
@@ -64,6 +64,9 @@ class StreamingStudent(nn.Module):
         self.times = list(times) if times is not None else uniform_times(steps)
         if not self.times or not all(0 <= a < b <= 1 for a, b in zip(self.times, self.times[1:] + [1.0])):
             raise ValueError(f"times must increase within [0, 1), got {self.times}")
+        if block_steps is not None and (not block_steps or any(int(n) < 1 for n in block_steps)):
+            raise ValueError(f"block_steps must list at least one step for each block it names, got {block_steps}")
+        self.block_steps = None if block_steps is None else [int(n) for n in block_steps]
         self.window = window if window is not None else net.window
         self.sink, self.ema = sink, ema
         self.new_cache()  # a bad window, sink or decay fails here, not in the middle of a stream
@@ -72,10 +75,25 @@ class StreamingStudent(nn.Module):
     def block(self) -> int:
         return self.net.block
 
+    def times_for(self, n: int) -> list[float]:
+        """The denoising times of block ``n``: the student's ``times``, or with ``block_steps`` (the steps
+        of blocks 0, 1, ...; the last entry holds for every later block) that many uniform steps:
+        more steps for the first blocks and fewer later (ASD's first-frame enhancement, Diagonal
+        Distillation's step allocation)."""
+        if self.block_steps is None:
+            return self.times
+        return uniform_times(self.block_steps[min(n, len(self.block_steps) - 1)])
+
     @property
     def nfe_per_frame(self) -> int:
-        """Denoising evaluations each frame goes through (the cache pass of a finished block aside)."""
-        return len(self.times)
+        """Denoising evaluations each frame goes through (the cache pass of a finished block aside); with
+        ``block_steps``, those of the blocks after the scheduled ones (see :meth:`mean_nfe_per_frame`)."""
+        return len(self.times) if self.block_steps is None else self.block_steps[-1]
+
+    def mean_nfe_per_frame(self, frames: int) -> float:
+        """Denoising evaluations a frame averaged over a stream of ``frames`` frames."""
+        n = frames // self.block
+        return sum(len(self.times_for(i)) for i in range(n)) / n
 
     def new_cache(self) -> KVCache:
         return KVCache(self.net.config.depth, window=self.window, sink=self.sink, ema=self.ema,
@@ -87,15 +105,17 @@ class StreamingStudent(nn.Module):
                              f"({self.block} frames); got {tuple(z.shape)}")
 
     def denoise_block(self, z: torch.Tensor, cache: KVCache, exit_step: int | None = None,
-                      grad: bool = False) -> torch.Tensor:
+                      grad: bool = False, times: list[float] | None = None) -> torch.Tensor:
         """One block from noise ``z [B, b, ...]`` given ``cache``; stops after step ``exit_step``
         (default: the last) and returns that step's clean prediction (``"renoise"``) or the ODE's end
-        (``"euler"``). With ``grad`` only the exit step's evaluation keeps its gradient."""
-        last = len(self.times) - 1 if exit_step is None else exit_step
+        (``"euler"``). With ``grad`` only the exit step's evaluation keeps its gradient. ``times``: this
+        block's schedule (default the student's)."""
+        times = self.times if times is None else times
+        last = len(times) - 1 if exit_step is None else exit_step
         x = z
         for k in range(last + 1):
-            t = self.times[k]
-            t_next = self.times[k + 1] if k + 1 < len(self.times) else 1.0
+            t = times[k]
+            t_next = times[k + 1] if k + 1 < len(times) else 1.0
             with torch.set_grad_enabled(grad and k == last):
                 v = self.net.forward_block(x, t, cache)
                 if self.sampler == "euler":
@@ -118,8 +138,8 @@ class StreamingStudent(nn.Module):
         """Stream a clip from noise ``z``, block by block, on the student's own outputs."""
         self._check(z)
         cache, out = self.new_cache(), []
-        for i in range(0, z.shape[1], self.block):
-            x = self.denoise_block(z[:, i:i + self.block], cache)
+        for n, i in enumerate(range(0, z.shape[1], self.block)):
+            x = self.denoise_block(z[:, i:i + self.block], cache, times=self.times_for(n))
             out.append(x)
             self.commit(x, cache)
         return torch.cat(out, 1)
@@ -133,8 +153,8 @@ class StreamingStudent(nn.Module):
         if context.shape != z.shape:
             raise ValueError(f"the context clip must have the noise's shape {tuple(z.shape)}, got {tuple(context.shape)}")
         cache, out = self.new_cache(), []
-        for i in range(0, z.shape[1], self.block):
-            out.append(self.denoise_block(z[:, i:i + self.block], cache))
+        for n, i in enumerate(range(0, z.shape[1], self.block)):
+            out.append(self.denoise_block(z[:, i:i + self.block], cache, times=self.times_for(n)))
             self.commit(context[:, i:i + self.block], cache)
         return torch.cat(out, 1)
 
@@ -158,6 +178,31 @@ class StreamingStudent(nn.Module):
         if z.is_cuda:
             torch.cuda.synchronize()
         return z.shape[0] * z.shape[1] / (time.perf_counter() - t0)
+
+
+@torch.no_grad()
+def lockstep_sample(student: StreamingStudent, z: torch.Tensor) -> torch.Tensor:
+    """HiAR's hierarchical denoising order (HiAR, 2026): the loops swapped. For each denoising step,
+    every block in turn takes that step while attending to the blocks before it *at the same noise
+    level* (their keys and values from the same pass, cached with their time), rather than each block
+    finishing all its steps on a clean context. The student's update rule and times are used as they
+    are; with one block it is :meth:`StreamingStudent.sample` exactly (tested). Only HiAR's sampler:
+    its self-rollout distillation in this order and its forward-KL regulariser are not implemented."""
+    student._check(z)
+    blocks = list(z.split(student.block, dim=1))
+    times = student.times
+    for k, t in enumerate(times):
+        t_next = times[k + 1] if k + 1 < len(times) else 1.0
+        cache = student.new_cache()
+        for j, x in enumerate(blocks):
+            v, kv = student.net.forward_block(x, t, cache, return_kv=True)
+            cache.append(kv, x.shape[1])
+            if student.sampler == "euler":
+                blocks[j] = x + (t_next - t) * v
+            else:
+                x1 = x + (1 - t) * v
+                blocks[j] = x1 if k == len(times) - 1 else (1 - t_next) * torch.randn_like(x1) + t_next * x1
+    return torch.cat(blocks, 1)
 
 
 def self_forcing_rollout(student: StreamingStudent, z: torch.Tensor, same_exit: bool = False,

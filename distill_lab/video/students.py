@@ -40,6 +40,7 @@ REBUILD = "python -m distill_lab.video.students"
 STUDENTS = {
     "self_forcing": ("self_forcing", {}, None),
     "ema_sink": ("ema_sink", {}, None),
+    "reward_forcing": ("reward_forcing", {}, None),
     "hybrid_forcing": ("hybrid_forcing", {}, "self_forcing"),
     "hybrid_no_linear": ("hybrid_forcing", {"linear": False}, "self_forcing"),
 }
