@@ -429,3 +429,45 @@ def test_lockstep_denoising_conditions_each_block_on_context_at_its_own_noise_le
     got = lockstep_sample(st, z)
     assert torch.allclose(got, torch.cat([b0, b1], 1), atol=1e-12)
     assert (got - st.sample(z)).abs().max() > 1e-6  # not the sequential order
+
+
+def test_lockstep_rollout_keeps_the_gradient_of_its_exit_step_only_and_detaches_the_context():
+    from distill_lab.video.rollout import lockstep_rollout, lockstep_sample
+
+    st = StreamingStudent(random_net(window=4), steps=3, sampler="euler", window=4)
+    z = torch.randn(2, 4, 1, 8, 8, dtype=torch.float64, requires_grad=True)
+    out = lockstep_rollout(st, z, exit_step=0)
+    g = torch.autograd.grad(out[:, 2:].sum(), z)[0]
+    assert g[:, 2:].abs().max() > 0  # block 1's own input at the exit step
+    assert g[:, :2].abs().max() == 0  # block 0 reaches block 1 only through detached keys and values
+    late = lockstep_rollout(st, z, exit_step=2)
+    assert late.requires_grad  # through the exit evaluation's parameters ...
+    assert torch.autograd.grad(late.sum(), z, allow_unused=True)[0] is None  # ... not through earlier steps
+    with torch.no_grad():
+        assert torch.allclose(lockstep_rollout(st, z, grad=False, exit_step=2), lockstep_sample(st, z), atol=1e-12)
+
+
+def test_hiar_trains_in_lockstep_with_its_bidirectional_forward_kl_term(tiny_exp, monkeypatch):
+    from distill_lab.video import recipes
+
+    calls = {"lockstep": 0, "fm_masks": []}
+    real_roll, real_fm = recipes.lockstep_rollout, recipes.flow_matching_loss
+
+    def roll(student, z, grad=True):
+        calls["lockstep"] += 1
+        return real_roll(student, z, grad=grad)
+
+    def fm(net, x1, *a, **k):
+        calls["fm_masks"].append(net.mask)
+        return real_fm(net, x1, *a, **k)
+
+    monkeypatch.setattr(recipes, "lockstep_rollout", roll)
+    monkeypatch.setattr(recipes, "flow_matching_loss", fm)
+    torch.manual_seed(0)
+    st = get_recipe("hiar", track="video").train(tiny_exp, steps=1, batch=2, critic_updates=1, pool=4, init_steps=1)
+    assert calls["lockstep"] == 2 and calls["fm_masks"] == ["full"]  # critic + generator rollouts; one FKL term
+    assert st.order == "lockstep" and st.net.mask == "block_causal"  # bidirectional only inside the term
+    m = tiny_exp.evaluate(st)
+    assert torch.isfinite(m["clips"]).all() and m["exposure_gap"] is not None
+    with pytest.raises(ValueError, match="block_steps"):
+        StreamingStudent(st.net, steps=2, order="lockstep", block_steps=[2, 1])

@@ -41,6 +41,7 @@ streaming block by block is exactly the one-pass block-causal forward with the s
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 import torch
@@ -295,6 +296,18 @@ class VideoTransformer(nn.Module):
         net = VideoTransformer(self.config, "block_causal", block, window).to(next(self.parameters()).device)
         net.load_state_dict(self.state_dict())
         return net
+
+    @contextmanager
+    def bidirectional(self):
+        """Within the block, :meth:`forward` attends over the whole clip (the ``"full"`` mask) with the same
+        weights: a block-causal student run in bidirectional mode, as HiAR's forward-KL regulariser
+        trains it. Streaming (:meth:`forward_block`) is unaffected."""
+        mask, window = self.mask, self.window
+        self.mask, self.window = "full", None
+        try:
+            yield self
+        finally:
+            self.mask, self.window = mask, window
 
     def with_linear_memory(self, window: int) -> "VideoTransformer":
         """A hybrid copy of this block-causal network (Hybrid Forcing's second stage): the same weights,

@@ -30,6 +30,9 @@ Memory for long rollouts (:class:`~distill_lab.video.nets.KVCache`):
 * ``reward_forcing``: ``ema_sink`` with Re-DMD, each rollout's DMD term weighted by ``exp(beta r)`` of a
   motion reward read off the world's physics (:func:`~distill_lab.video.metrics.motion_reward`): both
   parts of Reward Forcing (Lu et al. 2025), the reward model replaced by the toy's exact motion;
+* ``hiar``: Self Forcing in HiAR's hierarchical order (:func:`~distill_lab.video.rollout.lockstep_rollout`:
+  every block takes each denoising step on context at the same noise level), with its forward-KL
+  regulariser (flow matching of the student in bidirectional-attention mode on real clips);
 * ``hybrid_forcing``: Hybrid Forcing's decoupled schedule (Li et al. 2026): Self Forcing with dense
   attention over the training clip first, then a hybrid copy (a short softmax window plus a linear
   state that absorbs every evicted token, read through a zero-initialised projection) distilled on
@@ -46,11 +49,12 @@ import copy
 
 import torch
 
+from ..core.flows import flow_matching_loss
 from ..core.registry import recipe, with_options
 from ..methods.step.dmd import dmd_loss, fake_score_loss, frozen
 from ..methods.streaming import diffusion_forcing_loss, ode_regression_loss, rewarded_dmd_loss, teacher_forcing_loss
 from .metrics import motion_reward
-from .rollout import StreamingStudent, self_forcing_rollout, uniform_times
+from .rollout import StreamingStudent, lockstep_rollout, self_forcing_rollout, uniform_times
 
 VIDEO = ("video",)
 # tuned settings, kept out of the functions (another value is another setting, not a bug): the
@@ -151,7 +155,7 @@ def _distribution_matching(exp, name: str, steps, overrides, own_context: bool) 
     o = with_options(overrides, name, batch=exp.scale.batch, gen_lr=5e-5, fake_lr=2e-4, critic_updates=2,
                      sample_steps=vsc.student_nfe, init_steps=exp.scale.student_steps // 2, init_lr=3e-4,
                      pool=256, ramp=0.0, rollout_factor=1, window=None, sink=0, ema=None, from_student=None,
-                     linear_memory=False, reward_beta=0.0)
+                     linear_memory=False, reward_beta=0.0, lockstep=False, fkl_weight=0.0)
     # pragma: no mutate end
     steps = steps or exp.scale.student_steps
     # the cache keeps the frames a block saw in training: one horizon minus the block itself
@@ -164,7 +168,8 @@ def _distribution_matching(exp, name: str, steps, overrides, own_context: bool) 
     if o["linear_memory"] and not net.linear_memory:
         net = net.with_linear_memory(window)
     student = StreamingStudent(net, times=uniform_times(o["sample_steps"]), sampler="renoise",
-                               window=window, sink=o["sink"], ema=o["ema"])
+                               window=window, sink=o["sink"], ema=o["ema"],
+                               order="lockstep" if o["lockstep"] else "sequential")
     init_hist = ode_init(exp, student, o["init_steps"], o["batch"], o["init_lr"], o["pool"]) if o["init_steps"] else None
     fake = exp.score_net()
     g_opt, f_opt = _adam(student.net.parameters(), o["gen_lr"], DMD_BETAS), _adam(fake.parameters(), o["fake_lr"], DMD_BETAS)
@@ -174,8 +179,12 @@ def _distribution_matching(exp, name: str, steps, overrides, own_context: bool) 
     def generate(i, grad: bool):
         z = exp.noise_batch(B, L)
         own = own_context and (o["ramp"] <= 0 or torch.rand(()) < min(1.0, i / (o["ramp"] * steps)))
-        clip = (self_forcing_rollout(student, z, grad=grad) if own
-                else teacher_forced_rollout(student, z, exp.data_batch(B, L), grad=grad))
+        if own and o["lockstep"]:
+            clip = lockstep_rollout(student, z, grad=grad)
+        elif own:
+            clip = self_forcing_rollout(student, z, grad=grad)
+        else:
+            clip = teacher_forced_rollout(student, z, exp.data_batch(B, L), grad=grad)
         return clip[:, -exp.frames:], bool(own)
 
     def step(i):
@@ -193,6 +202,10 @@ def _distribution_matching(exp, name: str, steps, overrides, own_context: bool) 
                 loss, info = rewarded_dmd_loss(clip, exp.velocity, fake, reward, o["reward_beta"])
             else:
                 loss, info = dmd_loss(clip, exp.velocity, fake)
+        if o["fkl_weight"]:  # HiAR's forward-KL regulariser: flow matching on real clips, bidirectional mode
+            with student.net.bidirectional():
+                fkl = flow_matching_loss(student.net, exp.data_batch(B))
+            loss = loss + o["fkl_weight"] * fkl
         g_opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(student.net.parameters(), MAX_GRAD_NORM)
@@ -321,3 +334,21 @@ def train_reward_forcing(exp, steps=None, **overrides) -> StreamingStudent:
     return _distribution_matching(exp, "Reward Forcing", steps,
                                   {"rollout_factor": 2, "sink": exp.block, "ema": EMA_DECAY, "reward_beta": REDMD_BETA,
                                    **overrides}, own_context=True)
+
+
+HIAR = "HiAR 2026, Efficient Autoregressive Long Video Generation via Hierarchical Denoising"
+FKL_WEIGHT = 0.25  # pragma: no mutate (this lab's weight of HiAR's forward-KL term)
+
+
+@recipe("hiar", tracks=VIDEO, family="streaming",
+        paper=HIAR + ": self-rollout DMD in the hierarchical order, forward-KL regulariser in bidirectional mode")
+def train_hiar(exp, steps=None, **overrides) -> StreamingStudent:
+    """HiAR: the ``self_forcing`` schedule whose training rollouts denoise all blocks in lockstep, each
+    step on context at the same noise level (:func:`~distill_lab.video.rollout.lockstep_rollout`; sample
+    it with :func:`~distill_lab.video.rollout.lockstep_sample`), plus ``fkl_weight`` (default 0.25) times
+    a forward-KL regulariser: flow matching (maximum likelihood, mode covering) of the student on real
+    clips with its attention switched to bidirectional, which the paper adds against the low-motion
+    shortcut of DMD's reverse KL. The teacher provides DMD's real score; the regulariser needs none (real
+    clips stand in for the teacher's samples). Options as ``self_forcing``, plus ``fkl_weight``."""
+    return _distribution_matching(exp, "HiAR", steps, {"lockstep": True, "fkl_weight": FKL_WEIGHT, **overrides},
+                                  own_context=True)

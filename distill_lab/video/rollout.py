@@ -31,6 +31,7 @@ from torch import nn
 from .nets import KVCache, VideoTransformer
 
 SAMPLERS = ("euler", "renoise")
+ORDERS = ("sequential", "lockstep")  # finish each block in turn, or every block a step at a time (HiAR)
 
 
 def uniform_times(steps: int) -> list[float]:
@@ -54,7 +55,7 @@ class StreamingStudent(nn.Module):
 
     def __init__(self, net: VideoTransformer, steps: int = 4, sampler: str = "euler",
                  times: list[float] | None = None, window: int | None = None, sink: int = 0,
-                 ema: float | None = None, block_steps: list[int] | None = None):
+                 ema: float | None = None, block_steps: list[int] | None = None, order: str = "sequential"):
         super().__init__()
         if net.mask != "block_causal":
             raise ValueError("a streaming student needs a block-causal network (VideoTransformer.as_causal)")
@@ -67,6 +68,11 @@ class StreamingStudent(nn.Module):
         if block_steps is not None and (not block_steps or any(int(n) < 1 for n in block_steps)):
             raise ValueError(f"block_steps must list at least one step for each block it names, got {block_steps}")
         self.block_steps = None if block_steps is None else [int(n) for n in block_steps]
+        if order not in ORDERS:
+            raise ValueError(f"unknown order {order!r}; choose one of {', '.join(ORDERS)}")
+        if order == "lockstep" and block_steps is not None:
+            raise ValueError("a lockstep student takes every step with every block: block_steps do not apply")
+        self.order = order
         self.window = window if window is not None else net.window
         self.sink, self.ema = sink, ema
         self.new_cache()  # a bad window, sink or decay fails here, not in the middle of a stream
@@ -135,7 +141,10 @@ class StreamingStudent(nn.Module):
 
     @torch.no_grad()
     def sample(self, z: torch.Tensor, nfe: int | None = None) -> torch.Tensor:
-        """Stream a clip from noise ``z``, block by block, on the student's own outputs."""
+        """Stream a clip from noise ``z``, block by block, on the student's own outputs (in lockstep,
+        :func:`lockstep_sample`, for a student whose ``order`` is ``"lockstep"``)."""
+        if self.order == "lockstep":
+            return lockstep_sample(self, z)
         self._check(z)
         cache, out = self.new_cache(), []
         for n, i in enumerate(range(0, z.shape[1], self.block)):
@@ -152,6 +161,8 @@ class StreamingStudent(nn.Module):
         self._check(z)
         if context.shape != z.shape:
             raise ValueError(f"the context clip must have the noise's shape {tuple(z.shape)}, got {tuple(context.shape)}")
+        if self.order == "lockstep":
+            return lockstep_sample(self, z, context=context)
         cache, out = self.new_cache(), []
         for n, i in enumerate(range(0, z.shape[1], self.block)):
             out.append(self.denoise_block(z[:, i:i + self.block], cache, times=self.times_for(n)))
@@ -180,22 +191,56 @@ class StreamingStudent(nn.Module):
         return z.shape[0] * z.shape[1] / (time.perf_counter() - t0)
 
 
+def lockstep_rollout(student: StreamingStudent, z: torch.Tensor, grad: bool = True,
+                     exit_step: int | None = None) -> torch.Tensor:
+    """HiAR's training rollout: :func:`lockstep_sample`'s order, stopped at a random exit step (one for
+    all blocks, since they move together; ``exit_step`` to fix it), the steps before it without
+    gradient; at the exit step every block's clean prediction ``x + (1 - t) v`` keeps its gradient and
+    is the clip. Context keys and values are detached, as in :func:`self_forcing_rollout`."""
+    student._check(z)
+    blocks = list(z.split(student.block, dim=1))
+    times = student.times
+    last = int(torch.randint(0, len(times), ()).item()) if exit_step is None else exit_step
+    for k in range(last + 1):
+        t = times[k]
+        t_next = times[k + 1] if k + 1 < len(times) else 1.0
+        cache = student.new_cache()
+        for j, x in enumerate(blocks):
+            with torch.set_grad_enabled(grad and k == last):
+                v, kv = student.net.forward_block(x, t, cache, return_kv=True)
+                cache.append([(a.detach(), b.detach()) for a, b in kv], x.shape[1])
+                x1 = x + (1 - t) * v
+            if k == last:
+                blocks[j] = x1
+            elif student.sampler == "euler":
+                blocks[j] = (x + (t_next - t) * v).detach()
+            else:
+                blocks[j] = ((1 - t_next) * torch.randn_like(x1) + t_next * x1).detach()
+    return torch.cat(blocks, 1)
+
+
 @torch.no_grad()
-def lockstep_sample(student: StreamingStudent, z: torch.Tensor) -> torch.Tensor:
+def lockstep_sample(student: StreamingStudent, z: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
     """HiAR's hierarchical denoising order (HiAR, 2026): the loops swapped. For each denoising step,
     every block in turn takes that step while attending to the blocks before it *at the same noise
     level* (their keys and values from the same pass, cached with their time), rather than each block
     finishing all its steps on a clean context. The student's update rule and times are used as they
-    are; with one block it is :meth:`StreamingStudent.sample` exactly (tested). Only HiAR's sampler:
-    its self-rollout distillation in this order and its forward-KL regulariser are not implemented."""
+    are; with one block it is :meth:`StreamingStudent.sample` exactly (tested). A student trained in
+    this order: the ``hiar`` recipe (:func:`lockstep_rollout`). With ``context`` (real clips shaped like
+    ``z``), each block attends instead to the real blocks before it noised to the same level, fresh
+    noise a step: the teacher-forced counterpart, for the exposure-bias gap."""
     student._check(z)
     blocks = list(z.split(student.block, dim=1))
+    real = None if context is None else list(context.split(student.block, dim=1))
     times = student.times
     for k, t in enumerate(times):
         t_next = times[k + 1] if k + 1 < len(times) else 1.0
         cache = student.new_cache()
         for j, x in enumerate(blocks):
             v, kv = student.net.forward_block(x, t, cache, return_kv=True)
+            if real is not None:
+                noised = (1 - t) * torch.randn_like(real[j]) + t * real[j]
+                _, kv = student.net.forward_block(noised, t, cache, return_kv=True)
             cache.append(kv, x.shape[1])
             if student.sampler == "euler":
                 blocks[j] = x + (t_next - t) * v

@@ -41,6 +41,7 @@ STUDENTS = {
     "self_forcing": ("self_forcing", {}, None),
     "ema_sink": ("ema_sink", {}, None),
     "reward_forcing": ("reward_forcing", {}, None),
+    "hiar": ("hiar", {}, None),
     "hybrid_forcing": ("hybrid_forcing", {}, "self_forcing"),
     "hybrid_no_linear": ("hybrid_forcing", {"linear": False}, "self_forcing"),
 }
@@ -61,7 +62,7 @@ def student_record(student: StreamingStudent) -> dict:
     net = student.net
     return {"net": net.config.__dict__.copy(), "block": net.block, "net_window": net.window,
             "linear_memory": net.linear_memory, "times": list(student.times), "sampler": student.sampler,
-            "window": student.window, "sink": student.sink, "ema": student.ema}
+            "window": student.window, "sink": student.sink, "ema": student.ema, "order": student.order}
 
 
 def save_student(student: StreamingStudent, path: Path) -> None:
@@ -75,7 +76,7 @@ def load_student(path: Path, device="cpu") -> StreamingStudent:
                            linear_memory=r["linear_memory"])
     net.load_state_dict(float32_state(blob["state"]))
     return StreamingStudent(net.to(device).eval(), times=r["times"], sampler=r["sampler"], window=r["window"],
-                            sink=r["sink"], ema=r["ema"])
+                            sink=r["sink"], ema=r["ema"], order=r.get("order", "sequential"))
 
 
 def teacher_sha(exp) -> str | None:
