@@ -287,3 +287,61 @@ def _check_spec_cost(fn) -> str:
         compare(float(got), measured, f"drafter {d} steps, target {t} steps, block {b}, accept rate {acc:.2f} "
                                       "(against the count of a real speculative_stream run)")
     return "matches the evaluations counted in twelve real runs (three step settings, four thresholds)"
+
+
+# ---------------------------------------------------------------- lab 33: HiAR's order
+
+
+def _lockstep_order(n_blocks, n_steps):
+    return [(j, k) for k in range(n_steps) for j in range(n_blocks)]
+
+
+def _sequential_order(n_blocks, n_steps):
+    return [(j, k) for j in range(n_blocks) for k in range(n_steps)]
+
+
+def _lockstep_reversed_blocks(n_blocks, n_steps):
+    return [(j, k) for k in range(n_steps) for j in reversed(range(n_blocks))]
+
+
+def _recorded_lockstep_order(n_blocks: int, n_steps: int) -> list[tuple[int, int]]:
+    """The (block, step) of every denoising evaluation :func:`~distill_lab.video.rollout.lockstep_sample`
+    makes, read off a small student whose ``forward_block`` records them."""
+    from ..video.nets import VideoNetConfig, VideoTransformer
+    from ..video.rollout import StreamingStudent, lockstep_sample, uniform_times
+
+    net = VideoTransformer(VideoNetConfig(resolution=8, patch=4, dim=16, depth=1, heads=2), "block_causal", 2)
+    st = StreamingStudent(net, steps=n_steps, sampler="euler", window=4)
+    times = uniform_times(n_steps)
+    seen, real = [], net.forward_block
+
+    def forward_block(x, t, cache, return_kv=False):
+        seen.append((cache.next_frame // 2, times.index(float(t))))
+        return real(x, t, cache, return_kv=return_kv)
+
+    net.forward_block = forward_block
+    lockstep_sample(st, torch.zeros(1, 2 * n_blocks, 1, 8, 8))
+    return seen
+
+
+@implement("33.lockstep_order", "the order in which HiAR's hierarchical denoising visits (block, step)",
+           solution=_lockstep_order,
+           wrong={"each block finished before the next (the sequential order)": _sequential_order,
+                  "the blocks of a step visited last to first": _lockstep_reversed_blocks})
+def _check_lockstep_order(fn) -> str:
+    """``fn(n_blocks, n_steps) -> [(block, step), ...]`` in the order they are evaluated."""
+    for n_blocks, n_steps in ((1, 3), (3, 1), (3, 2), (4, 3)):
+        got = _call(fn, n_blocks, n_steps, what=f"{n_blocks} blocks, {n_steps} steps")
+        want = _recorded_lockstep_order(n_blocks, n_steps)
+        got = [tuple(int(a) for a in p) for p in got]
+        if got != want:
+            raise AssertionError(f"{n_blocks} blocks, {n_steps} steps: expected {want} (recorded from "
+                                 f"lockstep_sample), got {got}")
+    return "matches the evaluations lockstep_sample makes for four settings"
+
+
+prediction("33.ffe_reach", "four steps on the first block and one on every other (first-frame enhancement): over the "
+           "last horizon, is the error lower than with one step everywhere?",
+           ("clearly lower", "about the same", "clearly higher"), solution="about the same")
+prediction("33.redmd_motion", "Re-DMD against the same training without the reward: does the student move more "
+           "(dynamic degree)?", ("more", "about the same", "less"), solution="more")

@@ -338,6 +338,7 @@ def train_reward_forcing(exp, steps=None, **overrides) -> StreamingStudent:
 
 HIAR = "HiAR 2026, Efficient Autoregressive Long Video Generation via Hierarchical Denoising"
 FKL_WEIGHT = 0.25  # pragma: no mutate (this lab's weight of HiAR's forward-KL term)
+HIAR_STEPS = 4  # pragma: no mutate (HiAR's 4-step setting: with 2, the last step's context is half noise)
 
 
 @recipe("hiar", tracks=VIDEO, family="streaming",
@@ -348,7 +349,9 @@ def train_hiar(exp, steps=None, **overrides) -> StreamingStudent:
     it with :func:`~distill_lab.video.rollout.lockstep_sample`), plus ``fkl_weight`` (default 0.25) times
     a forward-KL regulariser: flow matching (maximum likelihood, mode covering) of the student on real
     clips with its attention switched to bidirectional, which the paper adds against the low-motion
-    shortcut of DMD's reverse KL. The teacher provides DMD's real score; the regulariser needs none (real
-    clips stand in for the teacher's samples). Options as ``self_forcing``, plus ``fkl_weight``."""
-    return _distribution_matching(exp, "HiAR", steps, {"lockstep": True, "fkl_weight": FKL_WEIGHT, **overrides},
-                                  own_context=True)
+    shortcut of DMD's reverse KL. Four steps a block by default, the paper's setting (``sample_steps``):
+    in this order the last step's context is at the noise level of the step before it, half noise with
+    two steps. The teacher provides DMD's real score; the regulariser needs none (real clips stand in
+    for the teacher's samples). Options as ``self_forcing``, plus ``fkl_weight``."""
+    return _distribution_matching(exp, "HiAR", steps, {"lockstep": True, "fkl_weight": FKL_WEIGHT,
+                                                       "sample_steps": HIAR_STEPS, **overrides}, own_context=True)
