@@ -471,3 +471,55 @@ def test_hiar_trains_in_lockstep_with_its_bidirectional_forward_kl_term(tiny_exp
     assert torch.isfinite(m["clips"]).all() and m["exposure_gap"] is not None
     with pytest.raises(ValueError, match="block_steps"):
         StreamingStudent(st.net, steps=2, order="lockstep", block_steps=[2, 1])
+
+
+# ------------------------------------------------------------------ Salt
+def test_salt_terms_vanish_when_both_caches_are_one_and_use_the_shared_sc_loss():
+    from distill_lab.methods.step import fewstep
+    from distill_lab.video import recipes
+
+    assert recipes.sc_loss is fewstep.sc_loss  # the toy track's SC-DMD term, unchanged
+    st = StreamingStudent(random_net(window=4), steps=2, sampler="euler", window=4)
+    z = torch.randn(2, 6, 1, 8, 8, dtype=torch.float64)
+    torch.manual_seed(0)
+    same, _ = recipes.salt_terms(st, z, align_steps=2)  # the "better" cache is the same cache
+    assert float(same["align"].detach()) < 1e-20
+    torch.manual_seed(0)
+    terms, info = recipes.salt_terms(st, z, align_steps=5)
+    assert info["align"] > 1e-8 and info["sc"] > 0
+    st.net.zero_grad()
+    (terms["align"] + terms["sc"]).backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in st.net.parameters())
+    with pytest.raises(ValueError, match="history"):
+        recipes.salt_terms(st, z[:, :2], align_steps=4)
+
+
+def test_salt_terms_are_zero_for_a_straight_velocity_that_ignores_the_cache(monkeypatch):
+    from distill_lab.video import recipes
+
+    st = StreamingStudent(random_net(window=4), steps=3, sampler="euler", window=4)
+    const = torch.randn(1, 2, 1, 8, 8, dtype=torch.float64)
+    monkeypatch.setattr(st.net, "forward_block", lambda x, t, cache, return_kv=False:
+                        (const.expand_as(x), [(torch.zeros(x.shape[0], 2, 8, 8, dtype=x.dtype),) * 2] * 2)
+                        if return_kv else const.expand_as(x) + 0 * x)
+    terms, info = recipes.salt_terms(st, torch.randn(2, 6, 1, 8, 8, dtype=torch.float64), align_steps=4)
+    assert info["sc"] < 1e-20 and info["align"] < 1e-20  # straight paths compose, and no cache to differ by
+
+
+def test_salt_adds_both_terms_to_the_generators_loss(tiny_exp, monkeypatch):
+    from distill_lab.video import recipes
+
+    calls = []
+    real = recipes.salt_terms
+
+    def spy(student, z, align_steps):
+        out = real(student, z, align_steps)
+        calls.append((z.shape, align_steps))
+        return out
+
+    monkeypatch.setattr(recipes, "salt_terms", spy)
+    torch.manual_seed(0)
+    st = get_recipe("salt", track="video").train(tiny_exp, steps=1, batch=2, critic_updates=1, pool=4, init_steps=1)
+    assert calls == [((2, tiny_exp.frames, 1, 8, 8), 4)]
+    assert {"sc", "align"} <= set(st.history)
+    assert st.options["sc_weight"] == 1.0 and st.options["align_weight"] == 1.0

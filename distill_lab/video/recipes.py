@@ -33,6 +33,8 @@ Memory for long rollouts (:class:`~distill_lab.video.nets.KVCache`):
 * ``hiar``: Self Forcing in HiAR's hierarchical order (:func:`~distill_lab.video.rollout.lockstep_rollout`:
   every block takes each denoising step on context at the same noise level), with its forward-KL
   regulariser (flow matching of the student in bidirectional-attention mode on real clips);
+* ``salt``: Self Forcing plus Salt's self-consistency term (SC-DMD) and its cache-aware alignment
+  (:func:`salt_terms`; Ge et al. 2026);
 * ``hybrid_forcing``: Hybrid Forcing's decoupled schedule (Li et al. 2026): Self Forcing with dense
   attention over the training clip first, then a hybrid copy (a short softmax window plus a linear
   state that absorbs every evicted token, read through a zero-initialised projection) distilled on
@@ -52,6 +54,7 @@ import torch
 from ..core.flows import flow_matching_loss
 from ..core.registry import recipe, with_options
 from ..methods.step.dmd import dmd_loss, fake_score_loss, frozen
+from ..methods.step.fewstep import sc_loss
 from ..methods.streaming import diffusion_forcing_loss, ode_regression_loss, rewarded_dmd_loss, teacher_forcing_loss
 from .metrics import motion_reward
 from .rollout import StreamingStudent, lockstep_rollout, self_forcing_rollout, uniform_times
@@ -147,6 +150,61 @@ def teacher_forced_rollout(student: StreamingStudent, z: torch.Tensor, context: 
     return torch.cat(out, 1)
 
 
+def block_jump(student: StreamingStudent, cache):
+    """``jump(x, t, s) = x + (s - t) v(x, t | cache)``: the move of one block from time ``t`` to ``s`` along
+    the student's velocity given ``cache`` (the form :func:`~distill_lab.methods.step.fewstep.sc_loss` takes)."""
+    def jump(x, t, s):
+        t, s = float(torch.as_tensor(t).flatten()[0]), float(torch.as_tensor(s).flatten()[0])
+        return x + (s - t) * student.net.forward_block(x, t, cache)
+    return jump
+
+
+def salt_terms(student: StreamingStudent, z: torch.Tensor, align_steps: int) -> tuple[dict, dict]:
+    """Salt's two terms on the last block of ``z`` (Ge et al. 2026, SC-DMD and cache-distribution-aware
+    training). The history (every block but the last) is streamed from ``z`` twice without gradient:
+    with the student's own steps (the low-quality cache it streams on) and with ``align_steps`` steps (a
+    higher-quality cache from the same noise). At a time ``t`` drawn from the student's grid (one with a
+    grid time after it), with ``x`` the last block's noise moved to ``t`` along the high-quality prediction:
+
+    * ``"sc"``: :func:`~distill_lab.methods.step.fewstep.sc_loss` (the toy track's, unchanged) of the
+      block's jump given the low-quality cache: one jump to ``t = 1`` against two through the next grid
+      time (consecutive updates must compose to the same endpoint), unweighted (the signal-level weight
+      would silence the first step, ``t = 0``, the only one of a two-step student);
+    * ``"align"``: the clean prediction given the low-quality cache pulled towards the one given the
+      high-quality cache, ``mean((x1(x | cache_lo) - sg(x1(x | cache_hi)))^2)``: the cache-conditioned
+      alignment, steering outputs on a degraded history towards those on a better one.
+
+    Stop-gradient: both histories, the target of each term. The teacher is not read. Returns the two
+    losses (with gradient) and their values (floats)."""
+    b = student.block
+    if z.shape[1] < 2 * b:
+        raise ValueError(f"Salt's terms need a history before the last block: at least {2 * b} frames, got {z.shape[1]}")
+    hi = StreamingStudent(student.net, steps=align_steps, sampler=student.sampler, window=student.window,
+                          sink=student.sink, ema=student.ema)
+    caches = []
+    with torch.no_grad():
+        for st in (student, hi):
+            cache = st.new_cache()
+            for n, i in enumerate(range(0, z.shape[1] - b, b)):
+                st.commit(st.denoise_block(z[:, i:i + b], cache, times=st.times_for(n)), cache)
+            caches.append(cache)
+    lo_cache, hi_cache = caches
+    times = student.times
+    k = int(torch.randint(0, max(1, len(times) - 1), ()).item())  # a step with a grid time after it
+    t = times[k]
+    t_mid = times[k + 1] if len(times) > 1 else (t + 1) / 2  # one-step students: half-way
+    z_last = z[:, -b:]
+    with torch.no_grad():
+        x1_hi0 = z_last + student.net.forward_block(z_last, 0.0, hi_cache)  # the clean guess from noise
+        x = (1 - t) * z_last + t * x1_hi0
+        target = x + (1 - t) * student.net.forward_block(x, t, hi_cache)
+    tt = torch.full((z.shape[0],), t, dtype=z.dtype, device=z.device)
+    sc, _ = sc_loss(block_jump(student, lo_cache), x, tt, torch.full_like(tt, t_mid), 1.0, weighted=False)
+    pred = x + (1 - t) * student.net.forward_block(x, t, lo_cache)
+    align = (pred - target).pow(2).mean()
+    return {"sc": sc, "align": align}, {"sc": float(sc.detach()), "align": float(align.detach())}
+
+
 def _distribution_matching(exp, name: str, steps, overrides, own_context: bool) -> StreamingStudent:
     """The few-step recipes' shared schedule: (optionally) the ODE initialisation, then ``steps``
     generator steps of DMD on generated clips, ``critic_updates`` fake-score steps before each."""
@@ -155,7 +213,8 @@ def _distribution_matching(exp, name: str, steps, overrides, own_context: bool) 
     o = with_options(overrides, name, batch=exp.scale.batch, gen_lr=5e-5, fake_lr=2e-4, critic_updates=2,
                      sample_steps=vsc.student_nfe, init_steps=exp.scale.student_steps // 2, init_lr=3e-4,
                      pool=256, ramp=0.0, rollout_factor=1, window=None, sink=0, ema=None, from_student=None,
-                     linear_memory=False, reward_beta=0.0, lockstep=False, fkl_weight=0.0)
+                     linear_memory=False, reward_beta=0.0, lockstep=False, fkl_weight=0.0, sc_weight=0.0,
+                     align_weight=0.0, align_steps=4)
     # pragma: no mutate end
     steps = steps or exp.scale.student_steps
     # the cache keeps the frames a block saw in training: one horizon minus the block itself
@@ -202,6 +261,10 @@ def _distribution_matching(exp, name: str, steps, overrides, own_context: bool) 
                 loss, info = rewarded_dmd_loss(clip, exp.velocity, fake, reward, o["reward_beta"])
             else:
                 loss, info = dmd_loss(clip, exp.velocity, fake)
+        if o["sc_weight"] or o["align_weight"]:  # Salt: self-consistency and cache-aware alignment
+            terms, salt_info = salt_terms(student, exp.noise_batch(B), o["align_steps"])
+            loss = loss + o["sc_weight"] * terms["sc"] + o["align_weight"] * terms["align"]
+            info = {**info, **salt_info}
         if o["fkl_weight"]:  # HiAR's forward-KL regulariser: flow matching on real clips, bidirectional mode
             with student.net.bidirectional():
                 fkl = flow_matching_loss(student.net, exp.data_batch(B))
@@ -210,7 +273,8 @@ def _distribution_matching(exp, name: str, steps, overrides, own_context: bool) 
         loss.backward()
         torch.nn.utils.clip_grad_norm_(student.net.parameters(), MAX_GRAD_NORM)
         g_opt.step()
-        return {**logs, "loss": loss.detach(), "grad_norm": info["grad_norm"], "own_context": float(own)}
+        extra = {k: info[k] for k in ("sc", "align") if k in info}
+        return {**logs, "loss": loss.detach(), "grad_norm": info["grad_norm"], "own_context": float(own), **extra}
 
     hist = exp.fit(step, steps, desc=name)
     student.net.eval()
@@ -355,3 +419,20 @@ def train_hiar(exp, steps=None, **overrides) -> StreamingStudent:
     for the teacher's samples). Options as ``self_forcing``, plus ``fkl_weight``."""
     return _distribution_matching(exp, "HiAR", steps, {"lockstep": True, "fkl_weight": FKL_WEIGHT,
                                                        "sample_steps": HIAR_STEPS, **overrides}, own_context=True)
+
+
+SALT = "Ge et al. 2026, Salt: Self-Consistent Distribution Matching with Cache-Aware Training for Fast Video Generation"
+
+
+@recipe("salt", tracks=VIDEO, family="streaming",
+        paper=SALT + ": SC-DMD's composition term and cache-conditioned feature alignment on Self Forcing")
+def train_salt(exp, steps=None, **overrides) -> StreamingStudent:
+    """Salt on Self Forcing: DMD on the student's own rollouts plus ``sc_weight`` times SC-DMD's
+    self-consistency term and ``align_weight`` times the cache-conditioned alignment, both on the last
+    block of a fresh horizon whose history the student streamed itself (:func:`salt_terms`): the low-
+    quality cache of its own steps against a cache streamed with ``align_steps`` steps from the same
+    noise. Defaults: both weights 1, four steps for the better cache (this lab's settings). The
+    alignment reads the student's features at its output (the clean prediction); Salt's code aligns
+    hidden features. Options as ``self_forcing``, plus ``sc_weight``, ``align_weight``, ``align_steps``."""
+    return _distribution_matching(exp, "Salt", steps, {"sc_weight": 1.0, "align_weight": 1.0, **overrides},
+                                  own_context=True)

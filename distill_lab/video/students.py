@@ -42,6 +42,7 @@ STUDENTS = {
     "ema_sink": ("ema_sink", {}, None),
     "reward_forcing": ("reward_forcing", {}, None),
     "hiar": ("hiar", {}, None),
+    "salt": ("salt", {}, None),
     "hybrid_forcing": ("hybrid_forcing", {}, "self_forcing"),
     "hybrid_no_linear": ("hybrid_forcing", {"linear": False}, "self_forcing"),
 }
