@@ -161,34 +161,38 @@ def block_jump(student: StreamingStudent, cache):
 
 def salt_terms(student: StreamingStudent, z: torch.Tensor, align_steps: int) -> tuple[dict, dict]:
     """Salt's two terms on the last block of ``z`` (Ge et al. 2026, SC-DMD and cache-distribution-aware
-    training). The history (every block but the last) is streamed from ``z`` twice without gradient:
-    with the student's own steps (the low-quality cache it streams on) and with ``align_steps`` steps (a
-    higher-quality cache from the same noise). At a time ``t`` drawn from the student's grid (one with a
-    grid time after it), with ``x`` the last block's noise moved to ``t`` along the high-quality prediction:
+    training). The history (every block but the last) is streamed from ``z`` without gradient with
+    ``align_steps`` steps a block (the good cache), and each of its blocks is also degraded, re-noised
+    half-way and restored by one step of the student given the degraded blocks before it (the poor
+    cache: the same content at the quality of a few-step stream; this lab's reading of a cache of lower
+    quality). At a time ``t`` drawn from the student's grid (one with a grid time after it), with ``x``
+    the last block's noise moved to ``t`` along the prediction on the good cache:
 
     * ``"sc"``: :func:`~distill_lab.methods.step.fewstep.sc_loss` (the toy track's, unchanged) of the
-      block's jump given the low-quality cache: one jump to ``t = 1`` against two through the next grid
-      time (consecutive updates must compose to the same endpoint), unweighted (the signal-level weight
+      block's jump given the poor cache: one jump to ``t = 1`` against two through the next grid time
+      (consecutive updates must compose to the same endpoint), unweighted (the signal-level weight
       would silence the first step, ``t = 0``, the only one of a two-step student);
-    * ``"align"``: the clean prediction given the low-quality cache pulled towards the one given the
-      high-quality cache, ``mean((x1(x | cache_lo) - sg(x1(x | cache_hi)))^2)``: the cache-conditioned
-      alignment, steering outputs on a degraded history towards those on a better one.
+    * ``"align"``: the clean prediction given the poor cache pulled towards the one given the good
+      cache, ``mean((x1(x | cache_poor) - sg(x1(x | cache_good)))^2)``: the cache-conditioned alignment,
+      steering outputs on a degraded history towards those on a better one.
 
     Stop-gradient: both histories, the target of each term. The teacher is not read. Returns the two
-    losses (with gradient) and their values (floats)."""
+    losses (with gradient) and their values (floats). (Two histories streamed separately from the same
+    noise would differ in content, not only in quality, and aligning across them teaches the student to
+    ignore its cache: a first version did, and its sprites jittered.)"""
     b = student.block
     if z.shape[1] < 2 * b:
         raise ValueError(f"Salt's terms need a history before the last block: at least {2 * b} frames, got {z.shape[1]}")
     hi = StreamingStudent(student.net, steps=align_steps, sampler=student.sampler, window=student.window,
                           sink=student.sink, ema=student.ema)
-    caches = []
     with torch.no_grad():
-        for st in (student, hi):
-            cache = st.new_cache()
-            for n, i in enumerate(range(0, z.shape[1] - b, b)):
-                st.commit(st.denoise_block(z[:, i:i + b], cache, times=st.times_for(n)), cache)
-            caches.append(cache)
-    lo_cache, hi_cache = caches
+        hi_cache, lo_cache = hi.new_cache(), student.new_cache()
+        for i in range(0, z.shape[1] - b, b):
+            good = hi.denoise_block(z[:, i:i + b], hi_cache)
+            hi.commit(good, hi_cache)
+            # the same block degraded: half re-noised, then one step of the student on the poor cache
+            noisy = 0.5 * torch.randn_like(good) + 0.5 * good
+            student.commit(noisy + 0.5 * student.net.forward_block(noisy, 0.5, lo_cache), lo_cache)
     times = student.times
     k = int(torch.randint(0, max(1, len(times) - 1), ()).item())  # a step with a grid time after it
     t = times[k]
