@@ -226,6 +226,19 @@ def test_sdvg_rejects_bad_input():
         speculative_stream(drafter, other, z, 0.0, worst_frame_score(World()))
     with pytest.raises(ValueError, match="nan"):
         speculative_stream(drafter, drafter, z, float("nan"), worst_frame_score(World()))
+    lock = StreamingStudent(drafter.net, steps=1, window=4, order="lockstep")
+    with pytest.raises(ValueError, match="sequential"):
+        speculative_stream(drafter, lock, z, 0.0, worst_frame_score(World()))
+
+
+def test_sdvg_follows_each_students_block_schedule():
+    drafter = StreamingStudent(random_net(seed=1), steps=1, sampler="euler", window=4, block_steps=[3, 1])
+    target = euler_student(2, 2)
+    z = torch.randn(2, 8, 1, 8, 8, dtype=torch.float64)
+    score = worst_frame_score(World())
+    bottom = speculative_stream(drafter, target, z, -math.inf, score, force_first=False)
+    assert torch.equal(bottom["clips"], drafter.sample(z))  # the drafter's own schedule, block by block
+    assert bottom["evals_per_frame"] == pytest.approx((3 + 2 + 3 * (1 + 2)) / 8)
 
 
 # ------------------------------------------------------------------ the recipes and committed students

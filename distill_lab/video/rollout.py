@@ -176,7 +176,7 @@ class StreamingStudent(nn.Module):
         self._check(z)
         cache, sizes = self.new_cache(), []
         for n, i in enumerate(range(0, z.shape[1], self.block)):
-            self.commit(self.denoise_block(z[:, i:i + self.block], cache), cache)
+            self.commit(self.denoise_block(z[:, i:i + self.block], cache, times=self.times_for(n)), cache)
             if (n + 1) % every == 0:
                 sizes.append(cache.nbytes)
         return sizes

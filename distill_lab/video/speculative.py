@@ -63,15 +63,19 @@ def speculative_stream(drafter: StreamingStudent, target: StreamingStudent, z: t
                          f"{target.block} frames")
     if math.isnan(tau):
         raise ValueError("tau must be a number (or +-inf), got nan")
+    if "lockstep" in (drafter.order, target.order):
+        raise ValueError("speculative streaming drafts and judges one finished block at a time: both students "
+                         "must stream in the sequential order")
     target._check(z)
     dc, tc = drafter.new_cache(), target.new_cache()
     B, b = z.shape[0], drafter.block
     out, accepted, scores = [], [], []
-    d_steps, t_steps = len(drafter.times), len(target.times)
     evals = torch.zeros(B, dtype=torch.float64)
     for n, i in enumerate(range(0, z.shape[1], b)):
         zi = z[:, i:i + b]
-        draft = drafter.denoise_block(zi, dc)
+        d_times, t_times = drafter.times_for(n), target.times_for(n)
+        d_steps, t_steps = len(d_times), len(t_times)
+        draft = drafter.denoise_block(zi, dc, times=d_times)
         s = score(draft).reshape(B)
         ok = s >= tau
         if force_first and n == 0:
@@ -80,7 +84,7 @@ def speculative_stream(drafter: StreamingStudent, target: StreamingStudent, z: t
         rejected = (~ok).nonzero().flatten()
         if len(rejected):  # the target regenerates the rejected clips' blocks only
             block = draft.clone()
-            block[rejected] = target.denoise_block(zi[rejected], tc.rows(rejected))
+            block[rejected] = target.denoise_block(zi[rejected], tc.rows(rejected), times=t_times)
         evals += d_steps + 2 + (~ok).double().cpu() * t_steps
         drafter.commit(block, dc)
         target.commit(block, tc)
