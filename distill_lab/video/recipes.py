@@ -22,7 +22,7 @@ and CIFAR recipes use); the rollouts with their KV cache from :mod:`distill_lab.
   horizon with the first block kept as a sink frame, DMD on the last horizon (KV rolling inside the
   training rollouts, as MotionStream does, with a rolling sink frame as in Live Avatar and MotionStream).
 
-Memory for long rollouts (:class:`~distill_lab.video.nets.KVCache`):
+Memory, order and loss for long rollouts (the cache: :class:`~distill_lab.video.nets.KVCache`):
 
 * ``ema_sink``: ``self_forcing_sink`` whose sink is Reward Forcing's EMA-Sink, evicted frames folded
   into it by an exponential moving average in training and when streaming (Lu et al. 2025; their
