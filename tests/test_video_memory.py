@@ -540,3 +540,95 @@ def test_salt_adds_both_terms_to_the_generators_loss(tiny_exp, monkeypatch):
     assert calls == [((2, tiny_exp.frames, 1, 8, 8), 4)]
     assert {"sc", "align"} <= set(st.history)
     assert st.options["sc_weight"] == 1.0 and st.options["align_weight"] == 1.0
+
+
+# ------------------------------------------------------------------ Stream-R1
+def test_saliency_weights_follow_the_rewards_gradient_and_average_one():
+    from distill_lab.methods.streaming import saliency_weights
+
+    x = torch.zeros(2, 3, 1, 4, 4, dtype=torch.float64)
+    mask = torch.zeros_like(x)
+    mask[0, 1, 0, 2, 3] = 1.0  # clip 0: the reward reads one pixel of frame 1
+    mask[1] = 1.0  # clip 1: every element alike
+    w, info = saliency_weights(x, lambda c: (c * mask).flatten(1).sum(1) * 3.0)
+    assert torch.allclose(info["spatial"].flatten(1).mean(1), torch.ones(2, dtype=torch.float64))
+    assert torch.allclose(info["temporal"].mean(1), torch.ones(2, dtype=torch.float64))
+    assert int(info["temporal"][0].argmax()) == 1 and int(info["spatial"][0, 0, 0].flatten().argmax()) == 2 * 4 + 3
+    assert torch.allclose(w[1], torch.ones_like(w[1]))  # uniform saliency: uniform weights
+    const, _ = saliency_weights(x, lambda c: torch.ones(2, dtype=c.dtype))  # no gradient at all
+    assert torch.allclose(const, torch.ones_like(const))
+
+
+def test_stream_r1_scales_dmd_per_clip_and_per_element_and_is_dmd_without_rewards():
+    from distill_lab.methods.step.dmd import dmd_loss
+    from distill_lab.methods.streaming import saliency_weights, stream_r1_loss
+
+    def real(x, t):
+        return -x + 0.2
+
+    def fake(x, t):
+        return -0.4 * x
+
+    x0 = torch.randn(3, 2, 1, 4, 4, dtype=torch.float64)
+    t, noise = torch.full((3,), 0.3, dtype=torch.float64), torch.randn_like(x0)
+    r = torch.tensor([1.0, 0.0, -2.0], dtype=torch.float64)
+    sal = lambda c: -(c - 0.5).pow(2).flatten(1).mean(1)  # noqa: E731
+    x = x0.clone().requires_grad_(True)
+    loss, info = stream_r1_loss(x, real, fake, lambda c: r, 0.5, saliency_reward=sal, t=t, noise=noise)
+    loss.backward()
+    xp = x0.clone().requires_grad_(True)
+    plain, _ = dmd_loss(xp, real, fake, t=t, noise=noise)
+    plain.backward()
+    elem, _ = saliency_weights(x0, sal)
+    assert torch.allclose(x.grad, torch.exp(0.5 * r).view(3, 1, 1, 1, 1) * elem * xp.grad, atol=1e-12)
+    x2 = x0.clone().requires_grad_(True)
+    same, _ = stream_r1_loss(x2, real, fake, lambda c: r, 0.0, t=t, noise=noise)
+    assert torch.allclose(same, plain)
+
+
+def test_balanced_reward_puts_each_axis_on_its_own_spread():
+    from distill_lab.methods.streaming import BalancedReward
+
+    x = torch.zeros(4, 1)
+    big = torch.tensor([0.0, 100.0, 200.0, 300.0])
+    small = torch.tensor([3.0, 2.0, 1.0, 0.0])
+    b = BalancedReward({"big": lambda c: big, "small": lambda c: small}, decay=0.5)
+    r = b(x)
+    zb, zs = (big - big.mean()) / big.std(), (small - small.mean()) / small.std()
+    assert torch.allclose(r, ((zb + zs) / 2).float(), atol=1e-5)  # equal say, whatever the units
+    assert torch.allclose(r, torch.zeros(4), atol=1e-5)  # here the two axes disagree exactly
+    b(x)
+    assert b.scale["big"] == pytest.approx(float(big.std()))  # an EMA of equal spreads stays put
+    with pytest.raises(ValueError):
+        BalancedReward({})
+    with pytest.raises(ValueError):
+        BalancedReward({"a": lambda c: big}, decay=1.0)
+
+
+def test_quality_reward_is_zero_on_real_clips_and_pulls_pixels_to_the_clean_rendering():
+    from distill_lab.video.metrics import quality_reward
+
+    w = World()
+    real = w.clips(2, 3, 16, generator=torch.Generator().manual_seed(0)).double()
+    q = quality_reward(w)
+    assert q(real).abs().max() < 1e-10
+    noisy = (real + 0.05 * torch.randn_like(real)).requires_grad_(True)
+    g, = torch.autograd.grad(q(noisy).sum(), noisy)
+    clean = w.render(w.detect(noisy.detach()), 16).double()
+    assert torch.allclose(g, 2 * (clean - noisy.detach()) / noisy[0].numel(), atol=1e-10)
+
+
+def test_stream_r1_recipe_balances_quality_and_motion_and_weights_pixels(tiny_exp, monkeypatch):
+    from distill_lab.video import recipes
+
+    seen = []
+    real = recipes.stream_r1_loss
+
+    def spy(x, rv, fv, rollout_reward, beta, saliency_reward=None, **kw):
+        seen.append((beta, sorted(rollout_reward.axes), saliency_reward is not None))
+        return real(x, rv, fv, rollout_reward, beta, saliency_reward=saliency_reward, **kw)
+
+    monkeypatch.setattr(recipes, "stream_r1_loss", spy)
+    torch.manual_seed(0)
+    get_recipe("stream_r1", track="video").train(tiny_exp, steps=1, batch=2, critic_updates=1, pool=4, init_steps=1)
+    assert seen == [(1.0, ["motion", "quality"], True)]

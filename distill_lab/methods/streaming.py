@@ -21,6 +21,9 @@ recipes reuses :func:`distill_lab.methods.step.dmd.dmd_loss` and
   to the teacher's clip, block by block, given the teacher's earlier frames.
 * :func:`rewarded_dmd_loss` -- Reward Forcing's Re-DMD (Lu et al. 2025): the shared DMD loss with each
   sample's term weighted by ``exp(beta r)`` of a reward under stop-gradient.
+* :func:`saliency_weights`, :func:`stream_r1_loss` -- Stream-R1 (2026): the same per-rollout weight, and a
+  per-element weight from the gradient saliency of a differentiable reward, factored into a spatial and
+  a temporal part.
 """
 
 from __future__ import annotations
@@ -141,3 +144,83 @@ def rewarded_dmd_loss(x: torch.Tensor, real_velocity, fake_velocity, reward, bet
     per_sample = 0.5 * (x - target).pow(2).flatten(1).mean(1)
     loss = (w * per_sample).mean()
     return loss, {**info, "reward": r, "weights": w}
+
+
+def saliency_weights(x: torch.Tensor, reward, eps: float = 1e-8) -> tuple[torch.Tensor, dict]:
+    r"""Stream-R1's intra-perplexity weights (Stream-R1, 2026): the saliency ``|d R / d x|`` of a
+    differentiable reward ``R(x) -> [B]`` (summed over the batch, so each clip gets its own gradient),
+    factored into a spatial map (the saliency averaged over frames) and a temporal profile (averaged
+    over pixels), each normalised to mean 1 within its clip; the element weight is their product, so
+    optimisation concentrates on the regions and frames where the reward says refinement pays.
+    ``x: [B, F, C, H, W]``; returns ``(weights [B, F, C, H, W], info)`` with ``"spatial" [B, 1, C, H, W]``
+    and ``"temporal" [B, F]``, all detached. A reward with no gradient anywhere gives uniform weights."""
+    if x.dim() != 5:
+        raise ValueError(f"saliency weights are for clips [B, F, C, H, W], got {tuple(x.shape)}")
+    with torch.enable_grad():
+        xg = x.detach().clone().requires_grad_(True)
+        out = reward(xg).sum()
+        g = torch.autograd.grad(out, xg, allow_unused=True)[0] if out.requires_grad else None
+    sal = torch.zeros_like(x) if g is None else g.detach().abs()
+    spatial = sal.mean(1, keepdim=True)
+    spatial = (spatial + eps) / (spatial + eps).flatten(1).mean(1).view(-1, 1, 1, 1, 1)
+    temporal = sal.flatten(2).mean(2)
+    temporal = (temporal + eps) / (temporal + eps).mean(1, keepdim=True)
+    w = spatial * temporal.view(*temporal.shape, 1, 1, 1)
+    return w, {"spatial": spatial, "temporal": temporal}
+
+
+def stream_r1_loss(x: torch.Tensor, real_velocity, fake_velocity, rollout_reward, beta: float,
+                   saliency_reward=None, t: torch.Tensor | None = None, noise: torch.Tensor | None = None):
+    r"""Stream-R1's reward-distilled DMD (Stream-R1, 2026): DMD's per-element term (the shared
+    :func:`~distill_lab.methods.step.dmd.dmd_loss`'s direction ``g``, Yin et al. 2024, eqs. (7)-(8))
+    weighted twice,
+
+    .. math:: L = \frac{1}{B}\sum_b e^{\beta r_b}\; \tfrac12\,\text{mean}\big(W_b \odot (x_b - \text{sg}(x_b - g_b))^2\big),
+
+    ``r_b = rollout_reward(x_b)`` (inter-reliability: rollouts whose supervision is reliable dominate)
+    and ``W_b`` the :func:`saliency_weights` of ``saliency_reward`` (intra-perplexity; uniform when
+    ``None``). The paper's adaptive balancing of several reward axes is the caller's: here
+    ``rollout_reward`` returns one balanced number a clip. Teacher provides ``real_velocity``.
+    Stop-gradient: both rewards, both weights, the data predictions and the target; gradient reaches ``x``
+    only. With ``beta = 0`` and no saliency reward it is :func:`dmd_loss`. Returns ``(loss, info)``."""
+    from .step.dmd import dmd_loss
+
+    _, info = dmd_loss(x, real_velocity, fake_velocity, t=t, noise=noise)
+    with torch.no_grad():
+        r = torch.as_tensor(rollout_reward(x.detach()), dtype=x.dtype, device=x.device).reshape(-1)
+        if r.shape[0] != x.shape[0]:
+            raise ValueError(f"the rollout reward must give one number a clip ([{x.shape[0]}]), got {tuple(r.shape)}")
+        w = torch.exp(beta * r)
+    elem = torch.ones_like(x) if saliency_reward is None else saliency_weights(x, saliency_reward)[0]
+    target = (x.detach() - info["grad"]).detach()
+    per_sample = 0.5 * (elem * (x - target).pow(2)).flatten(1).mean(1)
+    return (w * per_sample).mean(), {**info, "reward": r, "weights": w, "element_weights": elem}
+
+
+class BalancedReward:
+    """Several reward axes combined into one number a clip, each axis rescaled by a running estimate of
+    its spread so none dominates: ``r = mean_k (r_k - mean_batch r_k) / (s_k + eps)``, ``s_k`` an
+    exponential moving average (decay ``decay``) of the batch standard deviation of axis ``k``. This is
+    this lab's reading of Stream-R1's adaptive balancing across quality axes (the paper balances visual
+    quality, motion quality and text alignment). ``axes``: ``{name: reward(x) -> [B]}``; after each call
+    ``last`` holds every axis's raw mean and ``scale`` the spreads."""
+
+    def __init__(self, axes: dict, decay: float = 0.9, eps: float = 1e-6):
+        if not axes:
+            raise ValueError("BalancedReward needs at least one reward axis")
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"decay must lie in [0, 1), got {decay}")
+        self.axes, self.decay, self.eps = dict(axes), decay, eps
+        self.scale: dict = {}
+        self.last: dict = {}
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        parts = []
+        with torch.no_grad():
+            for name, fn in self.axes.items():
+                r = torch.as_tensor(fn(x), dtype=torch.float64).reshape(-1)
+                sd = float(r.std()) if r.numel() > 1 else 0.0
+                self.scale[name] = sd if name not in self.scale else self.decay * self.scale[name] + (1 - self.decay) * sd
+                self.last[name] = float(r.mean())
+                parts.append((r - r.mean()) / (self.scale[name] + self.eps))
+        return torch.stack(parts).mean(0).to(x.dtype)

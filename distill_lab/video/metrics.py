@@ -17,6 +17,8 @@ renderer; everything else follows from positions and the world's own dynamics:
 * :func:`motion_reward` -- a reward for motion, each clip's dynamic degree over the data's, minus 1
   (0 for a clip that moves like the data), the toy world's stand-in for a video reward model's
   motion-quality score (Reward Forcing's Re-DMD, Stream-R1).
+* :func:`quality_reward` -- minus each clip's mean :func:`frame_error`, differentiable in the frames
+  (the detected positions and their rendering held fixed): a visual-quality reward with a gradient.
 * :func:`motion_features`, :func:`motion_fd` -- a Fréchet distance between (position, velocity)
   features of generated and real frames (:mod:`distill_lab.metrics.frechet`), beside its floor
   between two independent sets of real clips.
@@ -91,6 +93,17 @@ def motion_reward(world: World, data_dynamic_degree: float):
         with torch.no_grad():
             dd = clip_dynamic_degree(world.detect(frames.detach().cpu()))
         return (dd / data_dynamic_degree - 1).to(frames.device, frames.dtype)
+    return reward
+
+
+def quality_reward(world: World):
+    """``reward(frames [B, F, 1, R, R]) -> [B]``: minus the mean squared difference between each frame and
+    the clean rendering at the positions detected in it (the rendering under stop-gradient), so its
+    gradient points each pixel towards a clean sprite; 0 for real clips."""
+    def reward(frames: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            clean = world.render(world.detect(frames.detach().cpu()), frames.shape[-1]).to(frames.device, frames.dtype)
+        return -(frames - clean).pow(2).flatten(1).mean(1)
     return reward
 
 

@@ -43,6 +43,7 @@ STUDENTS = {
     "reward_forcing": ("reward_forcing", {}, None),
     "hiar": ("hiar", {}, None),
     "salt": ("salt", {}, None),
+    "stream_r1": ("stream_r1", {}, None),
     "hybrid_forcing": ("hybrid_forcing", {}, "self_forcing"),
     "hybrid_no_linear": ("hybrid_forcing", {"linear": False}, "self_forcing"),
 }
