@@ -36,7 +36,7 @@ streaming block by block is exactly the one-pass block-causal forward with the s
   ``sum phi(k) v^T`` and ``sum phi(k)`` of :func:`distill_lab.nets.attention.linear_state`, the CIFAR
   track's linear attention), which a network built with ``linear_memory=True`` reads beside its
   softmax window through a zero-initialised projection a layer (Hybrid Forcing's linear temporal
-  attention, Li et al. 2026): a fresh hybrid network streams exactly as the plain one does.
+  attention): a fresh hybrid network streams exactly as the plain one does.
 """
 
 from __future__ import annotations
@@ -345,7 +345,7 @@ class KVCache:
     position by position, as the authors' code does; ``ema = 1`` keeps the first frames (the static
     sink), ``ema = 0`` makes the sink the last evicted frames. With ``linear`` every evicted token is
     also absorbed into the layer's linear-attention state (:func:`~distill_lab.nets.attention.linear_state`,
-    summed over everything evicted): Hybrid Forcing's compact state (Li et al. 2026).
+    summed over everything evicted): Hybrid Forcing's compact state.
     :attr:`nbytes` is the memory all of it holds.
     """
 

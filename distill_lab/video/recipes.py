@@ -37,7 +37,7 @@ Memory, order and loss for long rollouts (the cache: :class:`~distill_lab.video.
   (:func:`salt_terms`; Ge et al. 2026);
 * ``stream_r1``: Self Forcing with Stream-R1's reward-distilled DMD: each rollout weighted by a
   balanced quality-and-motion reward, each pixel by the saliency of the quality reward;
-* ``hybrid_forcing``: Hybrid Forcing's decoupled schedule (Li et al. 2026): Self Forcing with dense
+* ``hybrid_forcing``: Hybrid Forcing's decoupled schedule: Self Forcing with dense
   attention over the training clip first, then a hybrid copy (a short softmax window plus a linear
   state that absorbs every evicted token, read through a zero-initialised projection) distilled on
   rollouts twice the horizon. Its block-sparse attention inside the window is not implemented.
@@ -344,7 +344,7 @@ def train_self_forcing_sink(exp, steps=None, **overrides) -> StreamingStudent:
 
 REWARD_FORCING = ("Lu et al. 2025, Reward Forcing: Efficient Streaming Video Generation with Rewarded Distribution "
                   "Matching Distillation")
-HYBRID_FORCING = "Li et al. 2026, Hybrid Forcing"
+HYBRID_FORCING = "Hybrid Forcing: Long-Horizon Streaming Video Generation via Hybrid Attention with Decoupled Distillation"
 EMA_DECAY = 0.9  # pragma: no mutate (this lab's decay a folded frame; the paper's 0.999 is per much longer streams)
 
 
