@@ -115,7 +115,8 @@ def ode_regression_loss(net, z: torch.Tensor, x1: torch.Tensor, block: int, t: t
 
 
 def rewarded_dmd_loss(x: torch.Tensor, real_velocity, fake_velocity, reward, beta: float,
-                      t: torch.Tensor | None = None, noise: torch.Tensor | None = None):
+                      t: torch.Tensor | None = None, noise: torch.Tensor | None = None,
+                      element_weights: torch.Tensor | None = None):
     r"""Rewarded distribution matching (Re-DMD; Lu et al. 2025, Reward Forcing, sec. 3.3): DMD's loss with
     each sample's term weighted by the exponential of its reward,
 
@@ -129,8 +130,9 @@ def rewarded_dmd_loss(x: torch.Tensor, real_velocity, fake_velocity, reward, bet
 
     Teacher provides: ``real_velocity``. Stop-gradient: the reward and its weights (computed on
     ``x.detach()``), both data predictions and the target ``x - g``; gradient reaches ``x`` only.
-    ``reward(x) -> [B]``. Returns ``(loss, info)``, ``info`` as :func:`dmd_loss`'s plus ``"reward"`` and
-    ``"weights"`` (``[B]``, detached).
+    ``reward(x) -> [B]``. ``element_weights`` (shaped like ``x``, detached; default all ones) weigh each
+    element's squared term as well (Stream-R1's saliency, :func:`stream_r1_loss`). Returns ``(loss, info)``,
+    ``info`` as :func:`dmd_loss`'s plus ``"reward"`` and ``"weights"`` (``[B]``, detached).
     """
     from .step.dmd import dmd_loss
 
@@ -141,8 +143,12 @@ def rewarded_dmd_loss(x: torch.Tensor, real_velocity, fake_velocity, reward, bet
             raise ValueError(f"the reward must give one number a sample ([{x.shape[0]}]), got {tuple(r.shape)}")
         w = torch.exp(beta * r)
     target = (x.detach() - info["grad"]).detach()
-    per_sample = 0.5 * (x - target).pow(2).flatten(1).mean(1)
-    loss = (w * per_sample).mean()
+    sq = (x - target).pow(2)
+    if element_weights is not None:
+        if element_weights.shape != x.shape:
+            raise ValueError(f"element_weights must be shaped like x {tuple(x.shape)}, got {tuple(element_weights.shape)}")
+        sq = element_weights.detach() * sq
+    loss = (w * 0.5 * sq.flatten(1).mean(1)).mean()
     return loss, {**info, "reward": r, "weights": w}
 
 
@@ -183,18 +189,10 @@ def stream_r1_loss(x: torch.Tensor, real_velocity, fake_velocity, rollout_reward
     ``rollout_reward`` returns one balanced number a clip. Teacher provides ``real_velocity``.
     Stop-gradient: both rewards, both weights, the data predictions and the target; gradient reaches ``x``
     only. With ``beta = 0`` and no saliency reward it is :func:`dmd_loss`. Returns ``(loss, info)``."""
-    from .step.dmd import dmd_loss
-
-    _, info = dmd_loss(x, real_velocity, fake_velocity, t=t, noise=noise)
-    with torch.no_grad():
-        r = torch.as_tensor(rollout_reward(x.detach()), dtype=x.dtype, device=x.device).reshape(-1)
-        if r.shape[0] != x.shape[0]:
-            raise ValueError(f"the rollout reward must give one number a clip ([{x.shape[0]}]), got {tuple(r.shape)}")
-        w = torch.exp(beta * r)
-    elem = torch.ones_like(x) if saliency_reward is None else saliency_weights(x, saliency_reward)[0]
-    target = (x.detach() - info["grad"]).detach()
-    per_sample = 0.5 * (elem * (x - target).pow(2)).flatten(1).mean(1)
-    return (w * per_sample).mean(), {**info, "reward": r, "weights": w, "element_weights": elem}
+    elem = None if saliency_reward is None else saliency_weights(x, saliency_reward)[0]
+    loss, info = rewarded_dmd_loss(x, real_velocity, fake_velocity, rollout_reward, beta, t=t, noise=noise,
+                                   element_weights=elem)
+    return loss, {**info, "element_weights": torch.ones_like(x) if elem is None else elem}
 
 
 class BalancedReward:
