@@ -265,3 +265,15 @@ def test_load_or_train_trains_once_then_loads(tmp_path, monkeypatch):
     b = load_or_train("lin", {"k": 1}, lambda: torch.nn.Linear(2, 2), train, verbose=False)
     load_or_train("lin", {"k": 2}, lambda: torch.nn.Linear(2, 2), train, verbose=False)
     assert len(calls) == 2 and torch.equal(a.weight, b.weight) and float(b.weight[0, 0].detach()) == 3.0
+
+
+def test_paired_differences_seed_by_seed_and_the_verdict_reads_them():
+    from distill_lab.core.bench import gap_verdict, paired
+
+    g, s = paired([1.0, 2.0, 4.0], [0.5, 1.0, 3.0])  # differences 0.5, 1.0, 1.0
+    assert g == pytest.approx(2.5 / 3) and s == pytest.approx(float(torch.tensor([0.5, 1.0, 1.0]).std()))
+    with pytest.raises(ValueError, match="one base value a seed"):
+        paired([1.0, 2.0], [1.0])
+    assert gap_verdict(-0.3, 0.1) == "lower" and gap_verdict(0.3, 0.1) == "higher"
+    assert gap_verdict(0.05, 0.1) == "within the spread" and gap_verdict(-0.05, 0.1, within="same") == "same"
+    assert gap_verdict(-0.3, 0.1, "closer", "further") == "closer"

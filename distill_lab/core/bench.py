@@ -103,6 +103,22 @@ def mean_spread(values) -> tuple[float, float]:
     return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
+def paired(values, base_values) -> tuple[float, float]:
+    """Mean and spread over seeds of ``values`` minus ``base_values``, seed by seed (a paired comparison:
+    what the two share from one seed cancels)."""
+    values, base_values = list(values), list(base_values)
+    if len(values) != len(base_values):
+        raise ValueError(f"a paired comparison needs one base value a seed: {len(values)} against {len(base_values)}")
+    return mean_spread([v - b for v, b in zip(values, base_values)])
+
+
+def gap_verdict(gap: float, spread: float, below: str = "lower", above: str = "higher",
+                within: str = "within the spread") -> str:
+    """``below`` when ``gap`` is under zero by more than ``spread``, ``above`` when over it by more, else
+    ``within``: the reading of a :func:`paired` difference."""
+    return below if gap + spread < 0 else above if gap - spread > 0 else within
+
+
 def write_json(rows: list[dict], keys: tuple[str, ...], path: str | Path) -> None:
     """Write the rows with exactly ``keys`` (NaN and failures as ``null``)."""
     path = Path(path)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import time
 
-from ..core.bench import BenchTrack, bench_methods, mean_spread, register_track, text_table
+from ..core.bench import BenchTrack, bench_methods, mean_spread, paired, register_track, text_table
 from ..core.registry import get_recipe
 from ..core.train import seed_everything
 from .experiment import LLMTask
@@ -83,11 +83,6 @@ def run_llm(exps: list[LLMTask], methods=None, seeds=(0, 1, 2)) -> list[dict]:
 
 def _f(v, nd=1):
     return "-" if v is None else f"{v:.{nd}f}"
-
-
-def paired(values, base_values) -> tuple[float, float]:
-    """Mean and spread over seeds of a row's accuracy minus the data-only student's of the same seed."""
-    return mean_spread([v - b for v, b in zip(values, base_values)])
 
 
 def format_llm_table(rows: list[dict]) -> str:
