@@ -192,13 +192,16 @@ class StreamingStudent(nn.Module):
 
 
 def lockstep_rollout(student: StreamingStudent, z: torch.Tensor, grad: bool = True,
-                     exit_step: int | None = None) -> torch.Tensor:
+                     exit_step: int | None = None, context: torch.Tensor | None = None) -> torch.Tensor:
     """HiAR's training rollout: :func:`lockstep_sample`'s order, stopped at a random exit step (one for
     all blocks, since they move together; ``exit_step`` to fix it), the steps before it without
     gradient; at the exit step every block's clean prediction ``x + (1 - t) v`` keeps its gradient and
-    is the clip. Context keys and values are detached, as in :func:`self_forcing_rollout`."""
+    is the clip. Context keys and values are detached, as in :func:`self_forcing_rollout`. With
+    ``context`` (real clips shaped like ``z``), each block attends instead to the real blocks before it
+    noised to the same level, fresh noise a step (the teacher-forced counterpart)."""
     student._check(z)
     blocks = list(z.split(student.block, dim=1))
+    real = None if context is None else list(context.split(student.block, dim=1))
     times = student.times
     last = int(torch.randint(0, len(times), ()).item()) if exit_step is None else exit_step
     for k in range(last + 1):
@@ -208,9 +211,12 @@ def lockstep_rollout(student: StreamingStudent, z: torch.Tensor, grad: bool = Tr
         for j, x in enumerate(blocks):
             with torch.set_grad_enabled(grad and k == last):
                 v, kv = student.net.forward_block(x, t, cache, return_kv=True)
+                if real is not None:
+                    noised = (1 - t) * torch.randn_like(real[j]) + t * real[j]
+                    _, kv = student.net.forward_block(noised, t, cache, return_kv=True)
                 cache.append([(a.detach(), b.detach()) for a, b in kv], x.shape[1])
                 x1 = x + (1 - t) * v
-            if k == last:
+            if k == last:  # the euler step to t_next = 1 lands on x1 too
                 blocks[j] = x1
             elif student.sampler == "euler":
                 blocks[j] = (x + (t_next - t) * v).detach()
@@ -225,29 +231,10 @@ def lockstep_sample(student: StreamingStudent, z: torch.Tensor, context: torch.T
     every block in turn takes that step while attending to the blocks before it *at the same noise
     level* (their keys and values from the same pass, cached with their time), rather than each block
     finishing all its steps on a clean context. The student's update rule and times are used as they
-    are; with one block it is :meth:`StreamingStudent.sample` exactly (tested). A student trained in
-    this order: the ``hiar`` recipe (:func:`lockstep_rollout`). With ``context`` (real clips shaped like
-    ``z``), each block attends instead to the real blocks before it noised to the same level, fresh
-    noise a step: the teacher-forced counterpart, for the exposure-bias gap."""
-    student._check(z)
-    blocks = list(z.split(student.block, dim=1))
-    real = None if context is None else list(context.split(student.block, dim=1))
-    times = student.times
-    for k, t in enumerate(times):
-        t_next = times[k + 1] if k + 1 < len(times) else 1.0
-        cache = student.new_cache()
-        for j, x in enumerate(blocks):
-            v, kv = student.net.forward_block(x, t, cache, return_kv=True)
-            if real is not None:
-                noised = (1 - t) * torch.randn_like(real[j]) + t * real[j]
-                _, kv = student.net.forward_block(noised, t, cache, return_kv=True)
-            cache.append(kv, x.shape[1])
-            if student.sampler == "euler":
-                blocks[j] = x + (t_next - t) * v
-            else:
-                x1 = x + (1 - t) * v
-                blocks[j] = x1 if k == len(times) - 1 else (1 - t_next) * torch.randn_like(x1) + t_next * x1
-    return torch.cat(blocks, 1)
+    are; with one block it is :meth:`StreamingStudent.sample` exactly (tested). It is
+    :func:`lockstep_rollout` run to its last step without gradient; a student trained in this order:
+    the ``hiar`` recipe. ``context``: as :func:`lockstep_rollout`'s, for the exposure-bias gap."""
+    return lockstep_rollout(student, z, grad=False, exit_step=len(student.times) - 1, context=context)
 
 
 def self_forcing_rollout(student: StreamingStudent, z: torch.Tensor, same_exit: bool = False,
