@@ -434,18 +434,19 @@ class KVCache:
                 add = linear_state(self.k[i].index_select(2, idx), self.v[i].index_select(2, idx))
                 self.state[i] = add if self.state[i] is None else (self.state[i][0] + add[0], self.state[i][1] + add[1])
             self.absorbed += len(evicted)
+        idx = tokens(keep)  # fresh tensors: the sink slots are their first frames, in order
+        new_k = [k.index_select(2, idx) for k in self.k]
+        new_v = [v.index_select(2, idx) for v in self.v]
         if self.ema is not None:
-            sinks = [j for j, f in enumerate(self.frames) if f < self.sink]
-            self.k, self.v = [k.clone() for k in self.k], [v.clone() for v in self.v]  # never write into a view
+            n_sink = sum(1 for f in self.frames if f < self.sink)
             for j in evicted:  # oldest first, each into the next sink slot in turn
-                s, e = tokens([sinks[self.folded % len(sinks)]]), tokens([j])
+                slot, e = self.folded % n_sink, tokens([j])
+                s = slice(slot * per, (slot + 1) * per)
                 for i in range(self.depth):
-                    for store in (self.k, self.v):
-                        store[i][:, :, s] = self.ema * store[i][:, :, s] + (1 - self.ema) * store[i][:, :, e]
+                    for new, old in ((new_k, self.k), (new_v, self.v)):
+                        new[i][:, :, s] = self.ema * new[i][:, :, s] + (1 - self.ema) * old[i][:, :, e]
                 self.folded += 1
-        idx = tokens(keep)
-        self.k = [k.index_select(2, idx) for k in self.k]
-        self.v = [v.index_select(2, idx) for v in self.v]
+        self.k, self.v = new_k, new_v
         self.frames = [self.frames[j] for j in keep]
 
     def __len__(self) -> int:
