@@ -342,9 +342,12 @@ def test_rewarded_dmd_scales_each_samples_dmd_gradient_by_exp_beta_reward():
 
     x0 = torch.randn(4, 2, 1, 3, 3, dtype=torch.float64)
     t, noise = torch.full((4,), 0.4, dtype=torch.float64), torch.randn_like(x0)
-    r = torch.tensor([0.5, -1.0, 0.0, 2.0], dtype=torch.float64)
+    def reward(c):  # differentiable, so a reward that leaked its gradient into the loss would show
+        return 2 * c.flatten(1).mean(1)
+
+    r = reward(x0)
     x = x0.clone().requires_grad_(True)
-    loss, info = rewarded_dmd_loss(x, real, fake, lambda c: r, beta=0.7, t=t, noise=noise)
+    loss, info = rewarded_dmd_loss(x, real, fake, reward, beta=0.7, t=t, noise=noise)
     loss.backward()
     x_plain = x0.clone().requires_grad_(True)
     plain, _ = dmd_loss(x_plain, real, fake, t=t, noise=noise)
@@ -470,15 +473,16 @@ def test_hiar_trains_in_lockstep_with_its_bidirectional_forward_kl_term(tiny_exp
         calls["lockstep"] += 1
         return real_roll(student, z, grad=grad)
 
-    def fm(net, x1, *a, **k):
+    def fm(net, x1, *a, **k):  # the real term, shifted by 100: the generator's logged loss must carry +25
         calls["fm_masks"].append(net.mask)
-        return real_fm(net, x1, *a, **k)
+        return real_fm(net, x1, *a, **k) + 100.0
 
     monkeypatch.setattr(recipes, "lockstep_rollout", roll)
     monkeypatch.setattr(recipes, "flow_matching_loss", fm)
     torch.manual_seed(0)
     st = get_recipe("hiar", track="video").train(tiny_exp, steps=1, batch=2, critic_updates=1, pool=4, init_steps=1)
     assert calls["lockstep"] == 2 and calls["fm_masks"] == ["full"]  # critic + generator rollouts; one FKL term
+    assert st.history["loss"][0] > 20  # DMD + 0.25 x (>= 100): the term is added with its weight, not subtracted
     assert st.order == "lockstep" and st.net.mask == "block_causal"  # bidirectional only inside the term
     m = tiny_exp.evaluate(st)
     assert torch.isfinite(m["clips"]).all() and m["exposure_gap"] is not None
@@ -529,16 +533,21 @@ def test_salt_adds_both_terms_to_the_generators_loss(tiny_exp, monkeypatch):
     calls = []
     real = recipes.salt_terms
 
-    def spy(student, z, align_steps):
-        out = real(student, z, align_steps)
+    def spy(student, z, align_steps):  # the real terms, shifted by 100 and 1000
+        terms, info = real(student, z, align_steps)
         calls.append((z.shape, align_steps))
-        return out
+        return {"sc": terms["sc"] + 100.0, "align": terms["align"] + 1000.0}, info
 
     monkeypatch.setattr(recipes, "salt_terms", spy)
     torch.manual_seed(0)
     st = get_recipe("salt", track="video").train(tiny_exp, steps=1, batch=2, critic_updates=1, pool=4, init_steps=1)
     assert calls == [((2, tiny_exp.frames, 1, 8, 8), 4)]
     assert {"sc", "align"} <= set(st.history)
+    assert 1099 < st.history["loss"][0] < 1200  # both terms added to DMD with weight 1, neither subtracted
+    torch.manual_seed(0)
+    off = get_recipe("salt", track="video").train(tiny_exp, steps=1, batch=2, critic_updates=1, pool=4, init_steps=1,
+                                                  align_weight=0.0)
+    assert 99 < off.history["loss"][0] < 200  # the weight reaches its term
     assert st.options["sc_weight"] == 1.0 and st.options["align_weight"] == 1.0
 
 
@@ -632,3 +641,22 @@ def test_stream_r1_recipe_balances_quality_and_motion_and_weights_pixels(tiny_ex
     torch.manual_seed(0)
     get_recipe("stream_r1", track="video").train(tiny_exp, steps=1, batch=2, critic_updates=1, pool=4, init_steps=1)
     assert seen == [(1.0, ["motion", "quality"], True)]
+
+
+def test_salt_reads_the_good_cache_only_without_gradient(monkeypatch):
+    from distill_lab.video import recipes
+
+    st = StreamingStudent(random_net(window=4), steps=2, sampler="euler", window=4)
+    real, seen = st.net.forward_block, []
+
+    def forward_block(x, t, cache, return_kv=False):
+        seen.append((id(cache), torch.is_grad_enabled()))
+        return real(x, t, cache, return_kv=return_kv)
+
+    monkeypatch.setattr(st.net, "forward_block", forward_block)
+    torch.manual_seed(0)
+    with torch.enable_grad():
+        recipes.salt_terms(st, torch.randn(2, 6, 1, 8, 8, dtype=torch.float64), align_steps=3)
+    good = seen[0][0]  # the good history is streamed first
+    assert all(not g for c, g in seen if c == good)  # the target side carries no gradient
+    assert any(g for c, g in seen if c != good)  # the poor-cache side does
