@@ -165,8 +165,9 @@ def _spy_student(student, monkeypatch):
     denoised, committed = [], []
     denoise, commit = student.denoise_block, student.commit
 
-    def denoise_block(z, cache, exit_step=None, grad=False):
-        out = denoise(z, cache, exit_step=exit_step, grad=grad)
+    def denoise_block(z, cache, exit_step=None, grad=False, times=None):
+        assert times is None or times == student.times_for(len(denoised))  # each block's own schedule
+        out = denoise(z, cache, exit_step=exit_step, grad=grad, times=times)
         denoised.append((z, exit_step, grad, out, len(cache)))
         return out
 

@@ -24,6 +24,12 @@ recipes reuses :func:`distill_lab.methods.step.dmd.dmd_loss` and
 * :func:`saliency_weights`, :func:`stream_r1_loss` -- Stream-R1 (2026): the same per-rollout weight, and a
   per-element weight from the gradient saliency of a differentiable reward, factored into a spatial and
   a temporal part.
+* :func:`asd_generator_loss`, :func:`asd_discriminator_loss` -- ASD's adversarial self-distillation
+  ("Towards One-step Causal Video Generation via Adversarial Self-Distillation"): a discriminator tells
+  the student's own (n+1)-step clips from its n-step clips, and the n-step student is pushed towards
+  the (n+1)-step distribution, beside DMD; DMD2's GAN losses on clips stacked as images.
+* :func:`mutual_distillation_loss` -- Mutual Forcing's self-distillation: the few-step mode's block
+  regressed onto the multi-step mode's block from the same noise and the same history.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from __future__ import annotations
 import torch
 
 from ..core.flows import batch_t, flow_matching_loss, interpolate
+from .step.dmd import ConvDiscriminator, gan_discriminator_loss, gan_generator_loss
 
 
 def _check_clip(x: torch.Tensor, block: int, name: str = "clip") -> int:
@@ -222,3 +229,56 @@ class BalancedReward:
                 self.last[name] = float(r.mean())
                 parts.append((r - r.mean()) / (self.scale[name] + self.eps))
         return torch.stack(parts).mean(0).to(x.dtype)
+
+
+# --------------------------------------------------------------- ASD's adversarial self-distillation
+ASD = "Towards One-step Causal Video Generation via Adversarial Self-Distillation (ASD)"
+
+
+def clip_as_image(x: torch.Tensor) -> torch.Tensor:
+    """``[B, F, C, H, W] -> [B, F C, H, W]``: a clip's frames stacked as channels, so an image
+    discriminator sees all of them at once (motion included)."""
+    if x.dim() != 5:
+        raise ValueError(f"a clip is [B, F, C, H, W], got {tuple(x.shape)}")
+    return x.reshape(x.shape[0], -1, *x.shape[3:])
+
+
+def clip_discriminator(frames: int, channels: int) -> ConvDiscriminator:
+    """The discriminator of :func:`asd_discriminator_loss`: DMD2's small convolutional one on a clip of
+    ``frames`` frames of ``channels`` channels (stacked, :func:`clip_as_image`), with a noise-time input."""
+    return ConvDiscriminator(frames * channels)
+
+
+def asd_discriminator_loss(disc, fewer: torch.Tensor, more: torch.Tensor, t: torch.Tensor | None = None):
+    """ASD's discriminator side: the student's clips of ``n + 1`` steps (``more``) are its "real" data,
+    those of ``n`` steps from the same noise (``fewer``) its "fake"; DMD2's non-saturating loss
+    (:func:`~distill_lab.methods.step.dmd.gan_discriminator_loss`) on both noised to the same ``t``.
+    The teacher is not read: the target distribution is the student's own at one more step, the small
+    gap the paper says gives smoother supervision than the teacher's alone. Stop-gradient: both clips
+    (only ``disc`` learns). Shapes ``[B, F, C, H, W]``. Returns ``(loss, info)``."""
+    if fewer.shape != more.shape:
+        raise ValueError(f"the n-step and (n+1)-step clips must have one shape, got {tuple(fewer.shape)} "
+                         f"and {tuple(more.shape)}")
+    return gan_discriminator_loss(disc, clip_as_image(fewer), clip_as_image(more), t)
+
+
+def asd_generator_loss(disc, fewer: torch.Tensor, t: torch.Tensor | None = None):
+    """ASD's generator side: ``softplus(-D(x_t, t))`` on the student's n-step clips
+    (:func:`~distill_lab.methods.step.dmd.gan_generator_loss`), which moves them towards its own
+    (n+1)-step clips; added to DMD with a weight. Freeze ``disc`` while it backpropagates
+    (:func:`~distill_lab.methods.step.dmd.frozen`). Returns ``(loss, info)``."""
+    return gan_generator_loss(disc, clip_as_image(fewer), t)
+
+
+# --------------------------------------------------------------- Mutual Forcing
+def mutual_distillation_loss(few: torch.Tensor, multi: torch.Tensor):
+    """Mutual Forcing's self-distillation ("Mutual Forcing: Dual-Mode Self-Evolution for Fast
+    Autoregressive Audio-Video Character Generation"): ``mean((x_few - sg(x_multi))^2)``, the few-step
+    mode's blocks regressed onto the blocks the multi-step mode of the *same* network makes from the same
+    noise and the same history (the history the few-step mode streamed). No external teacher: the
+    multi-step mode learns from real data and teaches the few-step one. Stop-gradient: ``multi``.
+    Returns ``(loss, info)``."""
+    if few.shape != multi.shape:
+        raise ValueError(f"few-step and multi-step blocks must have one shape, got {tuple(few.shape)} and {tuple(multi.shape)}")
+    loss = (few - multi.detach()).pow(2).mean()
+    return loss, {"self_distill": float(loss.detach())}

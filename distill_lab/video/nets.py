@@ -165,7 +165,7 @@ class VideoTransformer(nn.Module):
     """
 
     def __init__(self, config: VideoNetConfig = VideoNetConfig(), mask: str = "full", block: int = 1,
-                 window: int | None = None, linear_memory: bool = False):
+                 window: int | None = None, linear_memory: bool = False, modes: int = 0):
         super().__init__()
         if mask not in MASKS:
             raise ValueError(f"unknown attention mask {mask!r}; choose one of {', '.join(MASKS)}")
@@ -190,6 +190,11 @@ class VideoTransformer(nn.Module):
         if linear_memory:
             for layer in self.layers:
                 layer.add_linear_memory()
+        if modes < 0 or modes == 1:
+            raise ValueError(f"modes is 0 (one mode) or the number of sampling modes sharing the weights (>= 2), got {modes}")
+        self.modes, self.active_mode = modes, 0
+        # Mutual Forcing's modes: a learned vector a mode added to the time embedding of noisy frames
+        self.mode_emb = nn.Parameter(torch.zeros(modes, c.dim)) if modes else None
 
     # ---------------------------------------------------------------- shapes
     def _check(self, x: torch.Tensor) -> None:
@@ -227,7 +232,10 @@ class VideoTransformer(nn.Module):
         B, Fr = x.shape[:2]
         N = self.config.tokens_per_frame
         h = self.embed(self.patchify(x)) + self.pos + self.pos_fixed                  # [B, F, N, D]
-        emb = self.time_mlp(self.time(t.reshape(-1))).reshape(B, Fr, 1, -1).expand(B, Fr, N, -1)
+        emb = self.time_mlp(self.time(t.reshape(-1))).reshape(B, Fr, 1, -1)
+        if self.mode_emb is not None:  # only noisy frames: clean context is encoded alike in every mode
+            emb = emb + (t < 1).to(emb.dtype)[..., None, None] * self.mode_emb[self.active_mode]
+        emb = emb.expand(B, Fr, N, -1)
         return h.reshape(B, Fr * N, -1), emb.reshape(B, Fr * N, -1)
 
     def _out(self, h: torch.Tensor, emb: torch.Tensor, B: int, Fr: int) -> torch.Tensor:
@@ -309,6 +317,29 @@ class VideoTransformer(nn.Module):
         finally:
             self.mask, self.window = mask, window
 
+    @contextmanager
+    def mode(self, k: int):
+        """Run in sampling mode ``k`` (Mutual Forcing: one network, a multi-step mode 0 and a few-step mode
+        1 sharing every weight but a mode vector added to the time embedding of its noisy frames)."""
+        if not 0 <= k < max(1, self.modes):
+            raise ValueError(f"this network has {max(1, self.modes)} mode(s); mode {k} does not exist "
+                             "(build it with modes=2, or with_modes(2))")
+        old, self.active_mode = self.active_mode, k
+        try:
+            yield self
+        finally:
+            self.active_mode = old
+
+    def with_modes(self, modes: int = 2) -> "VideoTransformer":
+        """A copy with ``modes`` zero-initialised mode vectors: every mode starts as this network."""
+        p = next(self.parameters())
+        net = VideoTransformer(self.config, self.mask, self.block, self.window, linear_memory=self.linear_memory,
+                               modes=modes).to(p.device, p.dtype)
+        missing, unexpected = net.load_state_dict(self.state_dict(), strict=False)
+        if unexpected or missing != ["mode_emb"]:
+            raise ValueError(f"cannot copy the weights: missing {missing}, unexpected {unexpected}")
+        return net
+
     def with_linear_memory(self, window: int) -> "VideoTransformer":
         """A hybrid copy of this block-causal network (Hybrid Forcing's second stage): the same weights,
         a ``window``-frame softmax window, and a zero-initialised read-out of the linear state of
@@ -317,14 +348,15 @@ class VideoTransformer(nn.Module):
             raise ValueError("with_linear_memory turns a block-causal student into a hybrid one; "
                              "call as_causal first")
         p = next(self.parameters())
-        net = VideoTransformer(self.config, "block_causal", self.block, window, linear_memory=True).to(p.device, p.dtype)
+        net = VideoTransformer(self.config, "block_causal", self.block, window, linear_memory=True,
+                               modes=self.modes).to(p.device, p.dtype)
         missing, unexpected = net.load_state_dict(self.state_dict(), strict=False)
         if unexpected or any("linear_proj" not in k for k in missing):
             raise ValueError(f"cannot copy the weights: missing {missing}, unexpected {unexpected}")
         return net
 
     def extra_repr(self) -> str:
-        hybrid = ", linear_memory=True" if self.linear_memory else ""
+        hybrid = (", linear_memory=True" if self.linear_memory else "") + (f", modes={self.modes}" if self.modes else "")
         return f"mask={self.mask!r}, block={self.block}, window={self.window}{hybrid}, {asdict(self.config)}"
 
 
@@ -385,6 +417,15 @@ class KVCache:
         out.k = [None if k is None else k[idx] for k in self.k]
         out.v = [None if v is None else v[idx] for v in self.v]
         out.state = [None if st is None else (st[0][idx], st[1][idx]) for st in self.state]
+        return out
+
+    def snapshot(self) -> "KVCache":
+        """A copy of this cache's state as it is now, sharing its tensors (:meth:`append` never writes into
+        a stored tensor, it builds new ones), so later appends to either leave the other as it was: for
+        going back to an earlier point of a stream (retrospective self-correction)."""
+        out = KVCache(self.depth, self.window, self.sink, self.ema, self.linear)
+        out.k, out.v, out.state, out.frames = list(self.k), list(self.v), list(self.state), list(self.frames)
+        out.next_frame, out.folded, out.absorbed = self.next_frame, self.folded, self.absorbed
         return out
 
     @property

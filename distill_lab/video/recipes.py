@@ -57,8 +57,9 @@ from ..core.flows import flow_matching_loss
 from ..core.registry import recipe, with_options
 from ..methods.step.dmd import dmd_loss, fake_score_loss, frozen
 from ..methods.step.fewstep import sc_loss
-from ..methods.streaming import (BalancedReward, diffusion_forcing_loss, ode_regression_loss, rewarded_dmd_loss,
-                                 stream_r1_loss, teacher_forcing_loss)
+from ..methods.streaming import (BalancedReward, asd_discriminator_loss, asd_generator_loss, clip_discriminator,
+                                 diffusion_forcing_loss, mutual_distillation_loss, ode_regression_loss,
+                                 rewarded_dmd_loss, stream_r1_loss, teacher_forcing_loss)
 from .metrics import motion_reward, quality_reward
 from .rollout import StreamingStudent, lockstep_rollout, self_forcing_rollout, uniform_times
 
@@ -115,15 +116,16 @@ def train_diffusion_forcing(exp, steps=None, **overrides) -> StreamingStudent:
 
 
 # ------------------------------------------------------------------ few-step students
-def ode_init(exp, student: StreamingStudent, steps: int, batch: int, lr: float, pool: int) -> dict:
+def ode_init(exp, student: StreamingStudent, steps: int, batch: int, lr: float, pool: int,
+             times: list[float] | None = None) -> dict:
     """CausVid's ODE initialisation: ``pool`` teacher clips from noise (``teacher_nfe`` Euler steps,
     once), then :func:`~distill_lab.methods.streaming.ode_regression_loss` at the student's sampling
-    times, a random block a step. Returns the fit history."""
+    times (or ``times``), a random block a step. Returns the fit history."""
     with torch.no_grad():
         z = exp.noise_batch(pool)
         x1 = torch.cat([exp.teacher_sample(z[i:i + 64]) for i in range(0, pool, 64)])
     opt = _adam(student.net.parameters(), lr)
-    times = torch.tensor(student.times, device=exp.device)
+    times = torch.tensor(student.times if times is None else times, device=exp.device)
 
     def step(i):
         idx = torch.randint(0, pool, (batch,), device=exp.device)
@@ -221,7 +223,8 @@ def _distribution_matching(exp, name: str, steps, overrides, own_context: bool) 
                      sample_steps=vsc.student_nfe, init_steps=exp.scale.student_steps // 2, init_lr=3e-4,
                      pool=256, ramp=0.0, rollout_factor=1, window=None, sink=0, ema=None, from_student=None,
                      linear_memory=False, reward_beta=0.0, lockstep=False, fkl_weight=0.0, sc_weight=0.0,
-                     align_weight=0.0, align_steps=4, r1_beta=0.0)
+                     align_weight=0.0, align_steps=4, r1_beta=0.0, asd_weight=0.0, asd_steps=None,
+                     block_steps=None, context_time=None, retro=0, retro_time=0.5)
     # pragma: no mutate end
     steps = steps or exp.scale.student_steps
     # the cache keeps the frames a block saw in training: one horizon minus the block itself
@@ -233,39 +236,64 @@ def _distribution_matching(exp, name: str, steps, overrides, own_context: bool) 
         net = exp.causal_net()
     if o["linear_memory"] and not net.linear_memory:
         net = net.with_linear_memory(window)
+    memory = dict(window=window, sink=o["sink"], ema=o["ema"], context_time=o["context_time"], retro=o["retro"],
+                  retro_time=o["retro_time"])
     student = StreamingStudent(net, times=uniform_times(o["sample_steps"]), sampler="renoise",
-                               window=window, sink=o["sink"], ema=o["ema"],
-                               order="lockstep" if o["lockstep"] else "sequential")
-    init_hist = ode_init(exp, student, o["init_steps"], o["batch"], o["init_lr"], o["pool"]) if o["init_steps"] else None
+                               order="lockstep" if o["lockstep"] else "sequential", block_steps=o["block_steps"], **memory)
+    # ASD: views of the same network at each trained step count n and at n + 1 (its "real" clips)
+    asd_steps = list(o["asd_steps"] or [])
+    views = {n: StreamingStudent(net, times=uniform_times(n), sampler="renoise", **memory)
+             for n in sorted(set(asd_steps) | {n + 1 for n in asd_steps})}
+    init_times = sorted({t for v in views.values() for t in v.times} | set(student.times)
+                        | {t for n in range(len(o["block_steps"] or [])) for t in student.times_for(n)})
+    init_hist = (ode_init(exp, student, o["init_steps"], o["batch"], o["init_lr"], o["pool"], times=init_times)
+                 if o["init_steps"] else None)
     fake = exp.score_net()
     g_opt, f_opt = _adam(student.net.parameters(), o["gen_lr"], DMD_BETAS), _adam(fake.parameters(), o["fake_lr"], DMD_BETAS)
+    if o["asd_weight"]:
+        if not asd_steps:
+            raise ValueError("ASD's adversarial term compares n-step with (n+1)-step clips: give asd_steps, e.g. (1, 2)")
+        disc = clip_discriminator(exp.frames, exp.shape[1]).to(exp.device)
+        d_opt = _adam(disc.parameters(), o["fake_lr"], DMD_BETAS)
     B, L = o["batch"], o["rollout_factor"] * exp.frames
     reward = motion_reward(exp.world, exp.reference["dynamic_degree"]) if o["reward_beta"] else None
     if o["r1_beta"]:  # Stream-R1: a balanced quality-and-motion reward a rollout, quality saliency a pixel
         balanced = BalancedReward({"quality": quality_reward(exp.world),
                                    "motion": motion_reward(exp.world, exp.reference["dynamic_degree"])})
 
-    def generate(i, grad: bool):
+    def generate(i, grad: bool, s: StreamingStudent = student):
         z = exp.noise_batch(B, L)
         own = own_context and (o["ramp"] <= 0 or torch.rand(()) < min(1.0, i / (o["ramp"] * steps)))
         if own and o["lockstep"]:
-            clip = lockstep_rollout(student, z, grad=grad)
+            clip = lockstep_rollout(s, z, grad=grad)
         elif own:
-            clip = self_forcing_rollout(student, z, grad=grad)
+            clip = self_forcing_rollout(s, z, grad=grad)
         else:
-            clip = teacher_forced_rollout(student, z, exp.data_batch(B, L), grad=grad)
+            clip = teacher_forced_rollout(s, z, exp.data_batch(B, L), grad=grad)
         return clip[:, -exp.frames:], bool(own)
 
     def step(i):
-        logs = {}
+        logs, s = {}, student
+        if asd_steps:  # ASD: this step trains the student at n steps, a step count drawn from asd_steps
+            n = asd_steps[int(torch.randint(0, len(asd_steps), ()).item())]
+            s = views[n]
+        if o["asd_weight"]:  # its discriminator: the student's own (n+1)-step clips against n-step ones
+            with torch.no_grad():
+                z = exp.noise_batch(B, L)
+                fewer, more = s.sample(z)[:, -exp.frames:], views[n + 1].sample(z)[:, -exp.frames:]
+            ld, dinfo = asd_discriminator_loss(disc, fewer, more)
+            d_opt.zero_grad(set_to_none=True)
+            ld.backward()
+            d_opt.step()
+            logs.update(dinfo)
         for _ in range(o["critic_updates"]):
-            clip, _ = generate(i, grad=False)
+            clip, _ = generate(i, grad=False, s=s)
             lf, info = fake_score_loss(fake, clip)
             f_opt.zero_grad(set_to_none=True)
             lf.backward()
             f_opt.step()
             logs.update(info)
-        clip, own = generate(i, grad=True)
+        clip, own = generate(i, grad=True, s=s)
         with frozen(fake):
             if o["r1_beta"]:
                 loss, info = stream_r1_loss(clip, exp.velocity, fake, balanced, o["r1_beta"],
@@ -278,6 +306,11 @@ def _distribution_matching(exp, name: str, steps, overrides, own_context: bool) 
             terms, salt_info = salt_terms(student, exp.noise_batch(B), o["align_steps"])
             loss = loss + o["sc_weight"] * terms["sc"] + o["align_weight"] * terms["align"]
             info = {**info, **salt_info}
+        if o["asd_weight"]:
+            with frozen(disc):
+                lg, ginfo = asd_generator_loss(disc, clip)
+            loss = loss + o["asd_weight"] * lg
+            info = {**info, "asd_g": ginfo["gan_g"]}
         if o["fkl_weight"]:  # HiAR's forward-KL regulariser: flow matching on real clips, bidirectional mode
             with student.net.bidirectional():
                 fkl = flow_matching_loss(student.net, exp.data_batch(B))
@@ -286,12 +319,14 @@ def _distribution_matching(exp, name: str, steps, overrides, own_context: bool) 
         loss.backward()
         torch.nn.utils.clip_grad_norm_(student.net.parameters(), MAX_GRAD_NORM)
         g_opt.step()
-        extra = {k: info[k] for k in ("sc", "align") if k in info}
+        extra = {k: info[k] for k in ("sc", "align", "asd_g") if k in info}
         return {**logs, "loss": loss.detach(), "grad_norm": info["grad_norm"], "own_context": float(own), **extra}
 
     hist = exp.fit(step, steps, desc=name)
     student.net.eval()
     student.history, student.init_history, student.options, student.fake = hist, init_hist, o, fake
+    if o["asd_weight"]:
+        student.discriminator = disc
     return student
 
 
@@ -466,3 +501,144 @@ def train_stream_r1(exp, steps=None, **overrides) -> StreamingStudent:
     saliency of the quality reward's gradient. The reward models of the paper are replaced by the toy's
     exact measurements. Options as ``self_forcing``, plus ``r1_beta`` (default 1)."""
     return _distribution_matching(exp, "Stream-R1", steps, {"r1_beta": R1_BETA, **overrides}, own_context=True)
+
+
+ASD_PAPER = "Towards One-step Causal Video Generation via Adversarial Self-Distillation (ASD)"
+ASD_WEIGHT = 0.1  # pragma: no mutate (this lab's weight of the adversarial term beside DMD)
+ASD_STEPS = (1, 2)  # pragma: no mutate (the step counts one ASD student is trained to serve)
+
+
+@recipe("asd", tracks=VIDEO, family="streaming",
+        paper=ASD_PAPER + ": DMD plus adversarial self-distillation, one model for 1 and 2 steps (first-frame "
+              "enhancement is a sampling schedule: StreamingStudent(block_steps=...))")
+def train_asd(exp, steps=None, **overrides) -> StreamingStudent:
+    """ASD on Self Forcing. Each generator step draws a step count ``n`` from ``asd_steps`` (default 1 and
+    2) and trains the student's ``n``-step rollouts with DMD (the teacher's real score, the critic's fake
+    one, as ``self_forcing``) plus ``asd_weight`` (default 0.1) times the adversarial self-distillation
+    term (:func:`~distill_lab.methods.streaming.asd_generator_loss`): a discriminator, updated once a step
+    (:func:`~distill_lab.methods.streaming.asd_discriminator_loss`), tells the student's own (n+1)-step
+    clips from its n-step clips of the same noise, so the n-step student is pulled towards its slightly
+    better self. The same weights then stream at 1 or 2 steps (``StreamingStudent(student.net, steps=n,
+    ...)``); the returned student streams at ``sample_steps`` (default 2). ``asd_weight=0`` is the ablation:
+    the same multi-step-count DMD without the adversarial term. The ODE initialisation covers every
+    step count's grid. Stop-gradient: the (n+1)-step clips, the critic's and discriminator's inputs;
+    the discriminator is frozen in the generator's update. The GAN term is applied to the same rollout
+    as DMD, each block at its random exit step (so an n = 2 step trains 1-step predictions too).
+    Options as ``self_forcing``, plus ``asd_weight``, ``asd_steps``."""
+    return _distribution_matching(exp, "ASD", steps, {"asd_weight": ASD_WEIGHT, "asd_steps": ASD_STEPS, **overrides},
+                                  own_context=True)
+
+
+DIAGONAL = "Streaming Autoregressive Video Generation via Diagonal Distillation"
+DIAGONAL_STEPS = (4, 3, 2, 1)  # pragma: no mutate (more steps for the first blocks, one for the rest)
+CONTEXT_TIME = 0.75  # pragma: no mutate (where a 4-step block starts its last step: the next can begin there)
+
+
+@recipe("diagonal", tracks=VIDEO, family="streaming",
+        paper=DIAGONAL + ": more steps early and fewer later, trained so; blocks enter the cache partially "
+              "denoised (the implicit optical-flow term is not implemented)")
+def train_diagonal(exp, steps=None, **overrides) -> StreamingStudent:
+    """Diagonal Distillation on Self Forcing: the training rollouts use the schedule the student streams
+    with, ``block_steps`` (default 4, 3, 2 then 1 step a block: the first blocks thoroughly denoised, the
+    later ones inheriting their appearance), each block's exit step drawn within its own schedule; and
+    each block enters the cache partially denoised, re-noised to ``context_time`` (default 0.75) and
+    encoded at that time, in training and when streaming alike
+    (:class:`~distill_lab.video.rollout.StreamingStudent` ``context_time``), so the noise level the next
+    block is conditioned on in training is the one it meets at inference (the paper's exposure-bias
+    argument; 0.75 is where a 4-step block starts its last step, so a pipelined stream could start the
+    next block there). This lab's reading: the cache gets the final block re-noised rather than the
+    block's own intermediate state. The paper's implicit optical-flow term is not implemented. The
+    teacher provides DMD's real score; the cache is detached as in ``self_forcing``. Options as
+    ``self_forcing``, plus ``block_steps``, ``context_time``."""
+    return _distribution_matching(exp, "Diagonal", steps, {"block_steps": list(DIAGONAL_STEPS),
+                                                           "context_time": CONTEXT_TIME, **overrides},
+                                  own_context=True)
+
+
+SOULX = ("SoulX-FlashTalk: Real-Time Infinite Streaming of Audio-Driven Avatars via Self-Correcting "
+         "Bidirectional Distillation")
+
+
+@recipe("soulx", tracks=VIDEO, family="streaming",
+        paper=SOULX + ": bidirectional inside a block, causal across blocks, retrospective self-correction of "
+              "the last blocks in training rollouts and when streaming (this lab's reading of the mechanism)")
+def train_soulx(exp, steps=None, **overrides) -> StreamingStudent:
+    """SoulX-FlashTalk's self-correcting distillation on Self Forcing. The student attends bidirectionally
+    inside a block and causally across blocks (every student of this track does). After each block, the
+    last ``retro`` blocks (default 1) are re-noised to ``retro_time`` (default 0.5) and denoised again
+    given the corrected history before them, and the cache is rebuilt from the corrections
+    (:meth:`~distill_lab.video.rollout.StreamingStudent.stream`): what the stream remembers is corrected,
+    the frames already shown are not. Training rollouts do the same (no gradient through the
+    correction), so the student trains on the corrected context it streams on. This is this lab's
+    reading of a mechanism the abstract names without detail. The teacher provides DMD's real score.
+    Options as ``self_forcing``, plus ``retro``, ``retro_time``."""
+    return _distribution_matching(exp, "SoulX", steps, {"retro": 1, "retro_time": 0.5, **overrides}, own_context=True)
+
+
+MUTUAL = "Mutual Forcing: Dual-Mode Self-Evolution for Fast Autoregressive Audio-Video Character Generation"
+MULTI_STEPS = 8  # pragma: no mutate (the multi-step mode's Euler steps)
+
+
+def mutual_rollout(few: StreamingStudent, multi: StreamingStudent, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mutual Forcing's training rollout: the few-step mode streams ``z`` on its own outputs (Self
+    Forcing's rollout: a random exit step a block with its gradient, the cache from detached blocks); for
+    each block the multi-step mode of the same network denoises the same noise given the same cache,
+    without gradient. Returns ``(few-step clip, multi-step targets)``."""
+    if few.net is not multi.net:
+        raise ValueError("Mutual Forcing's two modes share one network: build both students on the same net")
+    targets = []
+    exits = torch.randint(0, len(few.times), (z.shape[1] // few.block,)).tolist()
+
+    def make_block(n, zb, cache):
+        x = few.denoise_block(zb, cache, exit_step=exits[n], grad=True)
+        with torch.no_grad():
+            targets.append(multi.denoise_block(zb, cache))
+        return x
+
+    clip = few.stream(z, make_block)
+    return clip, torch.cat(targets, 1)
+
+
+@recipe("mutual_forcing", tracks=VIDEO, family="streaming",
+        paper=MUTUAL + ": one causal network, a multi-step and a few-step mode, no bidirectional teacher")
+def train_mutual_forcing(exp, steps=None, **overrides) -> StreamingStudent:
+    """Mutual Forcing without a teacher: one block-causal network with two modes sharing every weight
+    but a mode vector on the time embedding of noisy frames
+    (:meth:`~distill_lab.video.nets.VideoTransformer.with_modes`). Each step: the multi-step mode
+    (mode 0, ``multi_steps`` Euler steps, default 8) learns from real clips by teacher forcing
+    (:func:`~distill_lab.methods.streaming.teacher_forcing_loss`); the few-step mode (mode 1,
+    ``sample_steps`` re-noising steps) streams a clip on its own history (:func:`mutual_rollout`) and
+    each block is regressed onto the multi-step mode's block from the same noise and history
+    (:func:`~distill_lab.methods.streaming.mutual_distillation_loss`, weight ``sd_weight``, default 1). The
+    few-step mode makes the history, the multi-step mode the targets; one optimiser moves both. No
+    teacher is read in training: no real score, no ODE pairs (the network starts from the same causal
+    copy of the teacher's weights every student of the track starts from). Stop-gradient: the
+    multi-step targets, the cache. Returns the few-step student; ``student.multi`` streams in the
+    multi-step mode. Options: ``batch``, ``lr``, ``sample_steps``, ``multi_steps``, ``sd_weight``."""
+    # pragma: no mutate start (tuned defaults: another value is another setting, not a bug)
+    o = with_options(overrides, "Mutual Forcing", batch=exp.scale.batch, lr=3e-4, sample_steps=exp.vscale.student_nfe,
+                     multi_steps=MULTI_STEPS, sd_weight=1.0)
+    # pragma: no mutate end
+    steps = steps or exp.scale.student_steps
+    window = exp.frames - exp.block
+    net = exp.causal_net().with_modes(2)
+    few = StreamingStudent(net, times=uniform_times(o["sample_steps"]), sampler="renoise", window=window, mode=1)
+    multi = StreamingStudent(net, steps=o["multi_steps"], sampler="euler", window=window, mode=0)
+    opt = _adam(net.parameters(), o["lr"])
+
+    def step(i):
+        with net.mode(0):
+            fm, _ = teacher_forcing_loss(net, exp.data_batch(o["batch"]), exp.block)
+        clip, target = mutual_rollout(few, multi, exp.noise_batch(o["batch"]))
+        sd, info = mutual_distillation_loss(clip, target)
+        loss = fm + o["sd_weight"] * sd
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), MAX_GRAD_NORM)
+        opt.step()
+        return {"loss": loss.detach(), "flow": fm.detach(), "self_distill": info["self_distill"]}
+
+    hist = exp.fit(step, steps, desc="Mutual Forcing")
+    net.eval()
+    few.history, few.options, few.multi = hist, o, multi
+    return few

@@ -55,7 +55,8 @@ class StreamingStudent(nn.Module):
 
     def __init__(self, net: VideoTransformer, steps: int = 4, sampler: str = "euler",
                  times: list[float] | None = None, window: int | None = None, sink: int = 0,
-                 ema: float | None = None, block_steps: list[int] | None = None, order: str = "sequential"):
+                 ema: float | None = None, block_steps: list[int] | None = None, order: str = "sequential",
+                 context_time: float | None = None, retro: int = 0, retro_time: float = 0.5, mode: int = 0):
         super().__init__()
         if net.mask != "block_causal":
             raise ValueError("a streaming student needs a block-causal network (VideoTransformer.as_causal)")
@@ -73,6 +74,19 @@ class StreamingStudent(nn.Module):
         if order == "lockstep" and block_steps is not None:
             raise ValueError("a lockstep student takes every step with every block: block_steps do not apply")
         self.order = order
+        if context_time is not None and not 0 < context_time <= 1:
+            raise ValueError(f"context_time is the noise level blocks enter the cache at, in (0, 1] (1: clean), "
+                             f"got {context_time}")
+        if retro < 0 or not 0 <= retro_time < 1:
+            raise ValueError(f"retro counts the blocks re-denoised after each block (>= 0) and retro_time is the "
+                             f"level they are re-noised to, in [0, 1); got retro={retro}, retro_time={retro_time}")
+        if (retro or context_time is not None) and order == "lockstep":
+            raise ValueError("context_time and retro act on blocks as they enter the cache one by one: "
+                             "a lockstep student does not have that moment")
+        self.context_time, self.retro, self.retro_time = context_time, int(retro), float(retro_time)
+        if not 0 <= mode < max(1, net.modes):
+            raise ValueError(f"the network has {max(1, net.modes)} mode(s); mode {mode} does not exist")
+        self.mode = mode
         self.window = window if window is not None else net.window
         self.sink, self.ema = sink, ema
         self.new_cache()  # a bad window, sink or decay fails here, not in the middle of a stream
@@ -97,9 +111,17 @@ class StreamingStudent(nn.Module):
         return len(self.times) if self.block_steps is None else self.block_steps[-1]
 
     def mean_nfe_per_frame(self, frames: int) -> float:
-        """Denoising evaluations a frame averaged over a stream of ``frames`` frames."""
+        """Denoising evaluations a frame averaged over a stream of ``frames`` frames (with ``retro``, the
+        re-denoising evaluations counted too)."""
         n = frames // self.block
-        return sum(len(self.times_for(i)) for i in range(n)) / n
+        extra = sum(min(i + 1, self.retro) for i in range(n)) * len(self.retro_times)
+        return (sum(len(self.times_for(i)) for i in range(n)) + extra) / n
+
+    @property
+    def retro_times(self) -> list[float]:
+        """The times a re-noised block is denoised through again: ``retro_time``, then the student's later
+        grid times."""
+        return [self.retro_time] + [t for t in self.times if t > self.retro_time]
 
     def new_cache(self) -> KVCache:
         return KVCache(self.net.config.depth, window=self.window, sink=self.sink, ema=self.ema,
@@ -118,6 +140,10 @@ class StreamingStudent(nn.Module):
         block's schedule (default the student's)."""
         times = self.times if times is None else times
         last = len(times) - 1 if exit_step is None else exit_step
+        with self.net.mode(self.mode):
+            return self._denoise(z, cache, last, grad, times)
+
+    def _denoise(self, z, cache, last, grad, times):
         x = z
         for k in range(last + 1):
             t = times[k]
@@ -134,10 +160,61 @@ class StreamingStudent(nn.Module):
         return x
 
     def commit(self, block: torch.Tensor, cache: KVCache) -> None:
-        """Run the finished ``block`` at ``t = 1`` (no gradient) and add its keys and values to ``cache``."""
-        with torch.no_grad():
-            _, kv = self.net.forward_block(block.detach(), 1.0, cache, return_kv=True)
+        """Run the finished ``block`` at ``t = 1`` (no gradient) and add its keys and values to ``cache``.
+        With ``context_time`` ``c < 1`` the block enters the cache partially denoised instead: noised
+        afresh to ``(1 - c) eps + c x`` and run at ``t = c`` (Diagonal Distillation's partially denoised
+        context; the same in training rollouts and when streaming)."""
+        with torch.no_grad(), self.net.mode(self.mode):
+            x, t = block.detach(), 1.0
+            if self.context_time is not None and self.context_time < 1:
+                t = self.context_time
+                x = (1 - t) * torch.randn_like(x) + t * x
+            _, kv = self.net.forward_block(x, t, cache, return_kv=True)
         cache.append(kv, block.shape[1])
+
+    @torch.no_grad()
+    def redenoise(self, x: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """A finished block re-noised to ``retro_time`` (fresh noise) and denoised again through
+        :attr:`retro_times` given ``cache``: one retrospective correction of it."""
+        tr = self.retro_time
+        return self.denoise_block((1 - tr) * torch.randn_like(x) + tr * x, cache, times=self.retro_times)
+
+    def _retrospect(self, recent: list) -> tuple[KVCache, list]:
+        """SoulX-FlashTalk's retrospective self-correction, as this lab reads it: go back to the cache as
+        it was before the oldest of the ``recent`` blocks and re-denoise each of them (:meth:`redenoise`)
+        given the corrected ones before it, committing the corrections. Returns the new cache and the
+        corrected ``(cache before, block)`` pairs."""
+        cache, out = recent[0][0].snapshot(), []
+        for _, x in recent:
+            before = cache.snapshot()
+            xr = self.redenoise(x, cache)
+            self.commit(xr, cache)
+            out.append((before, xr))
+        return cache, out
+
+    def stream(self, z: torch.Tensor, make_block, context: torch.Tensor | None = None, on_commit=None) -> torch.Tensor:
+        """The streaming loop every sequential rollout shares: for block ``n`` of ``z``,
+        ``make_block(n, z_block, cache)`` denoises it, the result joins the cache (or, with ``context``, the
+        real block does), ``on_commit(n, cache)`` is told. With ``retro = k`` the last ``k`` blocks are then
+        re-denoised from ``retro_time`` and the cache rebuilt from the corrected ones (:meth:`_retrospect`):
+        what the stream remembers is corrected, the frames already output stay as they were."""
+        self._check(z)
+        cache, out, recent = self.new_cache(), [], []
+        for n, i in enumerate(range(0, z.shape[1], self.block)):
+            x = make_block(n, z[:, i:i + self.block], cache)
+            out.append(x)
+            if context is not None:
+                self.commit(context[:, i:i + self.block], cache)
+            else:
+                before = cache.snapshot() if self.retro else None
+                self.commit(x, cache)
+                if self.retro:
+                    recent = (recent + [(before, x.detach())])[-self.retro:]
+                    with torch.no_grad():
+                        cache, recent = self._retrospect(recent)
+            if on_commit is not None:
+                on_commit(n, cache)
+        return torch.cat(out, 1)
 
     @torch.no_grad()
     def sample(self, z: torch.Tensor, nfe: int | None = None) -> torch.Tensor:
@@ -145,13 +222,7 @@ class StreamingStudent(nn.Module):
         :func:`lockstep_sample`, for a student whose ``order`` is ``"lockstep"``)."""
         if self.order == "lockstep":
             return lockstep_sample(self, z)
-        self._check(z)
-        cache, out = self.new_cache(), []
-        for n, i in enumerate(range(0, z.shape[1], self.block)):
-            x = self.denoise_block(z[:, i:i + self.block], cache, times=self.times_for(n))
-            out.append(x)
-            self.commit(x, cache)
-        return torch.cat(out, 1)
+        return self.stream(z, lambda n, zb, cache: self.denoise_block(zb, cache, times=self.times_for(n)))
 
     @torch.no_grad()
     def sample_with_context(self, z: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
@@ -163,22 +234,15 @@ class StreamingStudent(nn.Module):
             raise ValueError(f"the context clip must have the noise's shape {tuple(z.shape)}, got {tuple(context.shape)}")
         if self.order == "lockstep":
             return lockstep_sample(self, z, context=context)
-        cache, out = self.new_cache(), []
-        for n, i in enumerate(range(0, z.shape[1], self.block)):
-            out.append(self.denoise_block(z[:, i:i + self.block], cache, times=self.times_for(n)))
-            self.commit(context[:, i:i + self.block], cache)
-        return torch.cat(out, 1)
+        return self.stream(z, lambda n, zb, cache: self.denoise_block(zb, cache, times=self.times_for(n)), context=context)
 
     @torch.no_grad()
     def cache_bytes(self, z: torch.Tensor, every: int = 1) -> list[int]:
         """Stream ``z`` and return the cache's :attr:`~distill_lab.video.nets.KVCache.nbytes` after each
         ``every``-th committed block: how the memory grows (or not) with the rollout."""
-        self._check(z)
-        cache, sizes = self.new_cache(), []
-        for n, i in enumerate(range(0, z.shape[1], self.block)):
-            self.commit(self.denoise_block(z[:, i:i + self.block], cache, times=self.times_for(n)), cache)
-            if (n + 1) % every == 0:
-                sizes.append(cache.nbytes)
+        sizes = []
+        self.stream(z, lambda n, zb, cache: self.denoise_block(zb, cache, times=self.times_for(n)),
+                    on_commit=lambda n, cache: sizes.append(cache.nbytes) if (n + 1) % every == 0 else None)
         return sizes
 
     @torch.no_grad()
@@ -209,7 +273,7 @@ def lockstep_rollout(student: StreamingStudent, z: torch.Tensor, grad: bool = Tr
         t_next = times[k + 1] if k + 1 < len(times) else 1.0
         cache = student.new_cache()
         for j, x in enumerate(blocks):
-            with torch.set_grad_enabled(grad and k == last):
+            with torch.set_grad_enabled(grad and k == last), student.net.mode(student.mode):
                 v, kv = student.net.forward_block(x, t, cache, return_kv=True)
                 if real is not None:
                     noised = (1 - t) * torch.randn_like(real[j]) + t * real[j]
@@ -246,14 +310,18 @@ def self_forcing_rollout(student: StreamingStudent, z: torch.Tensor, same_exit: 
     the clip ``[B, F, ...]``, differentiable with respect to the student's parameters (``grad=False``:
     the same rollout without any gradient, for the critic's samples)."""
     student._check(z)
-    cache, out = student.new_cache(), []
     n_blocks = z.shape[1] // student.block
-    exits = torch.randint(0, len(student.times), (1 if same_exit else n_blocks,)).tolist()
-    for j, i in enumerate(range(0, z.shape[1], student.block)):
-        x = student.denoise_block(z[:, i:i + student.block], cache, exit_step=exits[0 if same_exit else j], grad=grad)
-        out.append(x)
-        student.commit(x, cache)
-    return torch.cat(out, 1)
+    if student.block_steps is None:
+        exits = torch.randint(0, len(student.times), (1 if same_exit else n_blocks,)).tolist()
+        exits = exits * n_blocks if same_exit else exits
+    else:  # each block's exit within its own schedule (one draw for all, capped, with same_exit)
+        draws = [int(torch.randint(0, len(student.times_for(j)), ()).item()) for j in range(1 if same_exit else n_blocks)]
+        exits = [min(draws[0 if same_exit else j], len(student.times_for(j)) - 1) for j in range(n_blocks)]
+
+    def make_block(n, zb, cache):
+        return student.denoise_block(zb, cache, exit_step=exits[n], grad=grad, times=student.times_for(n))
+
+    return student.stream(z, make_block)
 
 
 @torch.no_grad()

@@ -46,6 +46,11 @@ STUDENTS = {
     "stream_r1": ("stream_r1", {}, None),
     "hybrid_forcing": ("hybrid_forcing", {}, "self_forcing"),
     "hybrid_no_linear": ("hybrid_forcing", {"linear": False}, "self_forcing"),
+    "asd": ("asd", {}, None),
+    "asd_no_gan": ("asd", {"asd_weight": 0.0}, None),
+    "diagonal": ("diagonal", {}, None),
+    "soulx": ("soulx", {}, None),
+    "mutual_forcing": ("mutual_forcing", {}, None),
 }
 SEEDS = (0, 1, 2)
 
@@ -64,7 +69,9 @@ def student_record(student: StreamingStudent) -> dict:
     net = student.net
     return {"net": net.config.__dict__.copy(), "block": net.block, "net_window": net.window,
             "linear_memory": net.linear_memory, "times": list(student.times), "sampler": student.sampler,
-            "window": student.window, "sink": student.sink, "ema": student.ema, "order": student.order}
+            "window": student.window, "sink": student.sink, "ema": student.ema, "order": student.order,
+            "modes": net.modes, "mode": student.mode, "block_steps": student.block_steps,
+            "context_time": student.context_time, "retro": student.retro, "retro_time": student.retro_time}
 
 
 def save_student(student: StreamingStudent, path: Path) -> None:
@@ -75,10 +82,12 @@ def load_student(path: Path, device="cpu") -> StreamingStudent:
     blob = torch.load(path, map_location="cpu", weights_only=True)
     r = blob["student"]
     net = VideoTransformer(VideoNetConfig(**r["net"]), "block_causal", r["block"], r["net_window"],
-                           linear_memory=r["linear_memory"])
+                           linear_memory=r["linear_memory"], modes=r.get("modes", 0))
     net.load_state_dict(float32_state(blob["state"]))
     return StreamingStudent(net.to(device).eval(), times=r["times"], sampler=r["sampler"], window=r["window"],
-                            sink=r["sink"], ema=r["ema"], order=r.get("order", "sequential"))
+                            sink=r["sink"], ema=r["ema"], order=r.get("order", "sequential"), mode=r.get("mode", 0),
+                            block_steps=r.get("block_steps"), context_time=r.get("context_time"),
+                            retro=r.get("retro", 0), retro_time=r.get("retro_time", 0.5))
 
 
 def teacher_sha(exp) -> str | None:
@@ -187,8 +196,8 @@ def _write_record(out: Path, exp, f: str, record: dict) -> dict:
         records = manifest.get("students", {}) if manifest.get("teacher_sha256") == teacher_sha(exp) else {}
         records[f] = record
         files = sorted(r for r in records if (out / r).is_file())
-        manifest = {"what": "Self Forcing students of distill-lab's streaming-video track and the memory variants "
-                            "that start from them (labs 32 and 34)",
+        manifest = {"what": "Streaming students of distill-lab's video track: Self Forcing, the memory variants "
+                            "(lab 32), the schedules, rewards and self-correction (lab 33), the drafters (lab 34)",
                     "scale": exp.scale.name, "command": f"{REBUILD} --scale {exp.scale.name}",
                     "machine": machine(), "torch": torch.__version__, "teacher_sha256": teacher_sha(exp),
                     "students": {r: records[r] for r in files}, "files": file_records(out, files)}
