@@ -343,5 +343,8 @@ def _check_lockstep_order(fn) -> str:
 prediction("33.ffe_reach", "four steps on the first block and one on every other (first-frame enhancement): over the "
            "last horizon, is the error lower than with one step everywhere?",
            ("clearly lower", "about the same", "clearly higher"), solution="about the same")
+prediction("33.asd_one_step", "streamed at one step a block, is the ASD student's last horizon lower than the Self "
+           "Forcing student's (trained for two steps only)?",
+           ("clearly lower", "about the same", "clearly higher"), solution="about the same")
 prediction("33.redmd_motion", "Re-DMD against the same training without the reward: does the student move more "
            "(dynamic degree)?", ("more", "about the same", "less"), solution="more")

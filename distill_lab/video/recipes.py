@@ -607,7 +607,7 @@ def train_mutual_forcing(exp, steps=None, **overrides) -> StreamingStudent:
     (:meth:`~distill_lab.video.nets.VideoTransformer.with_modes`). Each step: the multi-step mode
     (mode 0, ``multi_steps`` Euler steps, default 8) learns from real clips by teacher forcing
     (:func:`~distill_lab.methods.streaming.teacher_forcing_loss`); the few-step mode (mode 1,
-    ``sample_steps`` re-noising steps) streams a clip on its own history (:func:`mutual_rollout`) and
+    ``sample_steps`` Euler steps, deterministic given the noise) streams a clip on its own history (:func:`mutual_rollout`) and
     each block is regressed onto the multi-step mode's block from the same noise and history
     (:func:`~distill_lab.methods.streaming.mutual_distillation_loss`, weight ``sd_weight``, default 1). The
     few-step mode makes the history, the multi-step mode the targets; one optimiser moves both. No
@@ -622,7 +622,10 @@ def train_mutual_forcing(exp, steps=None, **overrides) -> StreamingStudent:
     steps = steps or exp.scale.student_steps
     window = exp.frames - exp.block
     net = exp.causal_net().with_modes(2)
-    few = StreamingStudent(net, times=uniform_times(o["sample_steps"]), sampler="renoise", window=window, mode=1)
+    # the few-step mode samples with Euler steps: deterministic, so each block is a function of its noise and
+    # the regression onto the multi-step block from that noise has one answer (fresh noise between the steps,
+    # the re-noising sampler's, would leave only the mean to regress onto: a blur)
+    few = StreamingStudent(net, times=uniform_times(o["sample_steps"]), sampler="euler", window=window, mode=1)
     multi = StreamingStudent(net, steps=o["multi_steps"], sampler="euler", window=window, mode=0)
     opt = _adam(net.parameters(), o["lr"])
 

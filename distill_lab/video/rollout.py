@@ -51,6 +51,14 @@ class StreamingStudent(nn.Module):
     ``ema``: fold evicted frames into the sink frames with this decay (Reward Forcing's EMA-Sink,
     :class:`~distill_lab.video.nets.KVCache`). A network built with ``linear_memory`` gets a cache that
     absorbs evicted frames into its linear state (Hybrid Forcing).
+
+    ``block_steps``: the steps of blocks 0, 1, ... (:meth:`times_for`); ``order``: ``"sequential"`` or
+    ``"lockstep"`` (HiAR, :func:`lockstep_sample`); ``context_time``: the noise level finished blocks
+    enter the cache at (Diagonal Distillation's partially denoised context, :meth:`commit`); ``retro``,
+    ``retro_time``: how many of the last blocks are re-denoised after each block, from which level
+    (SoulX-FlashTalk's retrospective self-correction, :meth:`stream`); ``mode``: the network's sampling
+    mode (Mutual Forcing, :meth:`~distill_lab.video.nets.VideoTransformer.mode`). Every one of them acts
+    the same in the training rollouts (:func:`self_forcing_rollout`) as in :meth:`sample`.
     """
 
     def __init__(self, net: VideoTransformer, steps: int = 4, sampler: str = "euler",
@@ -306,7 +314,9 @@ def self_forcing_rollout(student: StreamingStudent, z: torch.Tensor, same_exit: 
     """Self Forcing's training rollout (Huang et al. 2025, Algorithm 1): stream the clip on the
     student's own outputs with the KV cache; for each block a random exit step is drawn (one for all
     blocks with ``same_exit``), the steps before it run without gradient and the exit step's clean
-    prediction, with its gradient, is the block. The cache is filled from detached blocks. Returns
+    prediction, with its gradient, is the block (with ``block_steps``, drawn within the block's own
+    schedule). The cache is filled from detached blocks, as :meth:`StreamingStudent.stream` does when
+    sampling (partially denoised with ``context_time``, corrected with ``retro``). Returns
     the clip ``[B, F, ...]``, differentiable with respect to the student's parameters (``grad=False``:
     the same rollout without any gradient, for the critic's samples)."""
     student._check(z)

@@ -1,14 +1,14 @@
-"""Committed streaming students: the Self Forcing students the memory and speculative labs start from.
+"""Committed streaming students: the students labs 32 to 34 load, three seeds of each.
 
     python -m distill_lab.video.students --scale ci      # writes datasets/teachers/video_ci_students
 
-Training Self Forcing takes about a minute a seed at ``ci`` on one CPU thread, and the memory
-variants that start from it (Hybrid Forcing's second stage and its ablation) or run twice the horizon
-(EMA-Sink) most of another; three seeds of each would not fit a two-minute lab. So this script trains
-them once with the registered recipes, exactly as a lab would (``seed_everything(seed)``, then
-``get_recipe(name).train(exp, **options)``), and writes each student's fp16 weights and schedule
-beside a ``manifest.json``: the command, the machine, the seconds, the teacher it was distilled from
-(its sha256), each file's sha256, and each student's measured quality at 4x the horizon.
+Training Self Forcing takes about a minute a seed at ``ci`` on one CPU thread, and its variants (the
+memory of lab 32; the schedules, rewards and self-correction of lab 33) one to three; three seeds of
+each would not fit a two-minute lab. So this script trains them once with the registered recipes,
+exactly as a lab would (``seed_everything(seed)``, then ``get_recipe(name).train(exp, **options)``),
+and writes each student's fp16 weights and schedule beside a ``manifest.json``: the command, the
+machine, the seconds, the teacher it was distilled from (its sha256), each file's sha256, and each
+student's measured quality at 4x the horizon.
 
 :func:`committed_students` loads them, checking the hashes and that the experiment's teacher is the
 one they were distilled from; when a file is missing or does not match, it trains that student with
