@@ -28,13 +28,16 @@ from torch import nn
 @dataclass(frozen=True)
 class GPTConfig:
     """``vocab_size`` tokens, sequences of at most ``block_size``, ``n_layer`` blocks of width ``n_embd``
-    with ``n_head`` heads (``n_embd`` must divide by ``n_head``)."""
+    with ``n_head`` heads (``n_embd`` must divide by ``n_head``). ``causal=False``: every position attends
+    to every other (the bidirectional denoiser of a masked-diffusion LM, :mod:`distill_lab.llm.diffusion`;
+    it has no KV cache)."""
 
     vocab_size: int
     block_size: int
     n_layer: int = 2
     n_head: int = 2
     n_embd: int = 64
+    causal: bool = True
 
     def __post_init__(self):
         if self.n_embd % self.n_head:
@@ -69,7 +72,7 @@ class KVCache:
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
-        self.n_head = cfg.n_head
+        self.n_head, self.causal = cfg.n_head, cfg.causal
         self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd)
         self.proj = nn.Linear(cfg.n_embd, cfg.n_embd)
 
@@ -78,11 +81,14 @@ class CausalSelfAttention(nn.Module):
         q, k, v = self.qkv(x).split(C, dim=2)
         q, k, v = (z.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for z in (q, k, v))
         past = 0
+        if cache is not None and not self.causal:
+            raise ValueError("a bidirectional (causal=False) GPT has no KV cache: every position reads every "
+                             "other, so a new token changes them all; call it on the whole sequence")
         if cache is not None:
             past = cache.length(layer)
             k, v = cache.append(layer, k, v)
         if past == 0:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
         else:  # new queries see every cached position and the new ones up to themselves
             S = k.shape[2]
             allowed = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(diagonal=past)

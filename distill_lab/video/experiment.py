@@ -176,7 +176,8 @@ class VideoWorld(StreamExperiment):
         ``horizon_factor``, 4), measured (module docstring): ``frame_error_1x``, ``frame_error_4x`` (the
         last horizon's error, and its spread over clips), ``curve``, ``drift_slope``, ``exposure_gap``,
         ``physics``, ``dynamic_degree``, ``data_dynamic_degree``, ``fd``, ``fd_floor``,
-        ``nfe_per_frame``, ``frames_per_second``, ``horizons``."""
+        ``nfe_per_frame`` (denoising evaluations a frame averaged over the rollout), ``frames_per_second``,
+        ``horizons``."""
         student.eval()
         z, context = self.eval_clips(horizons or self.vscale.horizon_factor)
         t0 = time.perf_counter()
@@ -186,7 +187,8 @@ class VideoWorld(StreamExperiment):
         fps = z.shape[0] * z.shape[1] / (time.perf_counter() - t0)
         m = self._measure(free)
         forced = clip_metrics(student.sample_with_context(z, context).cpu(), self.world, self.frames)
-        return self._row(m, forced, student.nfe_per_frame, fps, free)
+        nfe = student.mean_nfe_per_frame(z.shape[1])  # a schedule's or a correction's extra steps counted
+        return self._row(m, forced, int(nfe) if nfe == int(nfe) else round(nfe, 3), fps, free)
 
     @torch.no_grad()
     def evaluate_teacher(self, context: int | None = None, nfe: int | None = None) -> dict:
