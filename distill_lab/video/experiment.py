@@ -171,13 +171,14 @@ class VideoWorld(StreamExperiment):
         return self._eval_clips[horizons]
 
     @torch.no_grad()
-    def evaluate(self, student: StreamingStudent, horizons: int | None = None) -> dict:
+    def evaluate(self, student: StreamingStudent, horizons: int | None = None, exposure: bool = True) -> dict:
         """The student's rollouts of ``horizons`` training horizons (default the scale's
         ``horizon_factor``, 4), measured (module docstring): ``frame_error_1x``, ``frame_error_4x`` (the
         last horizon's error, and its spread over clips), ``curve``, ``drift_slope``, ``exposure_gap``,
         ``physics``, ``dynamic_degree``, ``data_dynamic_degree``, ``fd``, ``fd_floor``,
         ``nfe_per_frame`` (denoising evaluations a frame averaged over the rollout), ``frames_per_second``,
-        ``horizons``."""
+        ``horizons``. ``exposure=False`` skips the teacher-forced rollout (half the cost; ``exposure_gap``
+        is then ``None``)."""
         student.eval()
         z, context = self.eval_clips(horizons or self.vscale.horizon_factor)
         t0 = time.perf_counter()
@@ -186,7 +187,7 @@ class VideoWorld(StreamExperiment):
             torch.cuda.synchronize()
         fps = z.shape[0] * z.shape[1] / (time.perf_counter() - t0)
         m = self._measure(free)
-        forced = clip_metrics(student.sample_with_context(z, context).cpu(), self.world, self.frames)
+        forced = clip_metrics(student.sample_with_context(z, context).cpu(), self.world, self.frames) if exposure else None
         nfe = student.mean_nfe_per_frame(z.shape[1])  # a schedule's or a correction's extra steps counted
         return self._row(m, forced, int(nfe) if nfe == int(nfe) else round(nfe, 3), fps, free)
 
