@@ -152,8 +152,8 @@ def tad_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, teacher
         raise ValueError(f"k counts steps ahead (>= 0; inf: all hard), got {k}")
     if (steps_to_reveal[mask] < 1).any():
         raise ValueError("a masked position is revealed at least one step after the state it is scored at")
-    logq = F.log_softmax(student_logits.float(), -1)
-    logp = F.log_softmax(teacher_logits.detach().float(), -1)
+    logq = F.log_softmax(student_logits.to(torch.promote_types(student_logits.dtype, torch.float32)), -1)
+    logp = F.log_softmax(teacher_logits.detach().to(torch.promote_types(teacher_logits.dtype, torch.float32)), -1)
     hard = mask & (steps_to_reveal <= k)
     soft = mask & ~hard
     ce = -logq.gather(-1, teacher_tokens.detach()[..., None]).squeeze(-1)

@@ -1,0 +1,121 @@
+"""Self-distillation with privileged information: the losses, on token logits.
+
+The student and the teacher are **the same network**: the teacher view reads a privileged context (the
+reference answer, part of the reference, a critique, a reward) that the student view does not, and the
+student view learns, on its own rollouts, to do what the teacher view does. The teacher view's logits
+are always detached here; the student view's carry the gradient. Logits ``[B, T, V]`` aligned with the
+rollout's tokens, a mask ``[B, T]`` of the positions that count, as in :mod:`.token`, whose helpers
+these reuse. With identical views every loss below and its gradient are zero (tested).
+
+* :func:`clipped_forward_kl` -- OPSD's token target as PW-OPSD states it ("When Are Teacher Tokens
+  Reliable? Position-Weighted On-Policy Self-Distillation for Reasoning"): the per-token forward KL
+  ``KL(p_priv || q)`` on the student's rollout, clipped so no token's gradient exceeds that of a KL of
+  ``clip``, and optionally weighted per position.
+* :func:`position_weights` -- PW-OPSD's increasing position weight.
+* :func:`opsd_rl_loss` -- OPSD as the pi-Distill paper defines it ("Privileged Information Distillation for
+  Language Models"): reinforcement learning on a task reward with a reverse-KL penalty to the privileged
+  teacher view, as a per-token policy gradient.
+* :func:`avsd_loss` -- AVSD ("Adaptive-View Self-Distillation by Balancing Consensus and Teacher-Specific
+  Privileged Signals"): several privileged views, a per-token consensus direction, and a view's residual
+  added only where it is aligned with and proportionate to the consensus.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .token import _check_aligned, _up, _token_logprobs, check_mask, check_vocab, masked_mean
+
+
+def clipped_forward_kl(student_logits, teacher_logits, mask=None, clip: float | None = None,
+                       weights: torch.Tensor | None = None):
+    """``mean_t w_t c_t KL(p_t || q_t)`` over the masked positions: ``p`` the privileged teacher view
+    (detached), ``q`` the student view, ``w_t`` optional position weights (:func:`position_weights`,
+    detached) and ``c_t = min(1, clip / sg(KL_t))`` the clip factor (this lab's reading of PW-OPSD's
+    "clipped forward-KL target": a token's loss keeps its direction but its gradient is capped at that
+    of a divergence of ``clip``, so a few tokens on which the views disagree wildly do not dominate;
+    ``clip=None``: no clipping). Returns ``(loss, info)`` with the mean unclipped KL and the share of
+    clipped tokens."""
+    check_vocab(student_logits, teacher_logits)
+    mask = check_mask(mask, student_logits)
+    _check_aligned(weights, student_logits, "weights")
+    if clip is not None and clip <= 0:
+        raise ValueError(f"clip caps a token's divergence: > 0 or None, got {clip}")
+    logq = F.log_softmax(_up(student_logits), -1)
+    logp = F.log_softmax(_up(teacher_logits.detach()), -1)
+    kl = (logp.exp() * (logp - logq)).sum(-1)
+    factor = torch.ones_like(kl) if clip is None else (clip / kl.detach().clamp(min=1e-12)).clamp(max=1.0)
+    per = factor * kl if weights is None else factor * weights.detach() * kl
+    loss = masked_mean(per, mask)
+    return loss, {"kl": masked_mean(kl.detach(), mask), "clipped": masked_mean((factor < 1).float(), mask)}
+
+
+def position_weights(mask: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
+    """PW-OPSD's increasing position weight: within each sequence, the ``i``-th of its ``L`` masked
+    positions weighs ``1 + alpha i / (L - 1)``, then the weights are scaled to average 1 over the
+    masked positions of the sequence (so the loss's scale is OPSD's). ``alpha = 0`` is OPSD's uniform
+    weighting; the paper's finding is that later positions of a rollout carry more reliable teacher
+    tokens. ``[B, T]`` weights, 0 outside the mask."""
+    if mask.dim() != 2:
+        raise ValueError(f"mask must be [B, T], got {tuple(mask.shape)}")
+    if alpha < 0:
+        raise ValueError(f"alpha sets how fast the weight grows along the sequence: >= 0, got {alpha}")
+    m = mask.float()
+    idx = m.cumsum(1) - 1  # 0, 1, ... over the masked positions
+    length = m.sum(1, keepdim=True)
+    w = (1 + alpha * idx / (length - 1).clamp(min=1)) * m
+    return w * length / w.sum(1, keepdim=True).clamp(min=1e-12)
+
+
+def opsd_rl_loss(student_logits, teacher_logits, tokens, mask, reward: torch.Tensor, beta: float = 1.0):
+    """OPSD as reinforcement learning with a reverse-KL penalty to the privileged teacher view (the
+    pi-Distill paper's OPSD). On the student's own samples ``y``, each token's advantage (a constant)::
+
+        A_t = (r - mean_batch r) - beta (log q(y_t) - log p_priv(y_t))        L = -mean_t A_t log q(y_t)
+
+    the sequence's task reward ``r`` (``[B]``, e.g. 1 for a right answer) centred on the batch, and the
+    sampled-token reverse KL to the teacher view as a per-token penalty (discount 0, as the shared
+    :func:`~distill_lab.methods.kd.token.on_policy_pg_loss`, which this is at zero reward and
+    ``beta = 1``). Stop-gradient: the advantage, the teacher view. Returns ``(loss, info)``."""
+    check_vocab(student_logits, teacher_logits)
+    mask = check_mask(mask, student_logits)
+    reward = torch.as_tensor(reward, dtype=torch.float32, device=student_logits.device)
+    if reward.shape != (student_logits.shape[0],):
+        raise ValueError(f"reward must be one number a sequence, [B]=[{student_logits.shape[0]}], got {tuple(reward.shape)}")
+    logq = _token_logprobs(student_logits, tokens)
+    logp = _token_logprobs(teacher_logits.detach(), tokens)
+    gap = (logq - logp).detach()
+    adv = (reward - reward.mean())[:, None] - beta * gap
+    loss = -masked_mean(adv * logq, mask)
+    return loss, {"sampled_reverse_kl": masked_mean(gap, mask), "reward": float(reward.mean())}
+
+
+def avsd_loss(student_logits, view_logits: list, mask=None, ratio: float = 1.0):
+    """AVSD's target on the student view's rollout. With ``q`` the student view and ``p_v`` each
+    privileged view (detached), at every position the signal of view ``v`` is the log-ratio
+    ``s_v = log p_v - log q`` (a vector over the vocabulary), the **consensus** is their mean ``c``,
+    and view ``v``'s **residual** ``r_v = s_v - c`` is kept only where it is aligned with the consensus
+    (``<r_v, c> > 0``) and proportionate to it (``|r_v| <= ratio |c|``); the target is
+    ``p* = softmax(log q + c + mean of the kept residuals)`` and the loss ``KL(p* || q)``, mean over the
+    masked positions. With one view the residual is zero and ``p* = p_1``: plain forward-KL
+    distillation from that view (tested). The kept residuals change the update's size along the
+    consensus, never its direction against it. Stop-gradient: the views, the target. Returns
+    ``(loss, info)`` with the share of residuals kept."""
+    if not view_logits:
+        raise ValueError("AVSD needs at least one privileged view")
+    for v in view_logits:
+        check_vocab(student_logits, v)
+    mask = check_mask(mask, student_logits)
+    if ratio < 0:
+        raise ValueError(f"ratio bounds a residual by the consensus's size: >= 0, got {ratio}")
+    logq = F.log_softmax(_up(student_logits), -1)
+    with torch.no_grad():
+        sig = torch.stack([F.log_softmax(_up(v.detach()), -1) for v in view_logits]) - logq.detach()
+        c = sig.mean(0)
+        res = sig - c
+        keep = ((res * c).sum(-1) > 0) & (res.norm(dim=-1) <= ratio * c.norm(dim=-1))
+        added = (res * keep[..., None]).sum(0) / len(view_logits)
+        target = F.log_softmax(logq.detach() + c + added, -1)
+    kl = (target.exp() * (target - logq)).sum(-1)
+    return masked_mean(kl, mask), {"kept": masked_mean(keep.float().mean(0), mask)}

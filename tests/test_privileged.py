@@ -1,0 +1,133 @@
+"""Self-distillation with privileged information (issue 13, items 1, 2 and 5): OPSD's clipped forward
+KL, PW-OPSD's position weights, OPSD as RL with a reverse-KL penalty, AVSD's consensus. Known answers:
+identical views give zero loss and zero gradient; AVSD with one view is plain distillation from it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from distill_lab.methods.kd.privileged import avsd_loss, clipped_forward_kl, opsd_rl_loss, position_weights
+from distill_lab.methods.kd.token import forward_kl_loss, on_policy_pg_loss
+
+
+def logits(seed, B=2, T=4, V=7):
+    return torch.randn(B, T, V, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+MASK = torch.tensor([[True, True, True, False], [True, True, False, False]])
+TOKENS = torch.tensor([[1, 4, 2, 0], [3, 3, 6, 0]])
+
+
+def grad_of(fn, s):
+    s = s.clone().requires_grad_()
+    loss = fn(s)
+    loss.backward()
+    return loss.detach(), s.grad
+
+
+def test_identical_views_give_zero_loss_and_zero_gradient():
+    s = logits(0)
+    w = position_weights(MASK, 2.0)
+    for fn in (lambda x: clipped_forward_kl(x, x.detach(), MASK)[0],
+               lambda x: clipped_forward_kl(x, x.detach(), MASK, clip=0.1, weights=w)[0],
+               lambda x: opsd_rl_loss(x, x.detach(), TOKENS, MASK, torch.tensor([1.0, 1.0]))[0],
+               lambda x: avsd_loss(x, [x.detach(), x.detach(), x.detach()], MASK)[0]):
+        loss, g = grad_of(fn, s)
+        assert abs(loss.item()) < 1e-12 and g.abs().max() < 1e-12
+
+
+def test_unclipped_opsd_target_is_the_shared_forward_kl():
+    s, t = logits(0), logits(1)
+    a, ga = grad_of(lambda x: clipped_forward_kl(x, t, MASK)[0], s)
+    b, gb = grad_of(lambda x: forward_kl_loss(x, t, MASK), s)
+    assert a.item() == pytest.approx(b.item()) and torch.allclose(ga, gb)
+    c, gc = grad_of(lambda x: clipped_forward_kl(x, t, MASK, clip=1e9)[0], s)
+    assert c.item() == pytest.approx(b.item()) and torch.allclose(gc, gb)
+
+
+def test_clipping_caps_each_tokens_divergence_and_keeps_its_direction():
+    s, t = logits(0), 3 * logits(1)
+    kl = (F.softmax(t, -1) * (F.log_softmax(t, -1) - F.log_softmax(s, -1))).sum(-1)
+    clip = float(kl[MASK].median())
+    loss, info = clipped_forward_kl(s, t, MASK, clip=clip)
+    assert loss.item() == pytest.approx(kl.clamp(max=clip)[MASK].mean().item())  # the value is min(KL, clip)
+    assert 0 < info["clipped"] < 1
+    _, g = grad_of(lambda x: clipped_forward_kl(x, t, MASK, clip=clip)[0], s)
+    _, g0 = grad_of(lambda x: clipped_forward_kl(x, t, MASK)[0], s)
+    scale = (clip / kl).clamp(max=1)  # each position's gradient scaled, never turned
+    assert torch.allclose(g, g0 * scale[..., None])
+    with pytest.raises(ValueError, match="clip"):
+        clipped_forward_kl(s, t, MASK, clip=0.0)
+
+
+def test_position_weights_grow_along_the_rollout_and_average_one():
+    assert torch.equal(position_weights(MASK, 0.0), MASK.double().float())
+    w = position_weights(MASK, 1.0)
+    assert torch.allclose(w[0, :3], torch.tensor([2 / 3, 1.0, 4 / 3])) and w[0, 3] == 0
+    assert torch.allclose(w[1, :2], torch.tensor([2 / 3, 4 / 3])) and (w[1, 2:] == 0).all()
+    s, t = logits(0), logits(1)  # the weights enter the loss position by position
+    kl = (F.softmax(t, -1) * (F.log_softmax(t, -1) - F.log_softmax(s, -1))).sum(-1)
+    loss, _ = clipped_forward_kl(s, t, MASK, weights=w)
+    assert loss.item() == pytest.approx((w * kl)[MASK].mean().item())
+    with pytest.raises(ValueError, match="alpha"):
+        position_weights(MASK, -1.0)
+
+
+def test_opsd_rl_is_on_policy_distillation_at_zero_reward_and_pushes_up_rewarded_rollouts():
+    s, t = logits(0), logits(1)
+    a, ga = grad_of(lambda x: opsd_rl_loss(x, t, TOKENS, MASK, torch.zeros(2), beta=1.0)[0], s)
+    b, gb = grad_of(lambda x: on_policy_pg_loss(x, t, TOKENS, MASK)[0], s)
+    assert a.item() == pytest.approx(b.item()) and torch.allclose(ga, gb)
+    # teacher view = student view: only the centred reward remains, +0.5 for the right rollout, -0.5 the other
+    loss, g = grad_of(lambda x: opsd_rl_loss(x, s.detach(), TOKENS, MASK, torch.tensor([1.0, 0.0]))[0], s)
+    logq = F.log_softmax(s, -1).gather(-1, TOKENS[..., None]).squeeze(-1)
+    want = -(torch.tensor([[0.5], [-0.5]], dtype=torch.float64) * logq)[MASK].mean()
+    assert loss.item() == pytest.approx(want.item())
+    sampled = F.one_hot(TOKENS, 7).bool()
+    assert (g[0][sampled[0] & MASK[0, :, None]] < 0).all()  # descent raises the rewarded rollout's tokens
+    assert (g[1][sampled[1] & MASK[1, :, None]] > 0).all()  # and lowers the other's
+    with pytest.raises(ValueError, match="one number a sequence"):
+        opsd_rl_loss(s, t, TOKENS, MASK, torch.zeros(3))
+
+
+def test_avsd_with_one_view_is_plain_distillation_from_it():
+    s, t = logits(0), logits(1)
+    a, ga = grad_of(lambda x: avsd_loss(x, [t], MASK)[0], s)
+    b, gb = grad_of(lambda x: forward_kl_loss(x, t, MASK), s)
+    assert a.item() == pytest.approx(b.item()) and torch.allclose(ga, gb)
+
+
+def test_avsd_adds_a_residual_only_when_aligned_with_and_proportionate_to_the_consensus():
+    s = torch.zeros(1, 1, 3, dtype=torch.float64)  # a uniform student: the signals are the views' log-probs + log 3
+    v1 = torch.log(torch.tensor([[[0.8, 0.1, 0.1]]], dtype=torch.float64))
+    v2 = torch.log(torch.tensor([[[0.5, 0.3, 0.2]]], dtype=torch.float64))
+    logq = F.log_softmax(s, -1)
+    s1, s2 = v1 - logq, v2 - logq
+    c, r1 = (s1 + s2) / 2, (s1 - s2) / 2
+    assert (r1 * c).sum() > 0  # the sharper view's residual points along the consensus; the other's against it
+
+    def target_loss(extra):
+        tgt = F.log_softmax(logq + c + extra, -1)
+        return (tgt.exp() * (tgt - logq)).sum().item()
+
+    ratio_needed = float(r1.norm() / c.norm())
+    loss, info = avsd_loss(s, [v1, v2], ratio=ratio_needed * 1.01)
+    assert loss.item() == pytest.approx(target_loss(r1 / 2)) and info["kept"] == pytest.approx(0.5)
+    loss, info = avsd_loss(s, [v1, v2], ratio=ratio_needed * 0.99)  # too large a residual: consensus alone
+    assert loss.item() == pytest.approx(target_loss(0 * r1)) and info["kept"] == 0
+    loss_swapped, _ = avsd_loss(s, [v2, v1], ratio=ratio_needed * 1.01)  # the views' order does not matter
+    assert loss_swapped.item() == pytest.approx(target_loss(r1 / 2))
+    with pytest.raises(ValueError, match="at least one"):
+        avsd_loss(s, [])
+
+
+def test_no_loss_sends_a_gradient_into_the_privileged_view():
+    s, t = logits(0).requires_grad_(), logits(1).requires_grad_()
+    w = position_weights(MASK, 1.0).requires_grad_()
+    for loss in (clipped_forward_kl(s, t, MASK, clip=0.5, weights=w)[0],
+                 opsd_rl_loss(s, t, TOKENS, MASK, torch.tensor([1.0, 0.0]))[0],
+                 avsd_loss(s, [t, logits(2).requires_grad_()], MASK)[0]):
+        loss.backward()
+    assert t.grad is None and w.grad is None and s.grad.abs().sum() > 0
