@@ -161,3 +161,29 @@ def test_tad_trains_the_student_only_and_refuses_bad_input():
         tad_loss(s, te, tokens, torch.zeros_like(steps), 2, mask)
     with pytest.raises(ValueError, match="k counts"):
         tad_loss(s, te, tokens, steps, -1, mask)
+
+
+def test_gdsd_moves_only_the_sampled_tokens_logit_by_the_advantage_over_beta():
+    from distill_lab.llm.diffusion import elbo_pg_loss, gdsd_loss
+
+    z = torch.randn(2, 3, V, dtype=torch.float64, requires_grad=True)
+    tokens = torch.tensor([[1, 2, 3], [4, 5, 6]])
+    mask = torch.tensor([[True, True, False], [True, True, True]])
+    adv = torch.tensor([1.0, -2.0], dtype=torch.float64)
+    loss, _ = gdsd_loss(z, tokens, adv, 0.5, mask)
+    assert loss.item() == pytest.approx(0.5 * ((adv[:, None] / 0.5) ** 2 * mask).sum().item() / 5)
+    loss.backward()
+    want = torch.zeros_like(z)
+    for b in range(2):
+        for i in range(3):
+            if mask[b, i]:
+                want[b, i, tokens[b, i]] = -adv[b] / 0.5 / 5  # a descent step raises y's logit by A / beta
+    assert torch.allclose(z.grad, want)
+    zero, _ = gdsd_loss(z, tokens, torch.zeros(2, dtype=torch.float64), 0.5, mask)
+    assert zero.item() == 0.0
+    z.grad = None  # the ELBO surrogate moves every logit of a position, through the softmax
+    elbo_pg_loss(z, tokens, adv, torch.tensor([0.5, 1.0], dtype=torch.float64), mask)[0].backward()
+    other = torch.ones_like(z, dtype=torch.bool).scatter_(-1, tokens[..., None], False) & mask[..., None]
+    assert (z.grad[other] != 0).all() and (z.grad[~mask] == 0).all()
+    with pytest.raises(ValueError, match="beta"):
+        gdsd_loss(z, tokens, adv, 0.0, mask)

@@ -20,6 +20,8 @@ teachers keep their vocabulary).
   state of it learns hard targets (cross-entropy on the teacher's token) for the positions the teacher
   reveals within the next ``k`` steps and soft ones (KL to the teacher's distribution) for those it
   reveals later.
+* :func:`gdsd_loss`, :func:`elbo_pg_loss` -- GDSD's advantage-guided self-teacher and normalisation-free
+  logit matching, and the ELBO-surrogate policy gradient it replaces.
 """
 
 from __future__ import annotations
@@ -161,3 +163,41 @@ def tad_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, teacher
     n = mask.sum().clamp(min=1)
     loss = ((ce * hard).sum() + (kl * soft).sum()) / n
     return loss, {"hard_share": float(hard.sum() / n)}
+
+
+# ------------------------------------------------------------------------ GDSD against the ELBO surrogate
+def gdsd_loss(logits: torch.Tensor, tokens: torch.Tensor, advantage: torch.Tensor, beta: float, mask: torch.Tensor):
+    """GDSD ("Reinforcement Learning as Guided Denoiser Self-Distillation for Diffusion Language Models"):
+    the optimum of reverse-KL-regularised RL is the current policy tilted by ``exp(A / beta)``, so the
+    self-teacher's logits are the denoiser's own plus ``A / beta`` on each sampled token,
+    ``z* = sg(z) + (A / beta) e_y``, and the denoiser's logits are matched to them without normalising,
+    ``0.5 (z_y - z*_y)^2`` at each masked position that the rollout filled with ``y``. The gradient moves
+    only the sampled token's logit, by ``-A / beta`` (tested): no likelihood, no ELBO. ``logits [B, N, V]``
+    (the denoiser on a masked state), ``tokens [B, N]`` (the rollout's), ``advantage [B]`` (a sequence's
+    reward minus the group's mean), ``mask [B, N]`` (the positions masked in that state). Stop-gradient:
+    the self-teacher. Returns ``(loss, info)``."""
+    if beta <= 0:
+        raise ValueError(f"beta is the KL regulariser's strength: > 0, got {beta}")
+    adv = torch.as_tensor(advantage, dtype=logits.dtype, device=logits.device)
+    if adv.shape != (logits.shape[0],):
+        raise ValueError(f"advantage must be one number a sequence, [B]=[{logits.shape[0]}], got {tuple(adv.shape)}")
+    z = logits.gather(-1, tokens[..., None]).squeeze(-1)
+    target = z.detach() + adv[:, None] / beta
+    per = 0.5 * (z - target) ** 2
+    n = mask.sum().clamp(min=1)
+    return (per * mask).sum() / n, {"shift": float((adv.abs() / beta).mean())}
+
+
+def elbo_pg_loss(logits: torch.Tensor, tokens: torch.Tensor, advantage: torch.Tensor, t: torch.Tensor, mask: torch.Tensor):
+    """The ELBO-surrogate policy gradient GDSD compares with (diffu-GRPO's family): the intractable
+    ``log pi(y)`` of a rollout replaced by MDLM's ELBO estimate on one masked state,
+    ``(1 / t) sum_{masked i} log softmax(z_i)[y_i]``, in REINFORCE: ``L = -A * ELBO / N``. Its gradient
+    goes through the softmax, so every logit of a position moves, not only the sampled one's.
+    ``t [B]``: the masking rate of the state. Returns ``(loss, info)``."""
+    adv = torch.as_tensor(advantage, dtype=logits.dtype, device=logits.device)
+    if adv.shape != (logits.shape[0],) or t.shape != (logits.shape[0],):
+        raise ValueError("advantage and t must be one number a sequence, [B]")
+    logp = F.log_softmax(logits, -1).gather(-1, tokens[..., None]).squeeze(-1)
+    elbo = (logp * mask).sum(1) / t.to(logits.dtype) / mask.shape[1]
+    loss = -(adv.detach() * elbo).mean()
+    return loss, {"elbo": float(elbo.detach().mean())}
