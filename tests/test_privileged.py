@@ -131,3 +131,51 @@ def test_no_loss_sends_a_gradient_into_the_privileged_view():
                  avsd_loss(s, [t, logits(2).requires_grad_()], MASK)[0]):
         loss.backward()
     assert t.grad is None and w.grad is None and s.grad.abs().sum() > 0
+
+
+def test_reveal_gives_the_teacher_view_a_share_of_the_reference():
+    from distill_lab.methods.kd.privileged import reveal
+
+    assert reveal("123456", 0.0) == "" and reveal("123456", 0.5) == "123" and reveal("123456", 1.0) == "123456"
+    with pytest.raises(ValueError, match="rho"):
+        reveal("12", 1.5)
+
+
+def test_exposure_controller_credits_later_progress_and_learns_where_progress_peaks():
+    from distill_lab.methods.kd.privileged import ExposureController
+
+    ctl = ExposureController(gamma=0.5, horizon=2)
+    assert ctl.mean() == pytest.approx(0.5, abs=1e-6)  # the Beta(2, 2) prior
+    ctl.decide()
+    assert ctl.learn(1.0) == []  # its second window is not in yet
+    ctl.decide()
+    steps = ctl.learn(4.0)
+    assert len(steps) == 1 and steps[0]["return"] == pytest.approx(1.0 + 0.5 * 4.0)  # R_0 = p_0 + gamma p_1
+    with pytest.raises(ValueError, match="follows a decide"):
+        ctl.learn(0.0)
+    torch.manual_seed(0)  # a bandit whose progress peaks at rho = 0.25: the policy's mean moves there
+    bandit = ExposureController(gamma=0.0, horizon=1, lr=0.05)
+    for _ in range(400):
+        rho = bandit.decide()
+        bandit.learn(-10 * (rho - 0.25) ** 2)
+    assert abs(bandit.mean() - 0.25) < 0.1 < abs(0.5 - 0.25)
+    flipped = ExposureController(gamma=0.0, horizon=1, lr=0.05)  # rewarding the opposite moves it away
+    torch.manual_seed(0)
+    for _ in range(400):
+        rho = flipped.decide()
+        flipped.learn(10 * (rho - 0.25) ** 2)
+    assert flipped.mean() > 0.5
+
+
+def test_exposure_controller_reads_its_state():
+    from distill_lab.methods.kd.privileged import ExposureController
+
+    ctl = ExposureController(state_dim=2)
+    torch.manual_seed(0)
+    for _ in range(300):  # early state (1, 0) rewards little exposure, late state (0, 1) a lot
+        for state, best in ((torch.tensor([1.0, 0.0]), 0.2), (torch.tensor([0.0, 1.0]), 0.8)):
+            rho = ctl.decide(state)
+            ctl.learn(-10 * (rho - best) ** 2)
+    assert ctl.mean(torch.tensor([1.0, 0.0])) < 0.4 < 0.6 < ctl.mean(torch.tensor([0.0, 1.0]))
+    with pytest.raises(ValueError, match="state statistics"):
+        ctl.policy(torch.zeros(3))

@@ -18,6 +18,8 @@ these reuse. With identical views every loss below and its gradient are zero (te
 * :func:`avsd_loss` -- AVSD ("Adaptive-View Self-Distillation by Balancing Consensus and Teacher-Specific
   Privileged Signals"): several privileged views, a per-token consensus direction, and a view's residual
   added only where it is aligned with and proportionate to the consensus.
+* :func:`reveal`, :class:`ExposureController` -- ATESD: the teacher view reads a share ``rho`` of the
+  reference, and a Beta policy rewarded by the student's learning progress chooses ``rho``.
 """
 
 from __future__ import annotations
@@ -119,3 +121,86 @@ def avsd_loss(student_logits, view_logits: list, mask=None, ratio: float = 1.0):
         target = F.log_softmax(logq.detach() + c + added, -1)
     kl = (target.exp() * (target - logq)).sum(-1)
     return masked_mean(kl, mask), {"kept": masked_mean(keep.float().mean(0), mask)}
+
+
+# ----------------------------------------------------------------------------- ATESD's teacher exposure
+def reveal(reference: str, rho: float) -> str:
+    """The first ``round(rho * len(reference))`` characters of a reference solution: what a teacher view
+    with exposure ``rho`` reads (ATESD's reveal ratio; ``rho = 1`` the whole reference, 0 nothing)."""
+    if not 0.0 <= rho <= 1.0:
+        raise ValueError(f"the exposure rho is a share of the reference in [0, 1], got {rho}")
+    return reference[:round(rho * len(reference))]
+
+
+class ExposureController(torch.nn.Module):
+    """ATESD's teacher-exposure controller ("Adaptive Teacher Exposure for Self-Distillation in LLM
+    Reasoning"): a Beta policy over the reveal ratio ``rho``, its two concentrations a softplus of a
+    linear map of a few training-state statistics (``state_dim`` numbers, e.g. the student's recent
+    accuracy and loss), so the exposure can follow the student. :meth:`decide` samples one ``rho`` to
+    hold for a window of student updates; after the window, :meth:`learn` takes the student's progress
+    over it. Decision ``i`` is credited with the discounted learning progress of its own window and the
+    ``horizon - 1`` after it, ``R_i = sum_{j < horizon} gamma^j progress_{i + j}`` (its effect on the
+    student's later improvement, not only on the next loss change), and the policy takes a REINFORCE
+    step ``-(R_i - b) log pi(rho_i | state_i)`` with ``b`` a running mean of the returns. Stop-gradient:
+    the return. ``state_dim = 0``: no state, a Beta bandit."""
+
+    def __init__(self, state_dim: int = 0, gamma: float = 0.5, horizon: int = 2, lr: float = 0.05,
+                 init: tuple[float, float] = (2.0, 2.0)):
+        super().__init__()
+        if not 0.0 <= gamma <= 1.0 or horizon < 1 or min(init) <= 0:
+            raise ValueError(f"gamma in [0, 1], horizon >= 1 and positive initial concentrations; got gamma={gamma}, "
+                             f"horizon={horizon}, init={init}")
+        self.state_dim, self.gamma, self.horizon = state_dim, gamma, horizon
+        self.lin = torch.nn.Linear(max(state_dim, 1), 2)
+        torch.nn.init.zeros_(self.lin.weight)
+        with torch.no_grad():  # softplus(bias) = init: a prior mean of init[0] / sum(init)
+            self.lin.bias.copy_(torch.log(torch.expm1(torch.tensor(init, dtype=torch.float32))))
+        self.opt = torch.optim.Adam(self.parameters(), lr=lr)
+        self.decisions: list[tuple[torch.Tensor | None, float]] = []  # (state, rho) of every decision
+        self.progress: list[float] = []  # the student's progress over each decision's window
+        self.updated = 0  # decisions whose return was complete and trained on
+        self.baseline: float | None = None
+
+    def policy(self, state: torch.Tensor | None = None) -> torch.distributions.Beta:
+        x = torch.zeros(1) if state is None or self.state_dim == 0 else torch.as_tensor(state, dtype=torch.float32)
+        if x.shape != (max(self.state_dim, 1),):
+            raise ValueError(f"the controller reads {self.state_dim} state statistics, got {tuple(x.shape)}")
+        a, b = F.softplus(self.lin(x)) + 1e-3
+        return torch.distributions.Beta(a, b)
+
+    @torch.no_grad()
+    def decide(self, state: torch.Tensor | None = None) -> float:
+        """Sample the exposure to hold until the next :meth:`learn`."""
+        if len(self.decisions) > len(self.progress):
+            raise ValueError("decide() follows a learn(): report the progress of the window held before")
+        rho = float(self.policy(state).sample().clamp(1e-4, 1 - 1e-4))
+        self.decisions.append((None if state is None else torch.as_tensor(state, dtype=torch.float32), rho))
+        return rho
+
+    def learn(self, progress: float) -> list[dict]:
+        """The student's progress over the window just held (e.g. the rise of its accuracy, the fall of its
+        loss); then a policy step for every decision whose ``horizon`` windows are all in. Returns one
+        ``{"rho", "return", "advantage"}`` a step taken."""
+        if len(self.progress) >= len(self.decisions):
+            raise ValueError("learn() follows a decide(): one progress a held decision")
+        self.progress.append(float(progress))
+        steps = []
+        while self.updated + self.horizon <= len(self.progress):
+            i = self.updated
+            state, rho = self.decisions[i]
+            ret = sum(self.gamma ** j * self.progress[i + j] for j in range(self.horizon))
+            self.baseline = ret if self.baseline is None else self.baseline
+            adv = ret - self.baseline
+            self.baseline = 0.9 * self.baseline + 0.1 * ret
+            loss = -adv * self.policy(state).log_prob(torch.tensor(rho))
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+            self.updated += 1
+            steps.append({"rho": rho, "return": ret, "advantage": adv})
+        return steps
+
+    @torch.no_grad()
+    def mean(self, state: torch.Tensor | None = None) -> float:
+        """The policy's mean exposure."""
+        return float(self.policy(state).mean)
