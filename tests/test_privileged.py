@@ -179,3 +179,18 @@ def test_exposure_controller_reads_its_state():
     assert ctl.mean(torch.tensor([1.0, 0.0])) < 0.4 < 0.6 < ctl.mean(torch.tensor([0.0, 1.0]))
     with pytest.raises(ValueError, match="state statistics"):
         ctl.policy(torch.zeros(3))
+
+
+def test_the_step_aligned_checker_names_the_first_failing_step_of_a_chain():
+    from distill_lab.llm.tasks import Multiplication
+
+    task = Multiplication()
+    p = task.write(123, 456)  # written 321*654=
+    steps = task.steps(p.target)
+    assert "".join(steps) == p.target and len(steps) == 5 and steps[0][0] not in "+:>" and steps[-1][0] == ">"
+    assert task.critique(p, p.target) is None
+    bad = steps[:2] + [":" + "9" * (len(steps[2]) - 1)] + steps[3:]  # the running sum wrong, the rest right
+    assert task.critique(p, "".join(bad)) == 2
+    assert task.critique(p, "".join(steps[:3])) == 3  # stopped early: the first missing step
+    assert task.critique(p, p.target + "+1") == 5  # a step too many
+    assert task.critique(p, "") == 0

@@ -266,6 +266,23 @@ class Multiplication(Task):
         b = _rint(10 ** (self.digits_b - 1), 10 ** self.digits_b, g)
         return self.write(a, b)
 
+    @staticmethod
+    def steps(text: str) -> list[str]:
+        """The steps of a chain, each with the separator before it: ``p0``, ``+p1``, ``:s1``, ``+p2``,
+        ``>answer`` (what a step-aligned critique points at)."""
+        return re.findall(r"[+:>]?[^+:>]*", text)[:-1] if text else []
+
+    def critique(self, problem: Problem, completion: str) -> int | None:
+        """A step-aligned checker (the feedback of "The Role of Feedback Alignment in Self-Distillation"):
+        the index of the first step of ``completion`` that differs from the reference chain's (a missing
+        step counts as wrong), or ``None`` when every step and the answer are right. It names the failing
+        step, not its fix."""
+        mine, ref = self.steps(completion), self.steps(problem.target)
+        for k, want in enumerate(ref):
+            if k >= len(mine) or mine[k] != want:
+                return k
+        return None if len(mine) == len(ref) else len(ref)
+
 
 class StarGraph(Task):
     """Path-finding on a star graph (Bachmann & Nagarajan 2024): ``degree`` arms of ``length`` nodes

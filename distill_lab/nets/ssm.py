@@ -27,6 +27,9 @@ import torch
 from torch import nn
 
 
+GATE_BIAS = 3.0  # pragma: no mutate (the gate's initial bias: states start by keeping 95% a token)
+
+
 class SelectiveSSM(nn.Module):
     """One selective state-space layer (module docstring): ``forward(x [B, T, D], h0 [B, n] or None)
     -> (y [B, T, D], states [B, T, n])``."""
@@ -37,12 +40,13 @@ class SelectiveSSM(nn.Module):
             raise ValueError(f"rank must lie in [1, state={state}] (None: a dense transition), got {rank}")
         self.dim, self.state, self.rank = dim, state, rank
         self.gate = nn.Linear(dim, state)
+        nn.init.constant_(self.gate.bias, GATE_BIAS)  # a long memory to start with (sigmoid(3) = 0.95)
         self.B = nn.Linear(dim, state, bias=False)
         self.C = nn.Linear(state, dim, bias=False)
         if rank is None:
-            self.A = nn.Parameter(torch.eye(state) * 0.9 + 0.02 * torch.randn(state, state))
+            self.A = nn.Parameter(torch.eye(state) + 0.01 * torch.randn(state, state))
         else:
-            self.d = nn.Parameter(torch.full((state,), 0.9))
+            self.d = nn.Parameter(torch.ones(state))
             self.U = nn.Parameter(0.1 * torch.randn(state, rank))
             self.V = nn.Parameter(0.1 * torch.randn(state, rank))
 
