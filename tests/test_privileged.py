@@ -194,3 +194,21 @@ def test_the_step_aligned_checker_names_the_first_failing_step_of_a_chain():
     assert task.critique(p, "".join(steps[:3])) == 3  # stopped early: the first missing step
     assert task.critique(p, p.target + "+1") == 5  # a step too many
     assert task.critique(p, "") == 0
+
+
+def test_token_contrastive_term_is_infonce_over_the_positions_of_a_sequence():
+    from distill_lab.methods.kd.privileged import token_contrastive_loss
+
+    e = torch.eye(4, dtype=torch.float64)[None]  # four orthogonal positions
+    loss, info = token_contrastive_loss(e, e, tau=0.1)
+    want = -torch.log_softmax(torch.tensor([10.0, 0, 0, 0], dtype=torch.float64), 0)[0]
+    assert loss.item() == pytest.approx(want.item()) and info["top1"] == 1.0
+    shuffled = e[:, [1, 0, 2, 3]]  # the first two student positions point at each other's teacher
+    worse, info = token_contrastive_loss(shuffled, e, tau=0.1)
+    assert worse.item() > loss.item() and info["top1"] == pytest.approx(0.5)
+    m = torch.tensor([[True, True, False, False]])
+    masked, _ = token_contrastive_loss(e, e, m, tau=0.1)  # two candidates only
+    assert masked.item() == pytest.approx(-torch.log_softmax(torch.tensor([10.0, 0], dtype=torch.float64), 0)[0].item())
+    s, t = e.clone().requires_grad_(), e.clone().requires_grad_()
+    token_contrastive_loss(s + 0.1, t)[0].backward()
+    assert t.grad is None and s.grad is not None

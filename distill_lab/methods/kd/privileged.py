@@ -20,6 +20,8 @@ these reuse. With identical views every loss below and its gradient are zero (te
   added only where it is aligned with and proportionate to the consensus.
 * :func:`reveal`, :class:`ExposureController` -- ATESD: the teacher view reads a share ``rho`` of the
   reference, and a Beta policy rewarded by the student's learning progress chooses ``rho``.
+* :func:`token_contrastive_loss` -- UniSD's token-level contrastive term between the two views'
+  representations (its divergence clipping is :func:`clipped_forward_kl`'s ``clip``).
 """
 
 from __future__ import annotations
@@ -204,3 +206,27 @@ class ExposureController(torch.nn.Module):
     def mean(self, state: torch.Tensor | None = None) -> float:
         """The policy's mean exposure."""
         return float(self.policy(state).mean)
+
+
+# ----------------------------------------------------------------------------- UniSD's representation terms
+def token_contrastive_loss(student_h: torch.Tensor, teacher_h: torch.Tensor, mask=None, tau: float = 0.1):
+    """UniSD's token-level contrastive term ("UniSD: Towards a Unified Self-Distillation Framework for Large
+    Language Models"): each position's student representation must pick out the teacher view's
+    representation of the *same* position among those of every position of the sequence (InfoNCE over
+    the sequence's masked positions, cosine similarities at temperature ``tau``). ``[B, T, D]`` both,
+    ``mask [B, T]``. Stop-gradient: the teacher view's representations. Returns ``(loss, info)`` with the
+    share of positions whose own teacher representation is the closest."""
+    if student_h.shape != teacher_h.shape or student_h.dim() != 3:
+        raise ValueError(f"representations must be [B, T, D] of one shape, got {tuple(student_h.shape)} and "
+                         f"{tuple(teacher_h.shape)}")
+    if tau <= 0:
+        raise ValueError(f"tau is a temperature: > 0, got {tau}")
+    B, T, _ = student_h.shape
+    mask = torch.ones(B, T, dtype=torch.bool, device=student_h.device) if mask is None else mask
+    s = F.normalize(_up(student_h), dim=-1)
+    t = F.normalize(_up(teacher_h.detach()), dim=-1)
+    sim = s @ t.transpose(1, 2) / tau  # [B, T, T]: position i of the student against j of the teacher
+    sim = sim.masked_fill(~mask[:, None, :], float("-inf"))
+    logp = F.log_softmax(sim, -1).diagonal(dim1=1, dim2=2)
+    right = (sim.argmax(-1) == torch.arange(T, device=sim.device)).float()
+    return masked_mean(-logp, mask), {"top1": masked_mean(right, mask)}
