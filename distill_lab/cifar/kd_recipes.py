@@ -168,7 +168,7 @@ def train_paced(exp: CifarKD, seed: int, T=None, alpha=None):
 
 
 @kd_recipe("consensus", "adaptive distillation",
-           "multi-teacher consensus weighted by agreement (after AVSD 2026; this lab's rule)", T=None, alpha=None)
+           "agreement-weighted consensus of several teachers (this lab's own rule, no paper's method)", T=None, alpha=None)
 def train_consensus(exp: CifarKD, seed: int, T=None, alpha=None):
     """:func:`distill_lab.methods.kd.consensus_loss` over three teachers: the committed one and the two of
     :data:`CONSENSUS_TEACHERS` (other seeds, shorter training)."""

@@ -4,8 +4,9 @@
   the target interpolates from the student towards the teacher.
 * :func:`beta_kernel`, :func:`paced_weights`, :func:`paced_kd_loss` -- PACED (Xu et al. 2026): each example weighted by
   ``p (1 - p)`` of the student's success.
-* :func:`consensus_targets`, :func:`consensus_loss` -- multi-teacher consensus weighted by agreement
-  (after AVSD, 2026; the weighting here is this lab's, see its docstring).
+* :func:`consensus_targets`, :func:`consensus_loss` -- an agreement-weighted consensus of several
+  teachers: this lab's own rule, no paper's method (AVSD's consensus of privileged views is
+  :func:`distill_lab.methods.kd.privileged.avsd_loss`).
 
 The conventions (classes last, mean over examples, teachers detached) are :mod:`.common`'s.
 """
@@ -168,10 +169,9 @@ def paced_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, la
 def consensus_targets(teacher_logits_list, T: float = 1.0):
     """Consensus of several teachers and how much they agree, per example.
 
-    Inspired by AVSD (Adaptive-View Self-Distillation, arXiv 2605.20643, 2026), which separates the
-    signal shared by several privileged teacher views (the consensus, a reliable direction) from each
-    view's residual. AVSD works on token-level signals of language models; this classifier version is
-    the lab's own, simpler rule, not AVSD's formula:
+    This lab's own rule, an agreement-weighted consensus (no paper's method; AVSD's per-token consensus
+    of privileged views, which keeps a view's residual only where it agrees with the consensus, is
+    :func:`distill_lab.methods.kd.privileged.avsd_loss`):
 
         p_bar   = (1/M) sum_m softmax(t_m / T)                        consensus (mixture) target
         JS      = H(p_bar) - (1/M) sum_m H(softmax(t_m / T))          generalised Jensen-Shannon
