@@ -73,3 +73,28 @@ def test_state_alignment_pulls_the_student_only_and_averages_layers_and_position
     assert state_alignment_loss(s, t, mask).item() == pytest.approx(2.5)
     with pytest.raises(ValueError, match="one teacher trajectory"):
         state_alignment_loss(s, t[:1])
+
+
+def test_dlrmamba_distils_a_low_rank_student_with_and_without_the_state_term(monkeypatch):
+    from distill_lab.llm import ssm_distill
+    from distill_lab.llm.tasks import get_task
+
+    task = get_task("sort")
+    torch.manual_seed(0)
+    teacher = ssm_distill.train_ssm_teacher(task, 2, batch=4, progress=False, n_embd=8, state=4)
+    seen = []
+    real = ssm_distill.state_alignment_loss
+
+    def spy(s, t):
+        seen.append((len(s), all(not x.requires_grad for x in t), all(x.requires_grad for x in s)))
+        return real(s, t) + 100.0  # shifted: the logged loss must carry +100 x the weight
+
+    monkeypatch.setattr(ssm_distill, "state_alignment_loss", spy)
+    st = ssm_distill.distill_ssm(teacher, task, rank=2, steps=2, state_weight=0.5, batch=4, progress=False)
+    assert seen == [(2, True, True)] * 2 and all(h > 50 for h in st.train_info["loss"])
+    assert st.ssms[0].rank == 2 and st.config.state == teacher.config.state and teacher.ssms[0].rank is None
+    seen.clear()
+    plain = ssm_distill.distill_ssm(teacher, task, rank=2, steps=2, state_weight=0.0, batch=4, progress=False)
+    assert seen == [] and all(h < 50 for h in plain.train_info["loss"])  # logit-only: no state term
+    with pytest.raises(ValueError, match="state_weight"):
+        ssm_distill.distill_ssm(teacher, task, rank=2, steps=1, state_weight=-1.0)
