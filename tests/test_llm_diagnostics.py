@@ -33,13 +33,23 @@ def test_kd_directions_are_the_losses_descent_directions(kind):
 
 
 def test_a_teacher_sure_of_the_only_winning_token_points_exactly_where_success_lies():
-    z = torch.randn(4, 7, dtype=torch.float64)
-    Q = F.one_hot(torch.tensor([2, 0, 6, 3]), 7).double()  # one token a node wins, every other loses
-    teacher = torch.log(Q.clamp(min=1e-300))
-    score = alignment(kd_logit_direction(z, teacher, "forward"), ideal_logit_direction(z, Q))
-    assert torch.allclose(score, torch.ones(4, dtype=torch.float64))  # p - q = (q_k)^-1 q ⊙ (Q - V)
-    wrong = torch.log(F.one_hot(torch.tensor([1, 1, 1, 1]), 7).double().clamp(min=1e-300))
-    assert (alignment(kd_logit_direction(z, wrong, "forward"), ideal_logit_direction(z, Q)) < 0).all()
+    for seed in range(20):
+        z = torch.randn(4, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+        k = torch.tensor([2, 0, 6, 3])
+        Q = F.one_hot(k, 7).double()  # one token a node wins, every other loses
+        teacher = torch.log(Q.clamp(min=1e-300))
+        score = alignment(kd_logit_direction(z, teacher, "forward"), ideal_logit_direction(z, Q))
+        assert torch.allclose(score, torch.ones(4, dtype=torch.float64))  # p - q = (q_k)^-1 q ⊙ (Q - V)
+        # a teacher sure of a loser j: the cosine has the sign of |q|^2 - q_j - q_k, negative once the student
+        # leans to the winner (moving mass off a third loser can otherwise still help)
+        wrong = torch.log(F.one_hot(torch.tensor([1, 1, 1, 1]), 7).double().clamp(min=1e-300))
+        q = z.softmax(-1)
+        sign = torch.sign((q * q).sum(-1) - q[:, 1] - q.gather(1, k[:, None])[:, 0])
+        got = alignment(kd_logit_direction(z, wrong, "forward"), ideal_logit_direction(z, Q))
+        assert torch.equal(torch.sign(got), sign) and (got < 1 - 1e-6).all()
+        leaning = z.clone()
+        leaning[torch.arange(4), k] = z.max(-1).values + 3.0  # the winner holds most of the mass
+        assert (alignment(kd_logit_direction(leaning, wrong, "forward"), ideal_logit_direction(leaning, Q)) < 0).all()
     with pytest.raises(ValueError, match="kind"):
         kd_logit_direction(z, teacher, "jsd")
 
