@@ -1,4 +1,4 @@
-"""Exercises of the LLM labs (40 to 42).
+"""Exercises of the LLM labs (40 to 42, 46).
 
 Each checker runs the student's function against the package's own code (the tasks of
 :mod:`distill_lab.llm.tasks`, the token-level losses of :mod:`distill_lab.methods.kd.token`, the
@@ -344,3 +344,43 @@ def _check_memory(fn) -> str:
 prediction("42.logits_vs_state", "for the gpu recipe (0.5 B student, 151,936-token vocabulary, batch 16 of 448 "
            "tokens), which takes more memory?",
            ("the logits", "the student's training state", "about the same"), solution="the logits")
+
+
+# ---------------------------------------------------------------- lab 46: where the gradients point; a state-space student
+def _ideal(logits, Q):
+    q = logits.softmax(-1)
+    return q * (Q - (q * Q).sum(-1, keepdim=True))
+
+
+@implement("46.ideal_direction", "the ideal per-node direction: the gradient of the success probability in the logits",
+           solution=_ideal,
+           wrong={"no baseline: q * Q": lambda z, Q: z.softmax(-1) * Q,
+                  "without the probabilities: Q - V": lambda z, Q: Q - (z.softmax(-1) * Q).sum(-1, keepdim=True),
+                  "the logits in place of the probabilities":
+                  lambda z, Q: z * (Q - (z * Q).sum(-1, keepdim=True)),
+                  "the sign flipped (the direction that lowers success)": lambda z, Q: -_ideal(z, Q)})
+def _check_ideal_direction(fn) -> str:
+    """``fn(logits [..., V], Q [..., V])`` must equal :func:`~distill_lab.llm.diagnostics.ideal_logit_direction`,
+    itself the autograd gradient of ``sum softmax(z) Q``."""
+    from ..llm.diagnostics import ideal_logit_direction
+
+    g = torch.Generator().manual_seed(46)
+    cases = [(torch.randn(5, 7, generator=g, dtype=torch.float64), torch.rand(5, 7, generator=g, dtype=torch.float64)),
+             (torch.zeros(1, 4, dtype=torch.float64), torch.tensor([[1.0, 0.0, 0.0, 0.0]], dtype=torch.float64)),
+             (3 * torch.randn(2, 3, 6, generator=g, dtype=torch.float64),
+              (torch.rand(2, 3, 6, generator=g) > 0.5).double())]
+    for z, Q in cases:
+        zz = z.clone().requires_grad_()
+        (zz.softmax(-1) * Q).sum().backward()
+        compare(fn(z, Q), ideal_logit_direction(z, Q), f"the direction for logits of shape {tuple(z.shape)}")
+        compare(fn(z, Q), zz.grad, "the gradient of the success probability sum softmax(z) Q")
+    return "equals the gradient of the success probability for three cases, a one-winner node included"
+
+
+prediction("46.where_aligned", "distillation towards a weak teacher (the student's own warm start, forward KL): is "
+           "it better aligned with the ideal direction on the student's incorrect rollouts, its correct ones, or "
+           "about the same?",
+           ("incorrect", "about the same", "correct"), solution="incorrect")
+prediction("46.state_vs_logits", "two low-rank state-space students of equal size, one distilled from the dense "
+           "teacher's logits alone, one with its hidden states aligned too: which is more accurate?",
+           ("state alignment", "about the same", "logits alone"), solution="state alignment")
