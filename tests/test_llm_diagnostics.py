@@ -66,3 +66,19 @@ def test_action_values_are_success_rates_of_rollouts_and_an_early_end_fails():
     full = task.tokenizer.encode(problem.target)  # the whole right completion, ended: success 1
     done = action_values(net, task, problem, full, [task.tokenizer.eos_id], n=1)
     assert done.tolist() == [1.0]
+
+
+def test_directions_and_scores_act_on_the_last_dimension_of_any_shape():
+    g = torch.Generator().manual_seed(3)
+    z, t = torch.randn(2, 3, 5, generator=g, dtype=torch.float64), torch.randn(2, 3, 5, generator=g, dtype=torch.float64)
+    Q = torch.rand(2, 3, 5, generator=g, dtype=torch.float64)
+    for kind in ("forward", "reverse"):
+        d, i = kd_logit_direction(z, t, kind), ideal_logit_direction(z, Q)
+        score = alignment(d, i)
+        assert score.shape == (2, 3)
+        for a in range(2):
+            for b in range(3):  # node by node, as flat vectors
+                want = torch.dot(d[a, b], i[a, b]) / (d[a, b].norm() * i[a, b].norm())
+                assert score[a, b].item() == pytest.approx(want.item())
+                assert torch.allclose(d[a, b], kd_logit_direction(z[a, b], t[a, b], kind))
+                assert torch.allclose(i[a, b], ideal_logit_direction(z[a, b], Q[a, b]))

@@ -187,3 +187,58 @@ def test_gdsd_moves_only_the_sampled_tokens_logit_by_the_advantage_over_beta():
     assert (z.grad[other] != 0).all() and (z.grad[~mask] == 0).all()
     with pytest.raises(ValueError, match="beta"):
         gdsd_loss(z, tokens, adv, 0.0, mask)
+
+
+def test_the_elbo_surrogate_is_reinforce_on_the_scaled_masked_log_likelihood():
+    from distill_lab.llm.diffusion import elbo_pg_loss, gdsd_loss
+
+    z = torch.randn(2, 3, V, dtype=torch.float64)
+    tokens = torch.tensor([[1, 2, 3], [4, 5, 6]])
+    mask = torch.tensor([[True, True, False], [True, True, True]])
+    adv = torch.tensor([1.0, -2.0], dtype=torch.float64)
+    t = torch.tensor([0.5, 0.25], dtype=torch.float64)
+    logp = F.log_softmax(z, -1).gather(-1, tokens[..., None]).squeeze(-1)
+    elbo = (logp * mask).sum(1) / t / 3
+    loss, info = elbo_pg_loss(z, tokens, adv, t, mask)
+    assert loss.item() == pytest.approx(-(adv * elbo).mean().item()) and info["elbo"] == pytest.approx(elbo.mean().item())
+    _, info = gdsd_loss(z, tokens, adv, 0.5, mask)
+    assert info["shift"] == pytest.approx(3.0)  # mean |A| / beta
+    one = torch.tensor([[True, False, False], [False, False, False]])  # a single scored position: its own value
+    lg, _ = gdsd_loss(z, tokens, adv, 0.5, one)
+    assert lg.item() == pytest.approx(0.5 * (1.0 / 0.5) ** 2)
+    with pytest.raises(ValueError, match="one number a sequence"):
+        elbo_pg_loss(z, tokens, adv, torch.ones(3, dtype=torch.float64), mask)
+
+
+def test_mdlm_draws_rates_in_the_unit_interval_and_normalises_by_valid_positions():
+    prompts = torch.ones(3, 2, dtype=torch.long)
+    targets = torch.tensor([[3, 1, 1], [3, 4, 1], [3, 4, 5]])  # one, two and three valid tokens
+    torch.manual_seed(0)
+    for _ in range(20):
+        _, info = mdlm_loss(Uniform(), prompts, targets, MASK, pad_id=1)
+        assert ((info["t"] > 0) & (info["t"] <= 1)).all()
+    loss, _ = mdlm_loss(Uniform(), prompts[:1], targets[:1], MASK, pad_id=1, t=torch.ones(1))
+    assert loss.item() == pytest.approx(math.log(V))  # one valid token, masked: its CE over one position
+    with pytest.raises(ValueError, match="masking rates"):
+        mdlm_loss(Uniform(), prompts, targets, MASK, t=torch.full((3,), 1.5))
+
+
+def test_tad_on_one_masked_position_is_that_positions_loss():
+    s, te, tokens, steps, mask = tad_case()
+    ce, kl = per_token(s, te, tokens)
+    one = torch.zeros_like(mask)
+    one[0, 2] = True  # revealed 5 steps later: soft
+    assert tad_loss(s, te, tokens, steps, 2, one)[0].item() == pytest.approx(kl[0, 2].item())
+
+
+def test_masked_lm_is_sized_as_asked_and_a_model_without_a_config_is_refused():
+    net = masked_lm(get_task("sort"), NetSize(3, 4, 16))
+    cfg = net.config
+    assert (cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.causal) == (3, 4, 16, False)
+
+    class Bare(torch.nn.Module):
+        def forward(self, tokens):
+            return torch.zeros(*tokens.shape, V)
+
+    with pytest.raises(ValueError, match="bidirectional"):
+        denoiser_logits(Bare(), torch.ones(1, 2, dtype=torch.long), torch.ones(1, 3, dtype=torch.long))

@@ -212,3 +212,19 @@ def test_token_contrastive_term_is_infonce_over_the_positions_of_a_sequence():
     s, t = e.clone().requires_grad_(), e.clone().requires_grad_()
     token_contrastive_loss(s + 0.1, t)[0].backward()
     assert t.grad is None and s.grad is not None
+
+
+def test_clipping_of_small_divergences_and_avsd_at_ratio_zero():
+    s = torch.zeros(1, 2, 3, dtype=torch.float64)
+    t = torch.tensor([[[0.3, 0.0, 0.0], [0.0, 0.6, 0.0]]], dtype=torch.float64)  # two KLs well below 1
+    kl = (F.softmax(t, -1) * (F.log_softmax(t, -1) - F.log_softmax(s, -1))).sum(-1)
+    assert (kl < 0.1).all()
+    clip = float(kl.min() + kl.max()) / 2  # caps the larger one only
+    loss, info = clipped_forward_kl(s, t, clip=clip)
+    assert loss.item() == pytest.approx(kl.clamp(max=clip).mean().item()) and info["clipped"] == pytest.approx(0.5)
+    v1, v2 = logits(1, 1, 2, 3), logits(2, 1, 2, 3)
+    consensus_only, info = avsd_loss(s, [v1, v2], ratio=0.0)  # no residual is kept
+    c = (F.log_softmax(v1, -1) + F.log_softmax(v2, -1)) / 2 - F.log_softmax(s, -1)
+    tgt = F.log_softmax(F.log_softmax(s, -1) + c, -1)
+    assert consensus_only.item() == pytest.approx((tgt.exp() * (tgt - F.log_softmax(s, -1))).sum(-1).mean().item())
+    assert info["kept"] == 0

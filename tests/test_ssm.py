@@ -89,12 +89,73 @@ def test_dlrmamba_distils_a_low_rank_student_with_and_without_the_state_term(mon
         seen.append((len(s), all(not x.requires_grad for x in t), all(x.requires_grad for x in s)))
         return real(s, t) + 100.0  # shifted: the logged loss must carry +100 x the weight
 
+    masks = []
+    real_kl = ssm_distill.forward_kl_loss
+
+    def kl_spy(s, t, mask):
+        masks.append(mask)
+        return real_kl(s, t, mask)
+
     monkeypatch.setattr(ssm_distill, "state_alignment_loss", spy)
+    monkeypatch.setattr(ssm_distill, "forward_kl_loss", kl_spy)
     st = ssm_distill.distill_ssm(teacher, task, rank=2, steps=2, state_weight=0.5, batch=4, progress=False)
     assert seen == [(2, True, True)] * 2 and all(h > 50 for h in st.train_info["loss"])
+    assert all(m is not None and m.dtype == torch.bool for m in masks)  # the completion's mask, not every position
+    assert all(h > 100 for h in st.train_info["state_alignment"]) and "kd" in st.train_info
     assert st.ssms[0].rank == 2 and st.config.state == teacher.config.state and teacher.ssms[0].rank is None
     seen.clear()
     plain = ssm_distill.distill_ssm(teacher, task, rank=2, steps=2, state_weight=0.0, batch=4, progress=False)
     assert seen == [] and all(h < 50 for h in plain.train_info["loss"])  # logit-only: no state term
     with pytest.raises(ValueError, match="state_weight"):
         ssm_distill.distill_ssm(teacher, task, rank=2, steps=1, state_weight=-1.0)
+
+
+def test_the_transition_is_scaled_by_its_largest_row_sum_and_only_above_one():
+    ssm = SelectiveSSM(2, 2).double()
+    with torch.no_grad():
+        ssm.A.copy_(torch.tensor([[0.5, 0.4], [0.1, 0.2]]))  # row sums 0.9 and 0.3, all entries 1.2
+    assert torch.allclose(ssm.transition(), ssm.A)  # already within the bound: unchanged
+    with torch.no_grad():
+        ssm.A.copy_(torch.tensor([[1.5, -0.5], [0.1, 0.2]]))  # largest absolute row sum 2
+    assert torch.allclose(ssm.transition(), ssm.A / 2)
+    assert SelectiveSSM(4, 3, rank=1).transition().shape == (3, 3)  # rank 1 is allowed
+
+
+def test_parameter_counts_follow_the_architecture():
+    dim, n, V, L = 8, 4, 11, 2
+    layer = dim * n + n + dim * n + n * dim  # gate (with bias), B and C (without)
+    assert SelectiveSSM(dim, n).n_params() == layer + n * n
+    lm = SSMLM(SSMConfig(V, 16, L, dim, n))
+    per_layer = layer + n * n + 2 * 2 * dim + (dim * 2 * dim + 2 * dim) + (2 * dim * dim + dim)
+    assert sum(p.numel() for p in lm.parameters()) == V * dim + L * per_layer + 2 * dim + dim * V  # head: no bias
+
+
+def test_the_lm_is_pre_norm_residual_blocks_computed_by_hand():
+    torch.manual_seed(0)
+    lm = SSMLM(SSMConfig(11, 6, 2, 8, 4, rank=2)).double()
+    tokens = torch.randint(0, 11, (2, 6))  # exactly block_size positions: allowed
+    x = lm.tok(tokens)
+    for i in range(2):
+        y, _ = lm.ssms[i](lm.norms[2 * i](x))
+        x = x + y
+        h = lm.norms[2 * i + 1](x)
+        x = x + lm.mlps[i][2](torch.nn.functional.gelu(lm.mlps[i][0](h)))
+    assert torch.allclose(lm(tokens), lm.head(lm.ln_f(x)))
+    assert len(lm.last_states) == 2 and lm.last_states[1].shape == (2, 6, 4)
+
+
+def test_the_alignment_mask_selects_positions():
+    s = [torch.zeros(1, 3, 2)]
+    t = [torch.tensor([[[1.0, 1.0], [3.0, 3.0], [5.0, 5.0]]])]
+    assert state_alignment_loss(s, t).item() == pytest.approx((1 + 9 + 25) / 3)
+    assert state_alignment_loss(s, t, torch.tensor([[False, True, False]])).item() == pytest.approx(9.0)
+
+
+def test_the_teacher_gets_the_size_it_is_asked_for():
+    from distill_lab.llm import ssm_distill
+    from distill_lab.llm.tasks import get_task
+
+    task = get_task("sort")
+    net = ssm_distill.train_ssm_teacher(task, 1, batch=2, progress=False, n_layer=1, n_embd=8, state=4)
+    assert (net.config.n_layer, net.config.n_embd, net.config.state, net.config.rank) == (1, 8, 4, None)
+    assert net.config.vocab_size == task.tokenizer.vocab_size and net.config.block_size == task.block_size

@@ -77,7 +77,7 @@ def mdlm_loss(model, prompts: torch.Tensor, targets: torch.Tensor, mask_id: int,
     logits = denoiser_logits(model, prompts, x)
     ce = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
     per_seq = (ce * masked).sum(1) / valid.sum(1).clamp(min=1) / t
-    return per_seq.mean(), {"masked_share": float(masked.sum() / valid.sum().clamp(min=1))}
+    return per_seq.mean(), {"masked_share": float(masked.sum() / valid.sum().clamp(min=1)), "t": t}
 
 
 @dataclass

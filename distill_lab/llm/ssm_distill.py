@@ -52,7 +52,9 @@ def distill_ssm(teacher: SSMLM, task: Task, rank: int, steps: int, state_weight:
         raise ValueError(f"state_weight weighs the state alignment: >= 0, got {state_weight}")
     cfg = teacher.config
     student = ssm_lm(task, cfg.n_layer, cfg.n_embd, cfg.state, rank).to(device)
+    # pragma: no mutate start (the optimiser's settings, the track's SFT ones: another value is another setting)
     opt = torch.optim.AdamW(student.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.1)
+    # pragma: no mutate end
     sched = cosine_lr(opt, steps)
     teacher.eval()
 
@@ -68,7 +70,7 @@ def distill_ssm(teacher: SSMLM, task: Task, rank: int, steps: int, state_weight:
         loss = kd + state_weight * align
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)  # pragma: no mutate (the track's clip)
         opt.step()
         sched.step()
         return {"loss": loss, "kd": kd.detach(), "state_alignment": align.detach()}

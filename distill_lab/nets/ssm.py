@@ -43,12 +43,14 @@ class SelectiveSSM(nn.Module):
         nn.init.constant_(self.gate.bias, GATE_BIAS)  # a long memory to start with (sigmoid(3) = 0.95)
         self.B = nn.Linear(dim, state, bias=False)
         self.C = nn.Linear(state, dim, bias=False)
+        # pragma: no mutate start (initial values: another scale is another setting, not a bug)
         if rank is None:
             self.A = nn.Parameter(torch.eye(state) + 0.01 * torch.randn(state, state))
         else:
             self.d = nn.Parameter(torch.ones(state))
             self.U = nn.Parameter(0.1 * torch.randn(state, rank))
             self.V = nn.Parameter(0.1 * torch.randn(state, rank))
+        # pragma: no mutate end
 
     def transition(self) -> torch.Tensor:
         """``A`` (dense, or ``diag(d) + U V^T``), scaled so its infinity norm is at most 1."""
