@@ -229,6 +229,9 @@ def test_sdvg_rejects_bad_input():
     lock = StreamingStudent(drafter.net, steps=1, window=4, order="lockstep")
     with pytest.raises(ValueError, match="sequential"):
         speculative_stream(drafter, lock, z, 0.0, worst_frame_score(World()))
+    corrected = StreamingStudent(drafter.net, steps=1, window=4, retro=1)
+    with pytest.raises(ValueError, match="retro"):
+        speculative_stream(drafter, corrected, z, 0.0, worst_frame_score(World()))
 
 
 def test_sdvg_follows_each_students_block_schedule():
@@ -330,18 +333,31 @@ def test_a_cache_of_some_rows_denoises_those_clips_as_the_whole_batch_does():
 
 
 # ------------------------------------------------------------------ Re-DMD and the motion reward
-def test_rewarded_dmd_scales_each_samples_dmd_gradient_by_exp_beta_reward():
+def linear_dmd_case(n: int, side: int, t: float, shift: float, slope: float, seed: int = 0):
+    """Closed-form real and fake velocities (``-x + shift`` and ``-slope x``), a batch of clips, their times
+    and noise, and plain DMD's loss and gradient on it: what a weighted DMD must rescale."""
     from distill_lab.methods.step.dmd import dmd_loss
-    from distill_lab.methods.streaming import rewarded_dmd_loss
 
     def real(x, t):
-        return -x + 0.3
+        return -x + shift
 
     def fake(x, t):
-        return -0.5 * x
+        return -slope * x
 
-    x0 = torch.randn(4, 2, 1, 3, 3, dtype=torch.float64)
-    t, noise = torch.full((4,), 0.4, dtype=torch.float64), torch.randn_like(x0)
+    g = torch.Generator().manual_seed(seed)
+    x0 = torch.randn(n, 2, 1, side, side, generator=g, dtype=torch.float64)
+    tt, noise = torch.full((n,), t, dtype=torch.float64), torch.randn(x0.shape, generator=g, dtype=torch.float64)
+    x = x0.clone().requires_grad_(True)
+    plain, _ = dmd_loss(x, real, fake, t=tt, noise=noise)
+    plain.backward()
+    return real, fake, x0, tt, noise, plain, x.grad
+
+
+def test_rewarded_dmd_scales_each_samples_dmd_gradient_by_exp_beta_reward():
+    from distill_lab.methods.streaming import rewarded_dmd_loss
+
+    real, fake, x0, t, noise, plain, plain_grad = linear_dmd_case(4, 3, 0.4, 0.3, 0.5)
+
     def reward(c):  # differentiable, so a reward that leaked its gradient into the loss would show
         return 2 * c.flatten(1).mean(1)
 
@@ -349,12 +365,9 @@ def test_rewarded_dmd_scales_each_samples_dmd_gradient_by_exp_beta_reward():
     x = x0.clone().requires_grad_(True)
     loss, info = rewarded_dmd_loss(x, real, fake, reward, beta=0.7, t=t, noise=noise)
     loss.backward()
-    x_plain = x0.clone().requires_grad_(True)
-    plain, _ = dmd_loss(x_plain, real, fake, t=t, noise=noise)
-    plain.backward()
     w = torch.exp(0.7 * r)
     assert torch.allclose(info["weights"], w)
-    assert torch.allclose(x.grad, w.view(4, 1, 1, 1, 1) * x_plain.grad, atol=1e-12)  # per sample, not a mean weight
+    assert torch.allclose(x.grad, w.view(4, 1, 1, 1, 1) * plain_grad, atol=1e-12)  # per sample, not a mean weight
     x_zero = x0.clone().requires_grad_(True)
     zero, _ = rewarded_dmd_loss(x_zero, real, fake, lambda c: r, beta=0.0, t=t, noise=noise)
     assert torch.allclose(zero, plain)  # beta = 0 is DMD
@@ -569,27 +582,16 @@ def test_saliency_weights_follow_the_rewards_gradient_and_average_one():
 
 
 def test_stream_r1_scales_dmd_per_clip_and_per_element_and_is_dmd_without_rewards():
-    from distill_lab.methods.step.dmd import dmd_loss
     from distill_lab.methods.streaming import saliency_weights, stream_r1_loss
 
-    def real(x, t):
-        return -x + 0.2
-
-    def fake(x, t):
-        return -0.4 * x
-
-    x0 = torch.randn(3, 2, 1, 4, 4, dtype=torch.float64)
-    t, noise = torch.full((3,), 0.3, dtype=torch.float64), torch.randn_like(x0)
+    real, fake, x0, t, noise, plain, plain_grad = linear_dmd_case(3, 4, 0.3, 0.2, 0.4)
     r = torch.tensor([1.0, 0.0, -2.0], dtype=torch.float64)
     sal = lambda c: -(c - 0.5).pow(2).flatten(1).mean(1)  # noqa: E731
     x = x0.clone().requires_grad_(True)
     loss, info = stream_r1_loss(x, real, fake, lambda c: r, 0.5, saliency_reward=sal, t=t, noise=noise)
     loss.backward()
-    xp = x0.clone().requires_grad_(True)
-    plain, _ = dmd_loss(xp, real, fake, t=t, noise=noise)
-    plain.backward()
     elem, _ = saliency_weights(x0, sal)
-    assert torch.allclose(x.grad, torch.exp(0.5 * r).view(3, 1, 1, 1, 1) * elem * xp.grad, atol=1e-12)
+    assert torch.allclose(x.grad, torch.exp(0.5 * r).view(3, 1, 1, 1, 1) * elem * plain_grad, atol=1e-12)
     x2 = x0.clone().requires_grad_(True)
     same, _ = stream_r1_loss(x2, real, fake, lambda c: r, 0.0, t=t, noise=noise)
     assert torch.allclose(same, plain)

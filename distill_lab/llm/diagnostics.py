@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..methods.kd.common import _kl_probs
+from ..methods.kd.token import _up
 from .gpt import generate
 from .tasks import Problem, Task
 
@@ -26,7 +28,7 @@ def ideal_logit_direction(logits: torch.Tensor, action_values: torch.Tensor) -> 
     if logits.shape != action_values.shape:
         raise ValueError(f"logits and action values must be aligned [..., V], got {tuple(logits.shape)} and "
                          f"{tuple(action_values.shape)}")
-    q = F.softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), -1)
+    q = F.softmax(_up(logits), -1)
     return q * (action_values - (q * action_values).sum(-1, keepdim=True))
 
 
@@ -34,13 +36,13 @@ def kd_logit_direction(student_logits: torch.Tensor, teacher_logits: torch.Tenso
     """The descent direction ``-dL/dz`` of a token-level distillation loss at the node, in the student's
     logits: forward KL ``KL(p || q)`` gives ``p - q``; reverse KL ``KL(q || p)`` gives
     ``q ⊙ (log p - log q + KL(q || p))``."""
-    logq = F.log_softmax(student_logits.to(torch.promote_types(student_logits.dtype, torch.float32)), -1)
+    logq = F.log_softmax(_up(student_logits), -1)
     logp = F.log_softmax(teacher_logits.to(logq.dtype), -1)
     q, p = logq.exp(), logp.exp()
     if kind == "forward":
         return p - q
     if kind == "reverse":
-        kl = (q * (logq - logp)).sum(-1, keepdim=True)
+        kl = _kl_probs(q, logq, logp)[..., None]
         return q * (logp - logq + kl)
     raise ValueError(f"kind is 'forward' or 'reverse', got {kind!r}")
 

@@ -32,6 +32,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..methods.kd.common import _kl_probs
+from ..methods.kd.token import _prepare
 from .config import NetSize
 from .gpt import GPT, GPTConfig
 from .tasks import Task
@@ -154,12 +156,11 @@ def tad_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, teacher
         raise ValueError(f"k counts steps ahead (>= 0; inf: all hard), got {k}")
     if (steps_to_reveal[mask] < 1).any():
         raise ValueError("a masked position is revealed at least one step after the state it is scored at")
-    logq = F.log_softmax(student_logits.to(torch.promote_types(student_logits.dtype, torch.float32)), -1)
-    logp = F.log_softmax(teacher_logits.detach().to(torch.promote_types(teacher_logits.dtype, torch.float32)), -1)
+    logq, logp, mask = _prepare(student_logits, teacher_logits, mask)  # the teacher detached
     hard = mask & (steps_to_reveal <= k)
     soft = mask & ~hard
     ce = -logq.gather(-1, teacher_tokens.detach()[..., None]).squeeze(-1)
-    kl = (logp.exp() * (logp - logq)).sum(-1)
+    kl = _kl_probs(logp.exp(), logp, logq)
     n = mask.sum().clamp(min=1)
     loss = ((ce * hard).sum() + (kl * soft).sum()) / n
     return loss, {"hard_share": float(hard.sum() / n)}

@@ -330,15 +330,24 @@ class VideoTransformer(nn.Module):
         finally:
             self.active_mode = old
 
-    def with_modes(self, modes: int = 2) -> "VideoTransformer":
-        """A copy with ``modes`` zero-initialised mode vectors: every mode starts as this network."""
+    def _extended(self, new: str, **changes) -> "VideoTransformer":
+        """A copy built with ``changes`` to the constructor's arguments, carrying every weight of this
+        network; only parameters whose name contains ``new`` may be missing (they keep their zero
+        initialisation, so the copy starts as this network)."""
+        kw = {**dict(config=self.config, mask=self.mask, block=self.block, window=self.window,
+                     linear_memory=self.linear_memory, modes=self.modes), **changes}
         p = next(self.parameters())
-        net = VideoTransformer(self.config, self.mask, self.block, self.window, linear_memory=self.linear_memory,
-                               modes=modes).to(p.device, p.dtype)
+        net = VideoTransformer(**kw).to(p.device, p.dtype)
         missing, unexpected = net.load_state_dict(self.state_dict(), strict=False)
-        if unexpected or missing != ["mode_emb"]:
+        if unexpected or any(new not in k for k in missing):
             raise ValueError(f"cannot copy the weights: missing {missing}, unexpected {unexpected}")
         return net
+
+    def with_modes(self, modes: int = 2) -> "VideoTransformer":
+        """A copy with ``modes`` zero-initialised mode vectors: every mode starts as this network."""
+        if self.modes:
+            raise ValueError(f"this network already has {self.modes} modes")
+        return self._extended("mode_emb", modes=modes)
 
     def with_linear_memory(self, window: int) -> "VideoTransformer":
         """A hybrid copy of this block-causal network (Hybrid Forcing's second stage): the same weights,
@@ -347,13 +356,7 @@ class VideoTransformer(nn.Module):
         if self.mask != "block_causal":
             raise ValueError("with_linear_memory turns a block-causal student into a hybrid one; "
                              "call as_causal first")
-        p = next(self.parameters())
-        net = VideoTransformer(self.config, "block_causal", self.block, window, linear_memory=True,
-                               modes=self.modes).to(p.device, p.dtype)
-        missing, unexpected = net.load_state_dict(self.state_dict(), strict=False)
-        if unexpected or any("linear_proj" not in k for k in missing):
-            raise ValueError(f"cannot copy the weights: missing {missing}, unexpected {unexpected}")
-        return net
+        return self._extended("linear_proj", window=window, linear_memory=True)
 
     def extra_repr(self) -> str:
         hybrid = (", linear_memory=True" if self.linear_memory else "") + (f", modes={self.modes}" if self.modes else "")
@@ -412,8 +415,7 @@ class KVCache:
     def rows(self, idx: torch.Tensor) -> "KVCache":
         """A cache of the clips ``idx`` of this batch only (new tensors, same frames): for denoising a
         block of some clips of a batch, as speculative streaming regenerates only the rejected ones."""
-        out = KVCache(self.depth, self.window, self.sink, self.ema, self.linear)
-        out.frames, out.next_frame, out.folded, out.absorbed = list(self.frames), self.next_frame, self.folded, self.absorbed
+        out = self.snapshot()
         out.k = [None if k is None else k[idx] for k in self.k]
         out.v = [None if v is None else v[idx] for v in self.v]
         out.state = [None if st is None else (st[0][idx], st[1][idx]) for st in self.state]

@@ -61,7 +61,8 @@ from ..methods.streaming import (BalancedReward, asd_discriminator_loss, asd_gen
                                  diffusion_forcing_loss, mutual_distillation_loss, ode_regression_loss,
                                  rewarded_dmd_loss, stream_r1_loss, teacher_forcing_loss)
 from .metrics import motion_reward, quality_reward
-from .rollout import StreamingStudent, lockstep_rollout, self_forcing_rollout, uniform_times
+from .rollout import (StreamingStudent, lockstep_rollout, mutual_rollout, self_forcing_rollout, teacher_forced_rollout,
+                      uniform_times)
 
 VIDEO = ("video",)
 # tuned settings, kept out of the functions (another value is another setting, not a bug): the
@@ -138,21 +139,6 @@ def ode_init(exp, student: StreamingStudent, steps: int, batch: int, lr: float, 
         return {"loss": loss.detach()}
 
     return exp.fit(step, steps, desc="ODE-pair initialisation")
-
-
-def teacher_forced_rollout(student: StreamingStudent, z: torch.Tensor, context: torch.Tensor,
-                           grad: bool = True) -> torch.Tensor:
-    """Each block from its noise given the *real* frames before it, with a random exit step and its
-    gradient, as :func:`~distill_lab.video.rollout.self_forcing_rollout` does on the student's own frames:
-    the generation CausVid's distribution matching trains on."""
-    student._check(z)
-    cache, out = student.new_cache(), []
-    n = z.shape[1] // student.block
-    exits = torch.randint(0, len(student.times), (n,)).tolist()
-    for j, i in enumerate(range(0, z.shape[1], student.block)):
-        out.append(student.denoise_block(z[:, i:i + student.block], cache, exit_step=exits[j], grad=grad))
-        student.commit(context[:, i:i + student.block], cache)
-    return torch.cat(out, 1)
 
 
 def block_jump(student: StreamingStudent, cache):
@@ -579,26 +565,6 @@ MUTUAL = "Mutual Forcing: Dual-Mode Self-Evolution for Fast Autoregressive Audio
 MULTI_STEPS = 8  # pragma: no mutate (the multi-step mode's Euler steps)
 
 
-def mutual_rollout(few: StreamingStudent, multi: StreamingStudent, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mutual Forcing's training rollout: the few-step mode streams ``z`` on its own outputs (Self
-    Forcing's rollout: a random exit step a block with its gradient, the cache from detached blocks); for
-    each block the multi-step mode of the same network denoises the same noise given the same cache,
-    without gradient. Returns ``(few-step clip, multi-step targets)``."""
-    if few.net is not multi.net:
-        raise ValueError("Mutual Forcing's two modes share one network: build both students on the same net")
-    targets = []
-    exits = torch.randint(0, len(few.times), (z.shape[1] // few.block,)).tolist()
-
-    def make_block(n, zb, cache):
-        x = few.denoise_block(zb, cache, exit_step=exits[n], grad=True)
-        with torch.no_grad():
-            targets.append(multi.denoise_block(zb, cache))
-        return x
-
-    clip = few.stream(z, make_block)
-    return clip, torch.cat(targets, 1)
-
-
 @recipe("mutual_forcing", tracks=VIDEO, family="streaming",
         paper=MUTUAL + ": one causal network, a multi-step and a few-step mode, no bidirectional teacher")
 def train_mutual_forcing(exp, steps=None, **overrides) -> StreamingStudent:
@@ -607,7 +573,7 @@ def train_mutual_forcing(exp, steps=None, **overrides) -> StreamingStudent:
     (:meth:`~distill_lab.video.nets.VideoTransformer.with_modes`). Each step: the multi-step mode
     (mode 0, ``multi_steps`` Euler steps, default 8) learns from real clips by teacher forcing
     (:func:`~distill_lab.methods.streaming.teacher_forcing_loss`); the few-step mode (mode 1,
-    ``sample_steps`` Euler steps, deterministic given the noise) streams a clip on its own history (:func:`mutual_rollout`) and
+    ``sample_steps`` Euler steps, deterministic given the noise) streams a clip on its own history (:func:`~distill_lab.video.rollout.mutual_rollout`) and
     each block is regressed onto the multi-step mode's block from the same noise and history
     (:func:`~distill_lab.methods.streaming.mutual_distillation_loss`, weight ``sd_weight``, default 1). The
     few-step mode makes the history, the multi-step mode the targets; one optimiser moves both. No

@@ -309,29 +309,61 @@ def lockstep_sample(student: StreamingStudent, z: torch.Tensor, context: torch.T
     return lockstep_rollout(student, z, grad=False, exit_step=len(student.times) - 1, context=context)
 
 
-def self_forcing_rollout(student: StreamingStudent, z: torch.Tensor, same_exit: bool = False,
-                         grad: bool = True) -> torch.Tensor:
-    """Self Forcing's training rollout (Huang et al. 2025, Algorithm 1): stream the clip on the
-    student's own outputs with the KV cache; for each block a random exit step is drawn (one for all
-    blocks with ``same_exit``), the steps before it run without gradient and the exit step's clean
-    prediction, with its gradient, is the block (with ``block_steps``, drawn within the block's own
-    schedule). The cache is filled from detached blocks, as :meth:`StreamingStudent.stream` does when
-    sampling (partially denoised with ``context_time``, corrected with ``retro``). Returns
-    the clip ``[B, F, ...]``, differentiable with respect to the student's parameters (``grad=False``:
-    the same rollout without any gradient, for the critic's samples)."""
-    student._check(z)
-    n_blocks = z.shape[1] // student.block
+def exit_steps(student: StreamingStudent, n_blocks: int, same_exit: bool = False) -> list[int]:
+    """A random exit step for each of ``n_blocks`` blocks (one drawn for all with ``same_exit``), each
+    within its block's schedule (:meth:`StreamingStudent.times_for`; capped there with ``same_exit``)."""
     if student.block_steps is None:
         exits = torch.randint(0, len(student.times), (1 if same_exit else n_blocks,)).tolist()
-        exits = exits * n_blocks if same_exit else exits
-    else:  # each block's exit within its own schedule (one draw for all, capped, with same_exit)
-        draws = [int(torch.randint(0, len(student.times_for(j)), ()).item()) for j in range(1 if same_exit else n_blocks)]
-        exits = [min(draws[0 if same_exit else j], len(student.times_for(j)) - 1) for j in range(n_blocks)]
+        return exits * n_blocks if same_exit else exits
+    draws = [int(torch.randint(0, len(student.times_for(j)), ()).item()) for j in range(1 if same_exit else n_blocks)]
+    return [min(draws[0 if same_exit else j], len(student.times_for(j)) - 1) for j in range(n_blocks)]
+
+
+def self_forcing_rollout(student: StreamingStudent, z: torch.Tensor, same_exit: bool = False,
+                         grad: bool = True, context: torch.Tensor | None = None, on_block=None) -> torch.Tensor:
+    """Self Forcing's training rollout (Huang et al. 2025, Algorithm 1): stream the clip on the
+    student's own outputs with the KV cache; for each block a random exit step is drawn
+    (:func:`exit_steps`), the steps before it run without gradient and the exit step's clean
+    prediction, with its gradient, is the block. The cache is filled from detached blocks, as
+    :meth:`StreamingStudent.stream` does when sampling (partially denoised with ``context_time``,
+    corrected with ``retro``). Returns the clip ``[B, F, ...]``, differentiable with respect to the
+    student's parameters (``grad=False``: the same rollout without any gradient, for the critic's
+    samples). ``context``: commit these real frames instead of the student's (:func:`teacher_forced_rollout`);
+    ``on_block(n, z_block, cache)``: called for each block with the cache it was denoised on."""
+    student._check(z)
+    exits = exit_steps(student, z.shape[1] // student.block, same_exit)
 
     def make_block(n, zb, cache):
-        return student.denoise_block(zb, cache, exit_step=exits[n], grad=grad, times=student.times_for(n))
+        x = student.denoise_block(zb, cache, exit_step=exits[n], grad=grad, times=student.times_for(n))
+        if on_block is not None:
+            on_block(n, zb, cache)
+        return x
 
-    return student.stream(z, make_block)
+    return student.stream(z, make_block, context=context)
+
+
+def teacher_forced_rollout(student: StreamingStudent, z: torch.Tensor, context: torch.Tensor,
+                           grad: bool = True) -> torch.Tensor:
+    """Each block from its noise given the *real* frames before it (``context``, a clip shaped like
+    ``z``), with a random exit step and its gradient, as :func:`self_forcing_rollout` does on the
+    student's own frames: the generation CausVid's distribution matching trains on."""
+    return self_forcing_rollout(student, z, grad=grad, context=context)
+
+
+def mutual_rollout(few: StreamingStudent, multi: StreamingStudent, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mutual Forcing's training rollout: the few-step mode streams ``z`` on its own outputs
+    (:func:`self_forcing_rollout`); for each block the multi-step mode of the same network denoises the
+    same noise given the same cache, without gradient. Returns ``(few-step clip, multi-step targets)``."""
+    if few.net is not multi.net:
+        raise ValueError("Mutual Forcing's two modes share one network: build both students on the same net")
+    targets = []
+
+    def target(n, zb, cache):
+        with torch.no_grad():
+            targets.append(multi.denoise_block(zb, cache))
+
+    clip = self_forcing_rollout(few, z, on_block=target)
+    return clip, torch.cat(targets, 1)
 
 
 @torch.no_grad()

@@ -66,6 +66,9 @@ def speculative_stream(drafter: StreamingStudent, target: StreamingStudent, z: t
     if "lockstep" in (drafter.order, target.order):
         raise ValueError("speculative streaming drafts and judges one finished block at a time: both students "
                          "must stream in the sequential order")
+    if drafter.retro or target.retro:
+        raise ValueError("speculative streaming keeps its own two caches and does not re-denoise past blocks: "
+                         "use students without retro (StreamingStudent(..., retro=0))")
     target._check(z)
     dc, tc = drafter.new_cache(), target.new_cache()
     B, b = z.shape[0], drafter.block

@@ -29,7 +29,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .token import _check_aligned, _up, _token_logprobs, check_mask, check_vocab, masked_mean
+from .common import _kl_probs
+from .token import _check_aligned, _prepare, _token_logprobs, _up, check_mask, check_vocab, masked_mean
 
 
 def clipped_forward_kl(student_logits, teacher_logits, mask=None, clip: float | None = None,
@@ -41,14 +42,11 @@ def clipped_forward_kl(student_logits, teacher_logits, mask=None, clip: float | 
     of a divergence of ``clip``, so a few tokens on which the views disagree wildly do not dominate;
     ``clip=None``: no clipping). Returns ``(loss, info)`` with the mean unclipped KL and the share of
     clipped tokens."""
-    check_vocab(student_logits, teacher_logits)
-    mask = check_mask(mask, student_logits)
+    logq, logp, mask = _prepare(student_logits, teacher_logits, mask)  # the teacher view detached
     _check_aligned(weights, student_logits, "weights")
     if clip is not None and clip <= 0:
         raise ValueError(f"clip caps a token's divergence: > 0 or None, got {clip}")
-    logq = F.log_softmax(_up(student_logits), -1)
-    logp = F.log_softmax(_up(teacher_logits.detach()), -1)
-    kl = (logp.exp() * (logp - logq)).sum(-1)
+    kl = _kl_probs(logp.exp(), logp, logq)
     factor = torch.ones_like(kl) if clip is None else (clip / kl.detach().clamp(min=1e-12)).clamp(max=1.0)
     per = factor * kl if weights is None else factor * weights.detach() * kl
     loss = masked_mean(per, mask)
@@ -121,7 +119,7 @@ def avsd_loss(student_logits, view_logits: list, mask=None, ratio: float = 1.0):
         keep = ((res * c).sum(-1) > 0) & (res.norm(dim=-1) <= ratio * c.norm(dim=-1))
         added = (res * keep[..., None]).sum(0) / len(view_logits)
         target = F.log_softmax(logq.detach() + c + added, -1)
-    kl = (target.exp() * (target - logq)).sum(-1)
+    kl = _kl_probs(target.exp(), target, logq)
     return masked_mean(kl, mask), {"kept": masked_mean(keep.float().mean(0), mask)}
 
 
