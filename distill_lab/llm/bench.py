@@ -28,6 +28,8 @@ from ..core.registry import get_recipe
 from ..core.train import seed_everything
 from .experiment import LLMTask
 from .recipes import SEQUENCE_LEVEL  # (importing it registers the LLM recipes)
+from . import self_recipes  # (importing it registers the self-distillation recipes)
+from .selfdistill import SELF_TASKS, SelfDistillTask
 from .tasks import TASKS
 
 LLM_ROW_KEYS = ("method", "task", "pool", "metric", "value", "spread", "values", "baseline", "baseline_spread",
@@ -36,15 +38,16 @@ LLM_ROW_KEYS = ("method", "task", "pool", "metric", "value", "spread", "values",
 BENCH_TASKS = ("mult", "mult@256", "star", "sort")
 
 
-def run_task(exp: LLMTask, methods=None, seeds=(0, 1, 2)) -> list[dict]:
-    """One row a method (default: every ``llm`` recipe) on ``exp``'s task, each the mean over ``seeds``.
+def run_task(exp: LLMTask, methods=None, seeds=(0, 1, 2), track: str = "llm", baseline: str = "sft") -> list[dict]:
+    """One row a method (default: every recipe of ``track``) on ``exp``'s task, each the mean over ``seeds``.
     On a task whose teacher writes another format (``mult_short``) only the sequence-level recipes run.
-    The data-only ``sft`` student is trained first; its mean and spread are every row's ``baseline``
-    and ``baseline_spread`` (it has no row of its own)."""
-    names = bench_methods("llm") if methods is None else list(methods)
+    The ``baseline`` student (data only, ``sft``) is trained first; its mean and spread are every row's
+    ``baseline`` and ``baseline_spread`` (it has no row of its own). ``track="llm_self"``,
+    ``baseline="reference_sft"``: the self-distillation bench (:mod:`distill_lab.llm.self_recipes`)."""
+    names = bench_methods(track) if methods is None else list(methods)
     for m in names:
-        get_recipe(m, track="llm")
-    names = ["sft"] + [m for m in names if m != "sft"]
+        get_recipe(m, track=track)
+    names = [baseline] + [m for m in names if m != baseline]
     if exp.task.other_format:  # the teacher writes another format: sequence-level recipes only
         names = [m for m in names if m in SEQUENCE_LEVEL]
     rows = []
@@ -132,3 +135,25 @@ register_track(BenchTrack(
     row_keys=LLM_ROW_KEYS, prepare=_prepare,
     run=lambda exps, methods, args: run_llm(exps, methods, tuple(args.seeds or (0, 1, 2))),
     table=format_llm_table))
+
+
+def _prepare_self(args, scale) -> list[SelfDistillTask]:
+    specs = [parse_task(t) for t in (args.tasks or "mult").split(",")]
+    for name, _ in specs:
+        if name not in SELF_TASKS:
+            raise ValueError(f"self-distillation runs on {', '.join(SELF_TASKS)}, got {name!r}")
+    exps = [SelfDistillTask(t, scale, pool=pool, progress=not args.quiet) for t, pool in specs]
+    for e in exps:
+        print(f"bench llm_self: {e}")
+    return exps
+
+
+def _run_self(exps, methods, args):
+    return [row for exp in exps for row in run_task(exp, methods, tuple(args.seeds or (0, 1, 2)), track=self_recipes.SELF[0],
+                                                   baseline="reference_sft")]
+
+
+register_track(BenchTrack(
+    name="llm_self", summary="LLM self-distillation with privileged information: one tiny GPT reads the reference "
+                             "in its teacher view and teaches its own student view (exact match)",
+    row_keys=LLM_ROW_KEYS, prepare=_prepare_self, run=_run_self, table=format_llm_table))

@@ -49,15 +49,17 @@ SOURCES = ("data", "teacher", "teacher_greedy", "student", "mixed")
 SEQUENCE_LEVEL = ("sft", "seq_kd")  # the recipes that need no teacher logits (all that run on mult_short)
 
 
-def completions(exp, student, problems, source: str, mix_alpha: float = 0.2) -> Completions:
+def completions(exp, student, problems, source: str, mix_alpha: float = 0.2, teacher=None) -> Completions:
     """A batch of completions from ``source``: ``data``, ``teacher`` (its samples at temperature 1),
     ``teacher_greedy`` (its greedy outputs), ``student`` (the student's samples at temperature 1) or
-    ``mixed`` (MiniLLM's ``mix_alpha`` teacher + ``1 - mix_alpha`` student)."""
+    ``mixed`` (MiniLLM's ``mix_alpha`` teacher + ``1 - mix_alpha`` student). ``teacher``: the model
+    that plays the teacher (default ``exp.teacher``; the student itself in self-distillation)."""
     task, dev = exp.task, exp.device
+    teacher = exp.teacher if teacher is None else teacher
     if source == "data":
         return from_data(task, problems, dev)
     if source in ("teacher", "teacher_greedy"):
-        c = from_model(exp.teacher, task, problems, "teacher", temperature=1.0 if source == "teacher" else 0.0,
+        c = from_model(teacher, task, problems, "teacher", temperature=1.0 if source == "teacher" else 0.0,
                        privileged=exp.privileged, device=dev)
         if task.other_format:  # the teacher's chains, rewritten in the student's (shorter) format
             texts = [task.student_text(t) for t in task.decode_completions(c.tokens.cpu())]
@@ -66,14 +68,15 @@ def completions(exp, student, problems, source: str, mix_alpha: float = 0.2) -> 
     if source == "student":
         return from_model(student, task, problems, "student", device=dev)
     if source == "mixed":
-        return from_model(student, task, problems, "mixed", mix_with=exp.teacher, mix_alpha=mix_alpha,
+        return from_model(student, task, problems, "mixed", mix_with=teacher, mix_alpha=mix_alpha,
                           mix_privileged=exp.privileged, device=dev)
     raise ValueError(f"unknown source {source!r}; choose one of {', '.join(SOURCES)}")
 
 
 def distill(exp, name: str, loss_fn, source: str = "data", lam: float = 0.0,
             steps: int | None = None, lr: float | None = None, batch: int | None = None, mix_alpha: float = 0.2,
-            weigh=None, after_step=None, teacher_logits: bool = True):
+            weigh=None, after_step=None, teacher_logits: bool = True, teacher=None, draw=None,
+            pass_model: bool = False):
     """The one training loop of the LLM track. Each step draws ``batch`` training problems, takes their
     completions from the student's own samples with probability ``lam`` and from ``source``
     otherwise (GKD's lambda), scores them with the student (gradient) and the teacher (no gradient, its
@@ -82,7 +85,14 @@ def distill(exp, name: str, loss_fn, source: str = "data", lam: float = 0.0,
     ``after_step(loss)`` runs after each update (TAID's schedule). ``teacher_logits=False``: the loss
     reads only the tokens (SFT, sequence-level KD), so the teacher does not score them. Returns the
     student with ``student.train_info``: steps, tokens trained on, student tokens generated, distinct
-    (prompt, completion) sequences trained on, whether any step was on-policy."""
+    (prompt, completion) sequences trained on, whether any step was on-policy.
+
+    Self-distillation (:mod:`distill_lab.llm.selfdistill`) uses three more hooks: ``teacher(student) ->
+    model`` chooses the model that plays the teacher (default ``exp.teacher``; ``lambda s: s``: the
+    student itself, reading the privileged prompt, always scored under ``torch.no_grad()``);
+    ``draw(n) -> problems`` replaces ``exp.problems`` (e.g. problems whose privileged prompt reveals a
+    share of the reference); ``pass_model``: the loss is called with ``model=student`` as well (a loss
+    that scores another view of the same network with its gradient)."""
     if not 0.0 <= lam <= 1.0:
         raise ValueError(f"{name}: the on-policy fraction lambda must lie in [0, 1], got {lam}")
     if (teacher_logits or source == "mixed") and exp.task.other_format:
@@ -94,11 +104,13 @@ def distill(exp, name: str, loss_fn, source: str = "data", lam: float = 0.0,
     opt = torch.optim.AdamW(student.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.1)
     count = {"train_tokens": 0, "student_tokens": 0, "on_policy_steps": 0}
     seen = set()  # the distinct (prompt, completion) pairs trained on
+    draw = draw or exp.problems
 
     def step(i):
-        problems = exp.problems(batch)
+        problems = draw(batch)
+        tmodel = exp.teacher if teacher is None else teacher(student)
         src = "student" if (lam > 0 and float(torch.rand(())) < lam) else source
-        c = completions(exp, student, problems, src, mix_alpha)
+        c = completions(exp, student, problems, src, mix_alpha, teacher=tmodel)
         count["train_tokens"] += c.n_tokens
         seen.update((p.prompt, tuple(row[m].tolist())) for p, row, m in zip(problems, c.tokens.cpu(), c.mask.cpu()))
         if c.on_policy:
@@ -108,11 +120,12 @@ def distill(exp, name: str, loss_fn, source: str = "data", lam: float = 0.0,
         t_logits = None
         if teacher_logits:
             with torch.no_grad():
-                t_logits = score(exp.teacher, exp.task, c, privileged=exp.privileged)
+                t_logits = score(tmodel, exp.task, c, privileged=exp.privileged)
+        extra = {"model": student} if pass_model else {}
         if weigh is None:
-            out = loss_fn(s_logits, t_logits, c)
+            out = loss_fn(s_logits, t_logits, c, **extra)
         else:  # one weight a sequence, passed to the loss
-            out = loss_fn(s_logits, t_logits, c, weigh(student, problems).to(s_logits.device))
+            out = loss_fn(s_logits, t_logits, c, weigh(student, problems).to(s_logits.device), **extra)
         loss, info = out if isinstance(out, tuple) else (out, {})
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -338,6 +338,20 @@ class Sorting(Task):
         self.n = n
         self.name = "sort"
 
+    @staticmethod
+    def steps(text: str) -> list[str]:
+        """The steps of a sorted list: ``>`` and then each digit, one a step."""
+        return list(text)
+
+    def critique(self, problem: Problem, completion: str) -> int | None:
+        """A step-aligned checker: the index of the first character of ``completion`` that differs from
+        the sorted list (a missing one counts as wrong), ``None`` when all are right."""
+        ref = problem.target
+        for k, want in enumerate(ref):
+            if k >= len(completion) or completion[k] != want:
+                return k
+        return None if len(completion) == len(ref) else len(ref)
+
     def draw(self, g):
         digits = torch.randint(0, 10, (self.n,), generator=g).tolist()
         answer = "".join(str(d) for d in sorted(digits))

@@ -20,6 +20,10 @@ these reuse. With identical views every loss below and its gradient are zero (te
   added only where it is aligned with and proportionate to the consensus.
 * :func:`reveal`, :class:`ExposureController` -- ATESD: the teacher view reads a share ``rho`` of the
   reference, and a Beta policy rewarded by the student's learning progress chooses ``rho``.
+* :func:`sequence_pg_loss` -- the binary-reward feedback condition (GRPO's sequence-level advantage on
+  every token); the reference and critique conditions are per-token advantages
+  (:func:`~distill_lab.methods.kd.token.on_policy_pg_loss`, the critique's weights from
+  :func:`distill_lab.llm.selfdistill.critique_focus`).
 * :func:`token_contrastive_loss` -- UniSD's token-level contrastive term between the two views'
   representations (its divergence clipping is :func:`clipped_forward_kl`'s ``clip``).
 """
@@ -228,3 +232,20 @@ def token_contrastive_loss(student_h: torch.Tensor, teacher_h: torch.Tensor, mas
     logp = F.log_softmax(sim, -1).diagonal(dim1=1, dim2=2)
     right = (sim.argmax(-1) == torch.arange(T, device=sim.device)).float()
     return masked_mean(-logp, mask), {"top1": masked_mean(right, mask)}
+
+
+# ----------------------------------------------------------------------------- feedback contexts
+def sequence_pg_loss(student_logits, tokens, mask, advantage: torch.Tensor):
+    """A binary reward as the only feedback (the GRPO condition of "The Role of Feedback Alignment in
+    Self-Distillation"): every token of a sampled sequence shares the sequence's advantage ``A`` (``[B]``,
+    e.g. :func:`~distill_lab.methods.step.preference.group_advantages` of the rewards), and
+    ``L = -mean_t A log q(y_t)`` over the masked tokens. Stop-gradient: the advantage. Returns
+    ``(loss, info)``."""
+    mask = check_mask(mask, student_logits)
+    advantage = torch.as_tensor(advantage, dtype=torch.float32, device=student_logits.device)
+    if advantage.shape != (student_logits.shape[0],):
+        raise ValueError(f"advantage must be one number a sequence, [B]=[{student_logits.shape[0]}], got "
+                         f"{tuple(advantage.shape)}")
+    logq = _token_logprobs(student_logits, tokens)
+    loss = -masked_mean(advantage.detach()[:, None] * logq, mask)
+    return loss, {"advantage_abs": float(advantage.abs().mean())}

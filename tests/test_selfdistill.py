@@ -1,0 +1,347 @@
+"""Self-distillation with privileged information on the tiny GPT (issue 13, items 1 to 4): the teacher
+view's prompt, the warm start on both views, the step-aligned critique, the self-teacher's weights, the
+binary-reward loss, and the recipes' wiring. Known answers: identical views give zero loss and gradient;
+the critique marks exactly the failing step; the EMA teacher moves by exactly ``1 - decay``."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from distill_lab.core.registry import get_recipe, recipes
+from distill_lab.llm import self_recipes as SR
+from distill_lab.llm.rollout import Completions, score
+from distill_lab.llm.selfdistill import MARK, SelfDistillTask, critique_focus, self_scale, with_reference
+from distill_lab.llm.tasks import PAD, get_task
+from distill_lab.methods.kd.privileged import sequence_pg_loss
+from distill_lab.methods.kd.token import on_policy_pg_loss
+from test_llm import _tiny_scale
+
+
+def _exp(task="mult", steps=3, **kw):
+    ts = _tiny_scale(task)
+    ts = replace(ts, task_kwargs={**ts.task_kwargs, **({"digits_a": 2, "digits_b": 2} if task == "mult" else {})})
+    return SelfDistillTask(task, "ci", task_scale=ts, progress=False, steps=steps, **kw)
+
+
+@pytest.fixture(scope="module")
+def mult():
+    return _exp()
+
+
+# ------------------------------------------------------------------ the teacher view
+def test_the_teacher_view_reveals_a_share_of_the_reference_at_one_length():
+    p = get_task("mult", digits_a=2, digits_b=2).write(12, 34)
+    full, none, half = (with_reference(p, r) for r in (1.0, 0.0, 0.5))
+    assert full.privileged_prompt == p.prompt + MARK + p.target
+    assert none.privileged_prompt == p.prompt + MARK + PAD * len(p.target)
+    k = round(0.5 * len(p.target))
+    assert half.privileged_prompt == p.prompt + MARK + p.target[:k] + PAD * (len(p.target) - k)
+    assert full.prompt == p.prompt and full.target == p.target  # the student view is unchanged
+    with pytest.raises(ValueError, match="width"):
+        with_reference(p, 1.0, width=3)
+    with pytest.raises(ValueError, match="rho"):
+        with_reference(p, 1.5)
+
+
+def test_problems_carry_the_exposure_asked_for(mult):
+    torch.manual_seed(0)
+    for rho in (0.0, 0.5, 1.0):
+        for p in mult.problems(4, rho=rho):
+            assert p.privileged_prompt == with_reference(replace(p, teacher_prompt=None), rho, mult.width).privileged_prompt
+    assert all(p.privileged_prompt.endswith(p.target) for p in mult.eval_problems)  # evaluation: whole reference
+    enc = mult.task.encode_prompts(mult.problems(3, rho=0.3), privileged=True)
+    assert enc.shape == (3, mult.task.prompt_len + 1 + mult.width)
+
+
+def test_self_distillation_refuses_tasks_with_their_own_privileged_prompt_and_bad_settings():
+    for task in ("star", "mult_short"):
+        with pytest.raises(ValueError, match="self-distillation|runs on"):
+            SelfDistillTask(task, "ci", progress=False, task_scale=_tiny_scale(task))
+    with pytest.raises(ValueError, match="view_share"):
+        _exp(view_share=1.0)
+    with pytest.raises(ValueError, match="pool"):
+        _exp(pool=0)
+    with pytest.raises(ValueError, match="runs on"):
+        self_scale("star")
+
+
+def test_the_warm_start_is_one_per_seed_and_reads_both_views(mult):
+    torch.manual_seed(3)
+    a, b = mult.student(), mult.student()
+    for x, y in zip(a.parameters(), b.parameters()):
+        assert torch.equal(x, y)
+    c = Completions(mult.eval_problems[:2], mult.task.encode_targets(mult.eval_problems[:2]),
+                    mult.task.encode_targets(mult.eval_problems[:2]) != 0, None, "data")
+    with torch.no_grad():
+        plain, priv = score(a, mult.task, c), score(a, mult.task, c, privileged=True)
+    assert plain.shape == priv.shape and not torch.allclose(plain, priv)  # the views read different prompts
+
+
+def test_stray_swaps_a_share_of_the_trained_tokens_only(mult):
+    probs = mult.problems(64)
+    c = Completions(probs, mult.task.encode_targets(probs), mult.task.encode_targets(probs) != 0, None, "data")
+    mult.stray_share = 0.3
+    try:
+        torch.manual_seed(0)
+        s = mult.stray(c)
+    finally:
+        mult.stray_share = 0.1
+    changed = s.tokens != c.tokens
+    assert not changed[~c.mask].any()  # padding and what follows the end token untouched
+    share = changed[c.mask].float().mean().item()
+    assert 0.15 < share < 0.3  # 0.3 drawn, less the swaps that drew the same character
+    alphabet = {t for p in probs for t in mult.task.tokenizer.encode(p.target)}
+    assert set(s.tokens[changed].tolist()) <= alphabet
+    mult.stray_share = 0.0
+    try:
+        assert mult.stray(c) is c
+    finally:
+        mult.stray_share = 0.1
+
+
+# ------------------------------------------------------------------ the critique
+def _ids(task, texts, n):
+    tok = task.tokenizer
+    return torch.tensor([(tok.encode(t) + [tok.eos_id] + [tok.pad_id] * n)[:n] for t in texts])
+
+
+def test_the_critique_marks_exactly_the_first_failing_step():
+    task = get_task("mult", digits_a=2, digits_b=2)
+    p = task.write(12, 34)  # target 8400+0630>8040
+    wrong_p1 = p.target[:6] + "9" + p.target[7:]
+    wrong_both = "1" + p.target[1:6] + "9" + p.target[7:]
+    texts = [p.target, wrong_p1, wrong_both, p.target[:3], p.target[:-1] + "7"]
+    f = critique_focus(task, [p] * 5, _ids(task, texts, 16))
+    assert f[0].sum() == 0  # right: no token blamed
+    assert f[1].nonzero().flatten().tolist() == [4, 5, 6, 7, 8]  # "+0930": the second step only
+    assert f[2].nonzero().flatten().tolist() == [0, 1, 2, 3]  # the first failing step, not the later one
+    assert f[3].nonzero().flatten().tolist() == [0, 1, 2]  # a cut first step is the failing one
+    assert f[4].nonzero().flatten().tolist() == list(range(9, 14))  # the answer step
+    stopped = critique_focus(task, [p], _ids(task, [p.target[:9]], 16))  # stopped before the answer
+    assert stopped[0].nonzero().flatten().tolist() == [9]  # its end token is the mistake
+
+
+def test_the_sorting_critique_is_per_digit_and_a_task_without_one_is_refused():
+    task = get_task("sort", n=4)
+    p = task.draw(torch.Generator().manual_seed(1))
+    wrong = p.target[:2] + ("9" if p.target[2] != "9" else "0") + p.target[3:]
+    assert task.critique(p, p.target) is None and task.critique(p, wrong) == 2
+    assert task.critique(p, p.target[:2]) == 2 and task.critique(p, p.target + "1") == len(p.target)
+    f = critique_focus(task, [p], _ids(task, [wrong], 8))
+    assert f[0].nonzero().flatten().tolist() == [2]
+    with pytest.raises(ValueError, match="checker"):
+        critique_focus(get_task("star"), [p], _ids(task, [wrong], 8))
+
+
+# ------------------------------------------------------------------ the self-teacher's weights
+def test_the_initial_teacher_is_the_frozen_warm_start_and_current_is_the_student(mult):
+    torch.manual_seed(5)
+    student = mult.student()
+    init = SR.self_teacher(mult, "initial")(student)
+    assert init is not student and not any(p.requires_grad for p in init.parameters())
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(1.0)
+    for a, b in zip(init.parameters(), mult.student().parameters()):
+        assert torch.equal(a, b)  # training the student leaves it as it was
+    assert SR.self_teacher(mult, "current")(student) is student
+    with pytest.raises(ValueError, match="self-teacher"):
+        SR.self_teacher(mult, "best")
+    with pytest.raises(ValueError, match="decay"):
+        SR.self_teacher(mult, "ema", decay=1.0)
+
+
+def test_the_ema_teacher_moves_by_one_minus_decay_towards_the_student(mult):
+    torch.manual_seed(6)
+    start = [p.detach().clone() for p in mult.student().parameters()]
+    student = mult.student()
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(2.0)
+    ema = SR.self_teacher(mult, "ema", decay=0.75)
+    t = ema(student)
+    for a, s0 in zip(t.parameters(), start):
+        torch.testing.assert_close(a, s0 + 0.25 * 2.0)
+    t = ema(student)  # a second step: 0.75 of the gap left, closed by another quarter
+    for a, s0 in zip(t.parameters(), start):
+        torch.testing.assert_close(a, s0 + 2.0 * (1 - 0.75 ** 2))
+
+
+# ------------------------------------------------------------------ the binary-reward loss
+def _logits(seed, B=3, T=4, V=6):
+    return torch.randn(B, T, V, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def test_sequence_pg_loss_is_the_sequence_advantage_times_each_tokens_log_likelihood():
+    s = _logits(0).requires_grad_()
+    tokens = torch.tensor([[1, 2, 3, 0], [4, 4, 0, 0], [5, 1, 2, 3]])
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 1]], dtype=torch.bool)
+    adv = torch.tensor([1.0, -0.5, 0.0], dtype=torch.float64)
+    loss, _ = sequence_pg_loss(s, tokens, mask, adv)
+    logq = torch.log_softmax(s, -1).gather(-1, tokens[..., None]).squeeze(-1)
+    want = -(adv[:, None] * logq)[mask].sum() / mask.sum()
+    torch.testing.assert_close(loss, want.float() if loss.dtype == torch.float32 else want)
+    loss.backward()
+    assert s.grad[2].abs().max() == 0  # zero advantage: no push
+    s2 = _logits(0).requires_grad_()
+    sequence_pg_loss(s2, tokens, mask, torch.zeros(3))[0].backward()
+    assert s2.grad.abs().max() == 0
+    with pytest.raises(ValueError, match="one number a sequence"):
+        sequence_pg_loss(s, tokens, mask, torch.zeros(2))
+    a = adv.clone().requires_grad_()
+    sequence_pg_loss(_logits(0).requires_grad_(), tokens, mask, a)[0].backward()
+    assert a.grad is None  # the advantage is under stop-gradient
+
+
+def test_a_right_rollouts_critique_leaves_it_alone_and_identical_views_teach_nothing():
+    s, t = _logits(1), _logits(2)
+    tokens = torch.randint(0, 6, (3, 4), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones(3, 4, dtype=torch.bool)
+    focus = torch.tensor([[0, 0, 0, 0], [0, 1, 1, 0], [0, 0, 0, 0]], dtype=torch.float64)
+    x = s.clone().requires_grad_()
+    on_policy_pg_loss(x, t, tokens, mask, weights=focus)[0].backward()
+    assert x.grad[0].abs().max() == 0 and x.grad[2].abs().max() == 0 and x.grad[1, 1:3].abs().max() > 0
+    assert x.grad[1, [0, 3]].abs().max() == 0
+    y = s.clone().requires_grad_()
+    loss = on_policy_pg_loss(y, y.detach(), tokens, mask, weights=focus)[0]
+    loss.backward()
+    assert abs(loss.item()) < 1e-12 and y.grad.abs().max() < 1e-12
+
+
+# ------------------------------------------------------------------ the recipes
+SELF_RECIPES = [r.name for r in recipes("llm_self")]
+
+
+def test_every_self_distillation_recipe_is_on_its_track_with_its_paper():
+    assert set(SELF_RECIPES) == {"reference_sft", "opsd", "pw_opsd", "opsd_rl", "pi_distill", "atesd",
+                                 "feedback_reward", "feedback_reference", "feedback_critique"}
+    assert all(get_recipe(n).paper for n in SELF_RECIPES)
+
+
+@pytest.mark.parametrize("name", SELF_RECIPES)
+def test_each_recipe_trains_the_student_view_for_its_steps(mult, name):
+    torch.manual_seed(0)
+    before = [p.detach().clone() for p in mult.student().parameters()]
+    st = get_recipe(name).train(mult, steps=2)
+    assert st.train_info["steps"] == 2
+    assert any(not torch.equal(a, b) for a, b in zip(st.parameters(), before))
+    assert 0.0 <= mult.evaluate(st)["accuracy"] <= 100.0
+
+
+def _spy(monkeypatch, fn_name):
+    seen = []
+    real = getattr(SR, fn_name)
+
+    def spy(*a, **k):
+        seen.append((a, k))
+        return real(*a, **k)
+
+    monkeypatch.setattr(SR, fn_name, spy)
+    return seen
+
+
+def test_opsd_reads_the_exposure_and_pw_opsd_weights_the_positions(mult, monkeypatch):
+    drawn = []
+    real = mult.problems
+    monkeypatch.setattr(mult, "problems", lambda n=None, rho=None: drawn.append(rho) or real(n, rho))
+    seen = _spy(monkeypatch, "clipped_forward_kl")
+    torch.manual_seed(0)
+    get_recipe("opsd").train(mult, steps=1, rho=0.25, clip=0.5)
+    assert 0.25 in drawn and seen[-1][1]["clip"] == 0.5 and seen[-1][1]["weights"] is None
+    get_recipe("pw_opsd").train(mult, steps=1)
+    a, k = seen[-1]
+    mask = a[2]
+    w = k["weights"]
+    torch.testing.assert_close(w, SR.position_weights(mask, 1.0))
+
+
+def test_opsd_scores_the_teacher_view_with_the_teachers_weights(mult, monkeypatch):
+    calls = []
+    real = SR.distill
+
+    def spy(exp, name, loss, source="data", **k):
+        calls.append((source, k.get("teacher")))
+        return real(exp, name, loss, source, **k)
+
+    monkeypatch.setattr(SR, "distill", spy)
+    torch.manual_seed(0)
+    get_recipe("opsd").train(mult, steps=1, teacher="current")
+    source, teacher = calls[-1]
+    s = mult.student()
+    assert source == "student" and teacher(s) is s
+    get_recipe("pi_distill").train(mult, steps=1)
+    assert calls[-1][0] == "teacher"  # pi-Distill learns on the teacher view's samples
+
+
+def test_pi_distill_trains_the_teacher_view_only_through_its_first_term(mult, monkeypatch):
+    """alpha = 0: the loss is the distillation term alone, whose teacher view is detached; alpha = 1: the
+    teacher view's reward-weighted likelihood alone (its gradient reaches the weights through the
+    privileged prompt)."""
+    grads = {}
+
+    def spy(exp, name, loss, source="data", **k):
+        probs = exp.problems(4)
+        c = Completions(probs, exp.task.encode_targets(probs), exp.task.encode_targets(probs) != 0, None, "teacher")
+        model = exp.student()
+        s = score(model, exp.task, c)
+        with torch.no_grad():
+            t = score(model, exp.task, c, privileged=True)
+        out = loss(s, t, c, model=model)[0]
+        out.backward()
+        grads[name] = [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in model.parameters()]
+        return model
+
+    monkeypatch.setattr(SR, "distill", spy)
+    torch.manual_seed(0)
+    SR.pi_distill(mult, alpha=0.0)
+    g0 = grads["pi_distill"]
+    SR.pi_distill(mult, alpha=1.0)
+    g1 = grads["pi_distill"]
+    assert any(g.abs().max() > 0 for g in g1)  # data targets are right: reward 1, the teacher view learns
+    assert not all(torch.equal(a, b) for a, b in zip(g0, g1))
+    with pytest.raises(ValueError, match="alpha"):
+        SR.pi_distill(mult, alpha=1.5)
+
+
+def test_atesd_holds_each_exposure_for_its_window(mult):
+    torch.manual_seed(0)
+    st = get_recipe("atesd").train(mult, steps=5, window=2)
+    rhos = st.train_info["rho"]
+    assert len(rhos) == 3 and all(0 < r < 1 for r in rhos)
+    hist = st.train_info["history"]
+    assert hist["rho"][0] == rhos[0]
+
+
+def test_feedback_critique_weighs_the_pg_loss_by_the_critique(mult, monkeypatch):
+    seen = _spy(monkeypatch, "on_policy_pg_loss")
+    torch.manual_seed(0)
+    get_recipe("feedback_critique").train(mult, steps=1)
+    a, k = seen[-1]
+    c_tokens = a[2]
+    assert k["weights"].shape == c_tokens.shape and set(k["weights"].unique().tolist()) <= {0.0, 1.0}
+    get_recipe("feedback_reference").train(mult, steps=1)
+    assert "weights" not in seen[-1][1]
+
+
+def test_feedback_reward_draws_groups_of_the_same_problem(mult, monkeypatch):
+    seen = _spy(monkeypatch, "group_advantages")
+    torch.manual_seed(0)
+    get_recipe("feedback_reward").train(mult, steps=1, group=4)
+    r, group = seen[-1][0]
+    assert group == 4 and r.shape == (mult.batch // 4 * 4,)
+
+
+def test_policy_gradient_recipes_default_to_a_tenth_of_the_learning_rate(mult, monkeypatch):
+    lrs = []
+    real = SR.distill
+    monkeypatch.setattr(SR, "distill", lambda exp, name, loss, source="data", **k: lrs.append(k["lr"]) or real(
+        exp, name, loss, source, **{**k, "steps": 1}))
+    torch.manual_seed(0)
+    for n in ("opsd_rl", "feedback_reward", "feedback_reference", "feedback_critique"):
+        get_recipe(n).train(mult)
+    assert lrs == [pytest.approx(SR.PG_LR * mult.lr)] * 4
+    get_recipe("opsd_rl").train(mult, lr=1e-3)
+    assert lrs[-1] == 1e-3
