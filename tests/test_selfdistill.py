@@ -345,3 +345,72 @@ def test_policy_gradient_recipes_default_to_a_tenth_of_the_learning_rate(mult, m
     assert lrs == [pytest.approx(SR.PG_LR * mult.lr)] * 4
     get_recipe("opsd_rl").train(mult, lr=1e-3)
     assert lrs[-1] == 1e-3
+
+
+# ------------------------------------------------------------------ PW-OPSD's branch viability
+class SortOracle(torch.nn.Module):
+    """A model that sorts perfectly: after ``=`` it writes ``>`` and the prompt's digits sorted, whatever
+    it wrote before (it reads the digits before ``=``; a teacher-view ``#...`` suffix is skipped)."""
+
+    def __init__(self, task):
+        super().__init__()
+        self.task, self.tok = task, task.tokenizer
+        self.dummy = torch.nn.Parameter(torch.zeros(()))
+
+    def new_cache(self, batch):
+        return []  # the tokens read so far
+
+    def forward(self, x, cache=None):
+        if cache is not None:
+            cache.append(x)
+            return self.forward(torch.cat(cache, 1))[:, -x.shape[1]:]
+        B, T = x.shape
+        out = torch.full((B, T, self.tok.vocab_size), -30.0)
+        eq, mark = self.tok.index["="], self.tok.index["#"]
+        for b in range(B):
+            row = x[b].tolist()
+            e = row.index(eq)
+            digits = "".join(self.tok.chars[i] for i in row[1:e])
+            start = e + 1 + (1 + len(digits) + 1 if mark in row else 0)  # after "#" and the reference
+            target = ">" + "".join(sorted(digits))
+            for t in range(start - 1, T):
+                k = t - (start - 1)
+                nxt = self.tok.eos_id if k >= len(target) else self.tok.index[target[k]]
+                out[b, t, nxt] = 30.0
+        return out + 0 * self.dummy
+
+
+def test_branch_viability_is_true_until_the_rollouts_first_mistake():
+    from distill_lab.llm.diagnostics import branch_viability
+    from distill_lab.llm.selfdistill import with_reference
+
+    task = get_task("sort", n=4)
+    p = with_reference(task.draw(torch.Generator().manual_seed(2)), 1.0)
+    good = p.target
+    bad = good[:3] + ("9" if good[3] != "9" else "0") + good[4:]  # the fourth token wrong
+    oracle = SortOracle(task)
+    toks = _ids(task, [good, bad], len(good) + 1)
+    mask = torch.ones_like(toks, dtype=torch.bool)
+    d = branch_viability(oracle, oracle, task, [p, p], toks, mask)
+    n = len(good) + 1
+    assert d["viable"][:n].all()  # a right rollout: every teacher token viable
+    assert d["viable"][n:n + 4].all() and not d["viable"][n + 4:].any()  # up to the mistake, then never
+    assert not d["agrees"][n + 3] and d["agrees"][n + 2]  # the teacher corrects the wrong token
+    torch.testing.assert_close(d["position"][:n], torch.linspace(0, 1, n))
+    assert d["entropy"].max() < 1e-6
+
+
+def test_auroc_is_the_mann_whitney_probability():
+    from distill_lab.llm.diagnostics import auroc
+
+    label = torch.tensor([1, 1, 0, 0, 1, 0], dtype=torch.bool)
+    assert auroc(label.float(), label) == 1.0 and auroc(-label.float(), label) == 0.0
+    assert auroc(torch.zeros(6), label) == 0.5
+    s = torch.tensor([0.9, 0.2, 0.5, 0.1, 0.5, 0.3])
+    pairs = [(a, b) for a in s[label] for b in s[~label]]
+    want = sum(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in pairs) / len(pairs)
+    assert auroc(s, label) == pytest.approx(want)
+    with pytest.raises(ValueError, match="positives and negatives"):
+        auroc(s, torch.ones(6, dtype=torch.bool))
+    with pytest.raises(ValueError, match="one score a label"):
+        auroc(s, label[:3])

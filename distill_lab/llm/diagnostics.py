@@ -79,3 +79,66 @@ def action_values(model, task: Task, problem: Problem, prefix: list[int], candid
         out.append(sum(task.check(problem, t) for t in texts) / n)
     model.train(was)
     return torch.tensor(out)
+
+
+# ----------------------------------------------------------------------------- PW-OPSD's branch viability
+@torch.no_grad()
+def branch_viability(student, teacher, task: Task, problems: list[Problem], tokens: torch.Tensor,
+                     mask: torch.Tensor) -> dict:
+    """PW-OPSD's branch-viability diagnostic ("When Are Teacher Tokens Reliable?"): at every position
+    ``t`` of the student's rollouts ``tokens [B, T]`` (``mask`` the trained positions), take the teacher
+    view's most likely next token after the same prefix (``teacher`` reads the privileged prompt), force
+    it after the **student** prompt and the rollout's first ``t`` tokens, let the student decode greedily
+    from there, and record whether that continuation reaches the right answer: the teacher token is
+    *viable* there. Returns flat ``[N]`` tensors over the masked positions: ``viable`` (bool),
+    ``position`` (the position's rank in its rollout, 0 to 1), ``entropy`` (the teacher view's entropy
+    there, nats) and ``agrees`` (the teacher token equals the one the student sampled). Score a
+    predictor of reliability with :func:`auroc`."""
+    from .rollout import Completions, score  # (rollout imports this module's neighbours; kept local)
+
+    c = Completions(problems, tokens, mask, None, "student")
+    t_logits = score(teacher, task, c, privileged=True).float()
+    choice = t_logits.argmax(-1)
+    logp = F.log_softmax(t_logits, -1)
+    entropy = -(logp.exp() * logp).sum(-1)
+    B, T = tokens.shape
+    prompts = task.encode_prompts(problems).to(tokens.device)
+    rows, where = [], []
+    for b in range(B):
+        for t in range(T):
+            if mask[b, t]:
+                rows.append(torch.cat([prompts[b], tokens[b, :t], choice[b, t:t + 1]]))
+                where.append((b, t))
+    viable = torch.zeros(len(rows), dtype=torch.bool)
+    was = student.training
+    student.eval()
+    for t in range(T):  # one batch a prefix length (the prompts share one length)
+        idx = [i for i, (_, tt) in enumerate(where) if tt == t]
+        if not idx:
+            continue
+        seq = torch.stack([rows[i] for i in idx])
+        r = generate(student, seq, task.max_new_tokens - t - 1, temperature=0.0, eos_id=task.tokenizer.eos_id,
+                     pad_id=task.tokenizer.pad_id) if task.max_new_tokens - t - 1 > 0 else None
+        for j, i in enumerate(idx):
+            b = where[i][0]
+            ids = seq[j, prompts.shape[1]:].tolist() + (r.generated[j].tolist() if r is not None else [])
+            viable[i] = task.check(problems[b], task.tokenizer.decode(ids))
+    student.train(was)
+    length = mask.sum(1).float()
+    pos = torch.tensor([t / max(1.0, float(length[b]) - 1) for b, t in where])
+    return {"viable": viable, "position": pos, "entropy": torch.stack([entropy[b, t] for b, t in where]).cpu(),
+            "agrees": torch.stack([choice[b, t] == tokens[b, t] for b, t in where]).cpu()}
+
+
+def auroc(score: torch.Tensor, label: torch.Tensor) -> float:
+    """The area under the ROC curve of ``score`` as a predictor of ``label`` (bool): the probability that
+    a random positive scores above a random negative, ties counting half (the Mann-Whitney statistic).
+    0.5 is chance, 1 a perfect predictor, below 0.5 a predictor of the other sign."""
+    score, label = torch.as_tensor(score, dtype=torch.float64).flatten(), torch.as_tensor(label).flatten().bool()
+    if score.shape != label.shape:
+        raise ValueError(f"one score a label: got {tuple(score.shape)} and {tuple(label.shape)}")
+    pos, neg = score[label], score[~label]
+    if len(pos) == 0 or len(neg) == 0:
+        raise ValueError("AUROC needs positives and negatives both; every label is the same")
+    diff = pos[:, None] - neg[None, :]
+    return float(((diff > 0).double() + 0.5 * (diff == 0).double()).mean())
