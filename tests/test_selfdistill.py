@@ -217,7 +217,7 @@ SELF_RECIPES = [r.name for r in recipes("llm_self")]
 
 def test_every_self_distillation_recipe_is_on_its_track_with_its_paper():
     assert set(SELF_RECIPES) == {"reference_sft", "opsd", "pw_opsd", "opsd_rl", "pi_distill", "atesd",
-                                 "feedback_reward", "feedback_reference", "feedback_critique"}
+                                 "feedback_reward", "feedback_critique"}
     assert all(get_recipe(n).paper for n in SELF_RECIPES)
 
 
@@ -315,15 +315,15 @@ def test_atesd_holds_each_exposure_for_its_window(mult):
     assert hist["rho"][0] == rhos[0]
 
 
-def test_feedback_critique_weighs_the_pg_loss_by_the_critique(mult, monkeypatch):
-    seen = _spy(monkeypatch, "on_policy_pg_loss")
+def test_feedback_critique_matches_only_the_failing_steps_tokens(mult, monkeypatch):
+    seen = _spy(monkeypatch, "clipped_forward_kl")
+    focus = _spy(monkeypatch, "critique_focus")
     torch.manual_seed(0)
-    get_recipe("feedback_critique").train(mult, steps=1)
+    get_recipe("feedback_critique").train(mult, steps=1, clip=0.7)
     a, k = seen[-1]
-    c_tokens = a[2]
-    assert k["weights"].shape == c_tokens.shape and set(k["weights"].unique().tolist()) <= {0.0, 1.0}
-    get_recipe("feedback_reference").train(mult, steps=1)
-    assert "weights" not in seen[-1][1]
+    (task, problems, tokens), _ = focus[-1]
+    torch.testing.assert_close(k["weights"], critique_focus(task, problems, tokens))
+    assert k["clip"] == 0.7 and tokens.shape == a[2].shape
 
 
 def test_feedback_reward_draws_groups_of_the_same_problem(mult, monkeypatch):
@@ -340,9 +340,11 @@ def test_policy_gradient_recipes_default_to_a_tenth_of_the_learning_rate(mult, m
     monkeypatch.setattr(SR, "distill", lambda exp, name, loss, source="data", **k: lrs.append(k["lr"]) or real(
         exp, name, loss, source, **{**k, "steps": 1}))
     torch.manual_seed(0)
-    for n in ("opsd_rl", "feedback_reward", "feedback_reference", "feedback_critique"):
+    for n in ("opsd_rl", "feedback_reward"):
         get_recipe(n).train(mult)
-    assert lrs == [pytest.approx(SR.PG_LR * mult.lr)] * 4
+    assert lrs == [pytest.approx(SR.PG_LR * mult.lr)] * 2
+    get_recipe("feedback_critique").train(mult)
+    assert lrs[-1] is None  # a distribution-matching recipe: the experiment's own rate
     get_recipe("opsd_rl").train(mult, lr=1e-3)
     assert lrs[-1] == 1e-3
 

@@ -384,3 +384,69 @@ prediction("46.where_aligned", "distillation towards a weak teacher (the student
 prediction("46.state_vs_logits", "two low-rank state-space students of equal size, one distilled from the dense "
            "teacher's logits alone, one with its hidden states aligned too: which is more accurate?",
            ("state alignment", "about the same", "logits alone"), solution="state alignment")
+
+
+# ---------------------------------------------------------------- lab 43: self-distillation with privileged information
+def _clipped_kl(s, t, clip):
+    logq, logp = F.log_softmax(s, -1), F.log_softmax(t.detach(), -1)
+    kl = (logp.exp() * (logp - logq)).sum(-1)
+    return ((clip / kl.detach().clamp(min=1e-12)).clamp(max=1.0) * kl).mean()
+
+
+def _kl_value_clipped(s, t, clip):
+    logq, logp = F.log_softmax(s, -1), F.log_softmax(t.detach(), -1)
+    return (logp.exp() * (logp - logq)).sum(-1).clamp(max=clip).mean()
+
+
+def _kl_reverse_clipped(s, t, clip):
+    logq, logp = F.log_softmax(s, -1), F.log_softmax(t.detach(), -1)
+    kl = (logq.exp() * (logq - logp)).sum(-1)
+    return ((clip / kl.detach().clamp(min=1e-12)).clamp(max=1.0) * kl).mean()
+
+
+def _kl_teacher_trained(s, t, clip):
+    logq, logp = F.log_softmax(s, -1), F.log_softmax(t, -1)
+    kl = (logp.exp() * (logp - logq)).sum(-1)
+    return ((clip / kl.detach().clamp(min=1e-12)).clamp(max=1.0) * kl).mean()
+
+
+@implement("43.clipped_kl", "OPSD's clipped forward KL from the teacher view to the student view",
+           solution=_clipped_kl,
+           wrong={"no clipping": lambda s, t, clip: _clipped_kl(s, t, float("inf")),
+                  "the value clipped, min(KL, clip): a clipped token teaches nothing": _kl_value_clipped,
+                  "the reverse KL": _kl_reverse_clipped,
+                  "the teacher view not detached (it would learn to agree with the student)": _kl_teacher_trained})
+def _check_clipped_kl(fn) -> str:
+    """``fn(student_logits [B, T, V], teacher_logits [B, T, V], clip) -> loss`` must equal
+    :func:`~distill_lab.methods.kd.privileged.clipped_forward_kl` (no mask) in value and in its gradient to
+    the student, and send no gradient to the teacher view."""
+    from ..methods.kd.privileged import clipped_forward_kl
+
+    g = torch.Generator().manual_seed(43)
+    for clip in (0.2, 1.0):
+        s = torch.randn(3, 5, 9, generator=g, dtype=torch.float64)
+        t = 3 * torch.randn(3, 5, 9, generator=g, dtype=torch.float64)
+        mine_s, ref_s = s.clone().requires_grad_(), s.clone().requires_grad_()
+        t_leaf = t.clone().requires_grad_()
+        mine = fn(mine_s, t_leaf, clip)
+        ref = clipped_forward_kl(ref_s, t, clip=clip)[0]
+        compare(mine, ref, f"the loss at clip {clip}")
+        mine.backward()
+        ref.backward()
+        compare(mine_s.grad, ref_s.grad, f"the gradient to the student's logits at clip {clip}")
+        if t_leaf.grad is not None and float(t_leaf.grad.abs().max()) > 0:
+            raise AssertionError("the loss sends a gradient to the teacher view's logits: detach them (the teacher "
+                                 "view is the same network; trained here it would move towards the student)")
+    return "equals clipped_forward_kl in value and gradient at two clips, and leaves the teacher view alone"
+
+
+prediction("43.opsd_vs_sft", "the same warm start, the same references and budget: which student view ends more "
+           "accurate, the one distilled on its own rollouts from its teacher view (OPSD), or the one trained by "
+           "cross-entropy on the references?",
+           ("OPSD", "about the same", "reference SFT"), solution="reference SFT")
+prediction("43.current_teacher", "OPSD with the teacher view read by the student's current weights instead of "
+           "the frozen warm start: what happens to the student view?",
+           ("it collapses", "about the same", "it improves"), solution="it collapses")
+prediction("43.exposure", "OPSD with the teacher view reading 75% of the reference against the whole of it: which "
+           "student is more accurate?",
+           ("75%", "about the same", "the whole reference"), solution="75%")

@@ -20,9 +20,9 @@ Recipes:
 * ``opsd_rl`` -- OPSD as the pi-Distill paper defines it: the task reward with a reverse-KL penalty to the teacher view.
 * ``pi_distill`` -- pi-Distill's joint objective: one model, both views trained together.
 * ``atesd`` -- adaptive teacher exposure: a Beta-policy controller picks ``rho`` for each window.
-* ``feedback_reward``, ``feedback_reference``, ``feedback_critique`` -- the three self-teacher contexts of
-  "The Role of Feedback Alignment in Self-Distillation": a binary reward (GRPO), the reference
-  solution, and a step-aligned critique, as per-token advantages.
+* ``feedback_reward``, ``opsd``, ``feedback_critique`` -- the three contexts of "The Role of Feedback
+  Alignment in Self-Distillation": a binary reward (GRPO, no self-teacher), the reference solution
+  (``opsd``), and a step-aligned critique (the matching kept on the failing step's tokens).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import torch
 from ..core.registry import recipe, with_options
 from ..methods.kd.privileged import (ExposureController, clipped_forward_kl, opsd_rl_loss, position_weights,
                                      sequence_pg_loss)
-from ..methods.kd.token import on_policy_pg_loss, token_ce_loss, _token_logprobs, masked_mean
+from ..methods.kd.token import token_ce_loss, _token_logprobs, masked_mean
 from ..methods.step.preference import group_advantages
 from .recipes import distill
 from .rollout import score
@@ -50,7 +50,7 @@ FEEDBACK = "The Role of Feedback Alignment in Self-Distillation (2026)"
 TEACHERS = ("initial", "current", "ema")
 # the policy-gradient recipes' default learning rate, as a share of the experiment's: at the track's
 # 2e-3 their sampled-token advantages (log-ratios of up to ~10 nats against a near one-hot teacher view)
-# drove every student to 0% exact match within 300 steps (seed 0, ci); at a tenth they do not collapse
+# drove every student to 0% exact match within 300 steps (seed 0, ci); at a tenth they do not collapse to 0
 PG_LR = 0.1
 
 
@@ -218,30 +218,22 @@ def feedback_reward(exp, **overrides):
     return distill(exp, "feedback_reward", loss, "student", teacher_logits=False, draw=draw, **o)
 
 
-@recipe("feedback_reference", tracks=SELF, family="feedback", paper=FEEDBACK)
-def feedback_reference(exp, **overrides):
-    """The reference solution as the feedback: each sampled token's advantage is the log-ratio of the
-    teacher view (reading the whole reference) to the student view, ``log p(y_t | x, ref) - log q(y_t | x)``,
-    on every token (:func:`~distill_lab.methods.kd.token.on_policy_pg_loss`)."""
-    o = with_options(overrides, "feedback_reference", steps=None, lr=None, teacher="initial")
-    o["lr"] = o["lr"] or PG_LR * exp.lr
-    return distill(exp, "feedback_reference", lambda s, t, c: on_policy_pg_loss(s, t, c.tokens, c.mask), "student",
-                   teacher=self_teacher(exp, o.pop("teacher")), **o)
-
-
 @recipe("feedback_critique", tracks=SELF, family="feedback", paper=FEEDBACK)
 def feedback_critique(exp, **overrides):
-    """A step-aligned critique as the feedback: the same per-token advantage as ``feedback_reference``,
-    kept only on the tokens of the step the checker names as the first to fail
-    (:func:`~distill_lab.llm.selfdistill.critique_focus`), zero on the steps it passed and on right
-    rollouts. The toy's self-teacher does not read the critique as text (a two-layer GPT cannot be
-    taught that in seconds): the critique chooses the tokens, the teacher view supplies the correction."""
-    o = with_options(overrides, "feedback_critique", steps=None, lr=None, teacher="initial")
-    o["lr"] = o["lr"] or PG_LR * exp.lr
+    """A step-aligned critique as the self-teacher's context: ``opsd``'s distribution matching kept
+    only on the tokens of the step that the checker names as the first to fail
+    (:func:`~distill_lab.llm.selfdistill.critique_focus`), nothing on the steps it passed nor on right
+    rollouts (the loss is still averaged over every rollout token, so a step passed costs nothing). The
+    reference condition of the paper is ``opsd`` itself (the teacher view reads the whole reference and
+    every token is matched). The toy's self-teacher does not read the critique as text (a two-layer GPT
+    cannot be taught that in seconds): the critique chooses the tokens, the teacher view reading the
+    reference supplies the target on them."""
+    o = with_options(overrides, "feedback_critique", steps=None, lr=None, clip=1.0, teacher="initial")
+    clip = o.pop("clip")
 
     def loss(s, t, c):
         focus = critique_focus(exp.task, c.problems, c.tokens)
-        out, info = on_policy_pg_loss(s, t, c.tokens, c.mask, weights=focus)
+        out, info = clipped_forward_kl(s, t, c.mask, clip=clip, weights=focus)
         return out, {**info, "focused": masked_mean(focus, c.mask)}
 
     return distill(exp, "feedback_critique", loss, "student", teacher=self_teacher(exp, o.pop("teacher")), **o)
