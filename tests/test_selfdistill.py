@@ -15,7 +15,7 @@ from distill_lab.llm import self_recipes as SR
 from distill_lab.llm.rollout import Completions, score
 from distill_lab.llm.selfdistill import MARK, SelfDistillTask, critique_focus, self_scale, with_reference
 from distill_lab.llm.tasks import PAD, get_task
-from distill_lab.methods.kd.privileged import sequence_pg_loss
+from distill_lab.methods.kd.privileged import clipped_forward_kl, sequence_pg_loss
 from distill_lab.methods.kd.token import on_policy_pg_loss
 from test_llm import _tiny_scale
 
@@ -217,7 +217,7 @@ SELF_RECIPES = [r.name for r in recipes("llm_self")]
 
 def test_every_self_distillation_recipe_is_on_its_track_with_its_paper():
     assert set(SELF_RECIPES) == {"reference_sft", "opsd", "pw_opsd", "opsd_rl", "pi_distill", "atesd",
-                                 "feedback_reward", "feedback_critique"}
+                                 "feedback_reward", "feedback_critique", "unisd", "avsd"}
     assert all(get_recipe(n).paper for n in SELF_RECIPES)
 
 
@@ -416,3 +416,107 @@ def test_auroc_is_the_mann_whitney_probability():
         auroc(s, torch.ones(6, dtype=torch.bool))
     with pytest.raises(ValueError, match="one score a label"):
         auroc(s, label[:3])
+
+
+# ------------------------------------------------------------------ several views: UniSD and AVSD
+def test_agreement_target_is_the_views_mean_weighted_by_their_agreement():
+    a, b = torch.zeros(1, 2, 4), torch.zeros(1, 2, 4)
+    a[..., 0], b[..., 2] = 9.0, 9.0
+    target, w = SR.agreement_target([a, a, b])
+    torch.testing.assert_close(target.exp(), (2 * a.softmax(-1) + b.softmax(-1)) / 3)
+    torch.testing.assert_close(w, torch.full((1, 2), 2 / 3))
+    same, w1 = SR.agreement_target([a, a])
+    torch.testing.assert_close(same.exp(), a.softmax(-1))
+    assert (w1 == 1).all()
+
+
+def test_the_gpt_keeps_its_last_hidden_states_for_feature_distillation():
+    from test_llm import tiny_gpt
+
+    m = tiny_gpt()
+    x = torch.randint(0, 48, (2, 7), generator=torch.Generator().manual_seed(0))
+    logits = m(x)
+    assert m.last_hidden.shape == (2, 7, 16)
+    torch.testing.assert_close(m.head(m.last_hidden), logits)
+
+
+def _one_batch_loss(mult, monkeypatch, recipe, **options):
+    """Call ``recipe`` with ``distill`` replaced: its loss is evaluated once on a fixed batch of data
+    completions, the student being the warm start and the teacher the recipe's own; returns the loss,
+    the student's logits and the batch."""
+    got = {}
+
+    def fake(exp, name, loss, source="data", teacher=None, pass_model=False, **k):
+        torch.manual_seed(1)
+        probs = exp.problems(6)
+        tok = exp.task.encode_targets(probs)
+        c = Completions(probs, tok, tok != 0, None, "student")
+        model = exp.student()
+        tm = teacher(model)
+        s = score(model, exp.task, c)
+        with torch.no_grad():
+            t = score(tm, exp.task, c, privileged=True)
+        s_hidden = model.last_hidden  # score() of the student sets it; the teacher is another module
+        out = loss(s, t, c, model=model) if pass_model else loss(s, t, c)
+        got.update(loss=out[0], info=out[1], s=s, t=t, c=c, model=model, teacher=tm, s_hidden=s_hidden)
+        return model
+
+    monkeypatch.setattr(SR, "distill", fake)
+    torch.manual_seed(0)
+    recipe(mult, **options)
+    return got
+
+
+OFF = dict(agreement=False, ema=False, contrastive=0.0, features=0.0)
+
+
+def test_unisd_with_every_part_off_is_opsd(mult, monkeypatch):
+    g = _one_batch_loss(mult, monkeypatch, SR.unisd, clip=0.5, **OFF)
+    torch.testing.assert_close(g["loss"], clipped_forward_kl(g["s"], g["t"], g["c"].mask, clip=0.5)[0])
+
+
+def test_unisd_adds_each_part_with_its_weight(mult, monkeypatch):
+    from distill_lab.methods.kd.privileged import token_contrastive_loss
+
+    base = _one_batch_loss(mult, monkeypatch, SR.unisd, clip=1.0, **OFF)["loss"]
+    P, W = mult.task.prompt_len, mult.width
+    g = _one_batch_loss(mult, monkeypatch, SR.unisd, clip=1.0, **{**OFF, "features": 0.3})
+    s_h = g["s_hidden"][:, P - 1:]
+    with torch.no_grad():
+        score(g["teacher"], mult.task, g["c"], privileged=True)
+        t_h = g["teacher"].last_hidden[:, P + W:]
+    assert s_h.shape == t_h.shape
+    torch.testing.assert_close(g["teacher"].head(t_h), g["t"])  # the slice lines up with the rollout's tokens
+    mse = (((s_h - t_h) ** 2).mean(-1))[g["c"].mask].mean()
+    torch.testing.assert_close(g["loss"], base + 0.3 * mse)
+    g = _one_batch_loss(mult, monkeypatch, SR.unisd, clip=1.0, tau=0.2, **{**OFF, "contrastive": 0.5})
+    want = base + 0.5 * token_contrastive_loss(g["s_hidden"][:, P - 1:], t_h, g["c"].mask, 0.2)[0]
+    torch.testing.assert_close(g["loss"], want)
+
+
+def test_unisd_agreement_matches_the_views_mean_with_agreement_weights(mult, monkeypatch):
+    g = _one_batch_loss(mult, monkeypatch, SR.unisd, clip=None, views=(1.0, 0.5), **{**OFF, "agreement": True})
+    views = SR.view_logits(g["teacher"], mult, g["c"], (1.0, 0.5))
+    torch.testing.assert_close(views[0], g["t"])  # the whole reference's view is the loop's teacher view
+    target, w = SR.agreement_target(views)
+    torch.testing.assert_close(g["loss"], clipped_forward_kl(g["s"], target, g["c"].mask, weights=w)[0])
+    assert 0 < float(g["info"]["agreement"]) <= 1
+
+
+def test_unisd_ema_teacher_moves_and_the_initial_one_does_not(mult, monkeypatch):
+    seen = _spy(monkeypatch, "self_teacher")
+    torch.manual_seed(0)
+    get_recipe("unisd").train(mult, steps=1, decay=0.9)
+    assert seen[-1][0][1] == "ema" and seen[-1][0][2] == 0.9
+    get_recipe("unisd").train(mult, steps=1, ema=False)
+    assert seen[-1][0][1] == "initial"
+
+
+def test_avsd_recipe_is_the_avsd_loss_over_its_views(mult, monkeypatch):
+    from distill_lab.methods.kd.privileged import avsd_loss
+
+    g = _one_batch_loss(mult, monkeypatch, SR.avsd, views=(1.0, 0.75, 0.25), ratio=0.5)
+    views = SR.view_logits(g["teacher"], mult, g["c"], (1.0, 0.75, 0.25))
+    torch.testing.assert_close(g["loss"], avsd_loss(g["s"], views, g["c"].mask, 0.5)[0])
+    one = _one_batch_loss(mult, monkeypatch, SR.avsd, views=(1.0,))
+    torch.testing.assert_close(one["loss"], clipped_forward_kl(one["s"], one["t"], one["c"].mask)[0])  # one view: plain KD

@@ -148,7 +148,8 @@ class GPT(nn.Module):
         x = self.tok(tokens) + self.pos(pos)
         for i, block in enumerate(self.blocks):
             x = block(x, cache, i)
-        return self.head(self.ln_f(x))
+        self.last_hidden = self.ln_f(x)  # [B, T, C]: the last forward's final hidden states (feature distillation)
+        return self.head(self.last_hidden)
 
 
 @dataclass

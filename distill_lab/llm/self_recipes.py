@@ -20,6 +20,10 @@ Recipes:
 * ``opsd_rl`` -- OPSD as the pi-Distill paper defines it: the task reward with a reverse-KL penalty to the teacher view.
 * ``pi_distill`` -- pi-Distill's joint objective: one model, both views trained together.
 * ``atesd`` -- adaptive teacher exposure: a Beta-policy controller picks ``rho`` for each window.
+* ``unisd`` -- UniSD's pipeline with switchable parts: multi-view agreement, EMA teacher, token-level
+  contrastive term, feature matching, divergence clipping (each can be turned off: the ablations).
+* ``avsd`` -- AVSD: several teacher views, their per-token consensus, and each view's residual added only
+  where it agrees with the consensus and is no larger than it.
 * ``feedback_reward``, ``opsd``, ``feedback_critique`` -- the three contexts of "The Role of Feedback
   Alignment in Self-Distillation": a binary reward (GRPO, no self-teacher), the reference solution
   (``opsd``), and a step-aligned critique (the matching kept on the failing step's tokens).
@@ -30,15 +34,16 @@ from __future__ import annotations
 import copy
 
 import torch
+import torch.nn.functional as F
 
 from ..core.registry import recipe, with_options
-from ..methods.kd.privileged import (ExposureController, clipped_forward_kl, opsd_rl_loss, position_weights,
-                                     sequence_pg_loss)
+from ..methods.kd.privileged import (ExposureController, avsd_loss, clipped_forward_kl, opsd_rl_loss,
+                                     position_weights, sequence_pg_loss, token_contrastive_loss)
 from ..methods.kd.token import token_ce_loss, _token_logprobs, masked_mean
 from ..methods.step.preference import group_advantages
 from .recipes import distill
 from .rollout import score
-from .selfdistill import critique_focus
+from .selfdistill import critique_focus, with_reference
 
 SELF = ("llm_self",)
 OPSD = ("Zhao et al. 2026, Self-Distilled Reasoner: On-Policy Self-Distillation for Large Language Models "
@@ -237,3 +242,106 @@ def feedback_critique(exp, **overrides):
         return out, {**info, "focused": masked_mean(focus, c.mask)}
 
     return distill(exp, "feedback_critique", loss, "student", teacher=self_teacher(exp, o.pop("teacher")), **o)
+
+
+# ---------------------------------------------------------------------------- several views: UniSD, AVSD
+UNISD = "UniSD: Towards a Unified Self-Distillation Framework for Large Language Models (2026)"
+AVSD = "AVSD: Adaptive-View Self-Distillation by Balancing Consensus and Teacher-Specific Privileged Signals (2026)"
+VIEWS = (1.0, 0.75, 0.5)  # the teacher views: the whole reference, the chain without the answer, half of it
+
+
+def view_logits(teacher, exp, c, rhos) -> list[torch.Tensor]:
+    """The teacher's logits on completions ``c`` under each exposure of ``rhos`` (one teacher view a
+    share of the reference), without gradient; ``teacher.last_hidden`` is left at the last view's."""
+    out = []
+    with torch.no_grad():
+        for rho in rhos:
+            views = type(c)([with_reference(p, rho, exp.width) for p in c.problems], c.tokens, c.mask, None, c.source)
+            out.append(score(teacher, exp.task, views, privileged=True))
+    return out
+
+
+def agreement_target(view_logits_list: list[torch.Tensor]):
+    """UniSD's multi-view agreement, as this lab reads it: the target is the mean of the views'
+    distributions, and each token weighs the share of views whose most likely token is the target's
+    (1 where all agree, ``1 / n`` where each says something else). Returns ``(log target, weights)``,
+    both without gradient."""
+    with torch.no_grad():
+        probs = torch.stack([F.softmax(v.float(), -1) for v in view_logits_list])
+        mean = probs.mean(0)
+        top = mean.argmax(-1)
+        agree = (probs.argmax(-1) == top).float().mean(0)
+    return mean.clamp(min=1e-30).log(), agree
+
+
+@recipe("unisd", tracks=SELF, family="self-distillation", paper=UNISD)
+def unisd(exp, **overrides):
+    """UniSD's integrated pipeline on the student view's rollouts, each part behind a switch (the ablation
+    turns one off):
+
+    * ``agreement`` -- several teacher views (exposures ``views``); the target is their mean
+      distribution and each token is weighted by the views' agreement (:func:`agreement_target`); off:
+      the whole reference alone, every token weight 1;
+    * ``ema`` -- the teacher's weights are an EMA of the student's (``decay``); off: the frozen warm start;
+    * ``contrastive`` -- the weight of :func:`~distill_lab.methods.kd.privileged.token_contrastive_loss`
+      between the student view's and the teacher view's final hidden states (0: off);
+    * ``features`` -- the weight of feature matching, the mean squared distance between the two views'
+      final hidden states at the rollout's tokens (0: off);
+    * ``clip`` -- divergence clipping of :func:`~distill_lab.methods.kd.privileged.clipped_forward_kl` (None: off).
+
+    Stop-gradient: every teacher-view quantity. The hidden states are the networks' ``last_hidden``."""
+    o = with_options(overrides, "unisd", steps=None, lr=None, views=VIEWS, agreement=True, ema=True, decay=0.99,
+                     contrastive=0.1, features=0.1, clip=1.0, tau=0.1)
+    views, agreement, clip = tuple(o.pop("views")), o.pop("agreement"), o.pop("clip")
+    w_con, w_feat, tau = o.pop("contrastive"), o.pop("features"), o.pop("tau")
+    base = self_teacher(exp, "ema" if o.pop("ema") else "initial", o.pop("decay"))
+    held = {}
+
+    def teacher(student):
+        held["model"] = base(student)
+        return held["model"]
+
+    def loss(s, t, c, model):
+        P = exp.task.prompt_len
+        s_h = model.last_hidden[:, P - 1:]  # the student view's, from the loop's scoring (with gradient)
+        tm = held["model"]
+        if agreement:
+            target, w = agreement_target(view_logits(tm, exp, c, views))
+        else:
+            target, w = t, None
+        view_logits(tm, exp, c, (1.0,))  # leaves the teacher's hidden states at the whole reference's view
+        t_h = tm.last_hidden[:, P + exp.width:]
+        out, info = clipped_forward_kl(s, target, c.mask, clip=clip, weights=w)
+        if w_con:
+            con, cinfo = token_contrastive_loss(s_h, t_h, c.mask, tau)
+            out = out + w_con * con
+            info["contrastive_top1"] = cinfo["top1"]
+        if w_feat:
+            out = out + w_feat * masked_mean(((s_h - t_h.detach()) ** 2).mean(-1), c.mask)
+        if w is not None:
+            info["agreement"] = masked_mean(w, c.mask)
+        return out, info
+
+    return distill(exp, "unisd", loss, "student", teacher=teacher, pass_model=True, **o)
+
+
+@recipe("avsd", tracks=SELF, family="self-distillation", paper=AVSD)
+def avsd(exp, **overrides):
+    """AVSD on the student view's rollouts: the teacher views are the exposures ``views`` (the whole
+    reference, the chain without the answer, half of it), and the target of
+    :func:`~distill_lab.methods.kd.privileged.avsd_loss` is the student view moved by the views' consensus
+    log-ratio plus the residuals aligned with it and no larger than ``ratio`` times it. The teacher is
+    the frozen warm start."""
+    o = with_options(overrides, "avsd", steps=None, lr=None, views=VIEWS, ratio=1.0, teacher="initial")
+    views, ratio = tuple(o.pop("views")), o.pop("ratio")
+    held = {}
+    base = self_teacher(exp, o.pop("teacher"))
+
+    def teacher(student):
+        held["model"] = base(student)
+        return held["model"]
+
+    def loss(s, t, c):
+        return avsd_loss(s, view_logits(held["model"], exp, c, views), c.mask, ratio)
+
+    return distill(exp, "avsd", loss, "student", teacher=teacher, **o)
