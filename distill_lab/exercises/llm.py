@@ -387,35 +387,28 @@ prediction("46.state_vs_logits", "two low-rank state-space students of equal siz
 
 
 # ---------------------------------------------------------------- lab 43: self-distillation with privileged information
-def _clipped_kl(s, t, clip):
-    logq, logp = F.log_softmax(s, -1), F.log_softmax(t.detach(), -1)
-    kl = (logp.exp() * (logp - logq)).sum(-1)
-    return ((clip / kl.detach().clamp(min=1e-12)).clamp(max=1.0) * kl).mean()
+def _clipped_kl_variant(reverse=False, detach=True, clip_value=False):
+    """The clipped forward KL of exercise 43.1 and its wrong variants (reversed, the teacher trained, the value
+    clipped instead of the gradient)."""
+    def loss(s, t, clip):
+        logq, logp = F.log_softmax(s, -1), F.log_softmax(t.detach() if detach else t, -1)
+        kl = (logq.exp() * (logq - logp)).sum(-1) if reverse else (logp.exp() * (logp - logq)).sum(-1)
+        if clip_value:
+            return kl.clamp(max=clip).mean()
+        return ((clip / kl.detach().clamp(min=1e-12)).clamp(max=1.0) * kl).mean()
+    return loss
 
 
-def _kl_value_clipped(s, t, clip):
-    logq, logp = F.log_softmax(s, -1), F.log_softmax(t.detach(), -1)
-    return (logp.exp() * (logp - logq)).sum(-1).clamp(max=clip).mean()
-
-
-def _kl_reverse_clipped(s, t, clip):
-    logq, logp = F.log_softmax(s, -1), F.log_softmax(t.detach(), -1)
-    kl = (logq.exp() * (logq - logp)).sum(-1)
-    return ((clip / kl.detach().clamp(min=1e-12)).clamp(max=1.0) * kl).mean()
-
-
-def _kl_teacher_trained(s, t, clip):
-    logq, logp = F.log_softmax(s, -1), F.log_softmax(t, -1)
-    kl = (logp.exp() * (logp - logq)).sum(-1)
-    return ((clip / kl.detach().clamp(min=1e-12)).clamp(max=1.0) * kl).mean()
+_clipped_kl = _clipped_kl_variant()
 
 
 @implement("43.clipped_kl", "OPSD's clipped forward KL from the teacher view to the student view",
            solution=_clipped_kl,
            wrong={"no clipping": lambda s, t, clip: _clipped_kl(s, t, float("inf")),
-                  "the value clipped, min(KL, clip): a clipped token teaches nothing": _kl_value_clipped,
-                  "the reverse KL": _kl_reverse_clipped,
-                  "the teacher view not detached (it would learn to agree with the student)": _kl_teacher_trained})
+                  "the value clipped, min(KL, clip): a clipped token teaches nothing": _clipped_kl_variant(clip_value=True),
+                  "the reverse KL": _clipped_kl_variant(reverse=True),
+                  "the teacher view not detached (it would learn to agree with the student)":
+                  _clipped_kl_variant(detach=False)})
 def _check_clipped_kl(fn) -> str:
     """``fn(student_logits [B, T, V], teacher_logits [B, T, V], clip) -> loss`` must equal
     :func:`~distill_lab.methods.kd.privileged.clipped_forward_kl` (no mask) in value and in its gradient to
@@ -447,6 +440,7 @@ prediction("43.opsd_vs_sft", "the same warm start, the same references and budge
 prediction("43.current_teacher", "OPSD with the teacher view read by the student's current weights instead of "
            "the frozen warm start: what happens to the student view?",
            ("it collapses", "about the same", "it improves"), solution="it collapses")
-prediction("43.exposure", "OPSD with the teacher view reading 75% of the reference against the whole of it: which "
-           "student is more accurate?",
-           ("75%", "about the same", "the whole reference"), solution="75%")
+prediction("43.mismatch", "the mean KL from the teacher view to the student view on the warm start's own "
+           "rollouts, at exposures 0, 0.25, 0.5, 0.75 and 1 of the reference: as the teacher view reads more, does it "
+           "grow at every step, shrink at every step, or neither?",
+           ("grow", "neither", "shrink"), solution="grow")

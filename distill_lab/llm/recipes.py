@@ -41,6 +41,7 @@ from ..methods.kd.adaptive import TAIDSchedule, beta_kernel
 from ..methods.kd.token import (forward_kl_loss, gjsd_loss, minillm_loss, on_policy_pg_loss, reverse_kl_loss,
                                 skew_kl_loss, taid_token_loss, token_ce_loss)
 from .rollout import Completions, from_data, from_model, from_texts, score
+from .sft import update
 
 LLM = ("llm",)
 GKD = "Agarwal, Vieillard, Zhou, Stanczyk, Ramos, Geist & Bachem 2024, On-Policy Distillation of Language Models: Learning from Self-Generated Mistakes"
@@ -127,10 +128,7 @@ def distill(exp, name: str, loss_fn, source: str = "data", lam: float = 0.0,
         else:  # one weight a sequence, passed to the loss
             out = loss_fn(s_logits, t_logits, c, weigh(student, problems).to(s_logits.device), **extra)
         loss, info = out if isinstance(out, tuple) else (out, {})
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
-        opt.step()
+        update(student, opt, loss)
         if after_step is not None:
             after_step(float(loss.detach()))
         return {"loss": loss, **{k: v for k, v in info.items() if k != "loss"}}

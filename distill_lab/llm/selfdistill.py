@@ -34,7 +34,7 @@ from .config import TaskScale, llm_scale
 from .experiment import LLMTask
 from .gpt import GPT, GPTConfig
 from .rollout import Completions, from_data, score
-from .sft import cosine_lr, heldout_problems
+from .sft import cosine_lr, heldout_problems, update
 from .tasks import PAD, Problem, Task, get_task
 
 MARK = "#"  # separates the prompt from the revealed reference in the teacher view
@@ -154,11 +154,7 @@ class SelfDistillTask(LLMTask):
                 c = from_data(self.task, probs, self.device)
                 read = self.stray(c) if view else c  # the teacher view reads a prefix that strays, predicts the reference
                 loss = loss + share * token_ce_loss(score(net, self.task, read, privileged=view), c.tokens, c.mask)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-            opt.step()
-            sched.step()
+            update(net, opt, loss, sched)
             return loss
 
         net.train()

@@ -31,6 +31,17 @@ def cosine_lr(opt, steps: int, warm: int | None = None):
         opt, lambda i: min(1.0, (i + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(i, steps) / steps)))
 
 
+def update(model, opt, loss, sched=None) -> None:
+    """One optimiser step of the LLM track: clear the gradients, back-propagate ``loss``, clip the
+    gradient norm at 1, step (and the learning-rate schedule, if any)."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    if sched is not None:
+        sched.step()
+
+
 def train_sft(model: GPT, tasks: list[Task], steps: int, batch: int, lr: float, privileged: bool = False,
               desc: str = "sft", progress: bool = True, device="cpu", deadline: float | None = None,
               draw=None) -> dict:
@@ -51,11 +62,7 @@ def train_sft(model: GPT, tasks: list[Task], steps: int, batch: int, lr: float, 
             c = from_data(t, draw(share) if draw is not None else t.problems(share, "train"), device)
             loss = loss + token_ce_loss(score(model, t, c, privileged), c.tokens, c.mask) / len(tasks)
             seen["tokens"] += c.n_tokens
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
+        update(model, opt, loss, sched)
         return loss
 
     model.train()
