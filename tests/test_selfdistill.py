@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from distill_lab.core.registry import get_recipe, recipes
+from distill_lab.llm.config import llm_scale
 from distill_lab.llm import self_recipes as SR
 from distill_lab.llm.rollout import Completions, score
 from distill_lab.llm.selfdistill import MARK, SelfDistillTask, critique_focus, self_scale, with_reference
@@ -520,3 +521,99 @@ def test_avsd_recipe_is_the_avsd_loss_over_its_views(mult, monkeypatch):
     torch.testing.assert_close(g["loss"], avsd_loss(g["s"], views, g["c"].mask, 0.5)[0])
     one = _one_batch_loss(mult, monkeypatch, SR.avsd, views=(1.0,))
     torch.testing.assert_close(one["loss"], clipped_forward_kl(one["s"], one["t"], one["c"].mask)[0])  # one view: plain KD
+
+
+# ------------------------------------------------------------------ what a targeted mutation run found untested
+def test_the_experiment_sizes_its_gpt_for_both_views(mult):
+    ts = mult.tscale
+    net = mult.student_factory()
+    cfg = net.config
+    assert cfg.vocab_size == mult.task.tokenizer.vocab_size
+    assert cfg.block_size == mult.task.prompt_len + 1 + mult.width + mult.task.max_new_tokens
+    assert (cfg.n_layer, cfg.n_head, cfg.n_embd) == (ts.student.n_layer, ts.student.n_head, ts.student.n_embd)
+    assert mult.width == len(mult.eval_problems[0].target)
+    assert mult.privileged is True and mult.teacher is None and mult.name == "self:mult"
+    assert (mult.steps, mult.batch, mult.lr) == (3, ts.batch, ts.student_lr)
+    assert mult.scale.batch == ts.batch and mult.scale.student_steps == 3 and mult.scale.eval_n == ts.eval_n
+    assert _exp(pool=5).name == "self:mult@5"
+    full = SelfDistillTask("mult", "ci", progress=False)
+    assert full.steps == self_scale("mult", "ci").student_steps == llm_scale("mult", "ci").student_steps // 2
+    assert full.task.digits_a == full.task.digits_b == 2 and full.tscale.warm_steps == 600
+
+
+def test_the_warm_start_loss_weighs_the_two_views(mult, monkeypatch):
+    """One warm-start step's loss is (1 - view_share) x the student view's cross-entropy on plain problems
+    plus view_share x the teacher view's on problems with a revealed reference, both on the data."""
+    import copy as _copy
+
+    import distill_lab.llm.selfdistill as SD
+    from distill_lab.methods.kd.token import token_ce_loss
+
+    got = {}
+    monkeypatch.setattr(SD, "fit", lambda step, steps, desc, progress: got.setdefault("loss", step(0)))
+    torch.manual_seed(11)
+    net = mult.student_factory()
+    start = _copy.deepcopy(net)
+    mult.stray_share = 0.0
+    try:
+        torch.manual_seed(7)
+        mult.train_both_views(net, 1)
+        torch.manual_seed(7)
+        n_priv = round(mult.view_share * mult.batch)
+        plain = mult.plain_problems(mult.batch - n_priv)
+        rhos = torch.rand(n_priv).tolist()
+        priv = [with_reference(p, r, mult.width) for p, r in zip(mult.task.problems(n_priv, "train"), rhos)]
+    finally:
+        mult.stray_share = 0.1
+    want = 0.0
+    for probs, view, share in ((plain, False, 1 - mult.view_share), (priv, True, mult.view_share)):
+        tok = mult.task.encode_targets(probs)
+        c = Completions(probs, tok, tok != 0, None, "data")
+        want = want + share * token_ce_loss(score(start, mult.task, c, privileged=view), c.tokens, c.mask)
+    torch.testing.assert_close(got["loss"], want)
+    assert any(not torch.equal(a, b) for a, b in zip(net.parameters(), start.parameters()))  # and it stepped
+
+
+def test_the_critique_weights_are_ones_and_a_full_length_rollout_is_handled():
+    task = get_task("mult", digits_a=2, digits_b=2)
+    p = task.write(12, 34)
+    wrong = "1" + p.target[1:]
+    f = critique_focus(task, [p], _ids(task, [wrong], 16))
+    assert set(f.unique().tolist()) == {0.0, 1.0}
+    cut = critique_focus(task, [p], _ids(task, [p.target[:9]], 16))
+    assert set(cut.unique().tolist()) == {0.0, 1.0}
+    tok = task.tokenizer
+    full = torch.tensor([tok.encode(p.target[:9])])  # no end token, every position used: nothing to mark
+    assert critique_focus(task, [p], full).sum() == 0
+
+
+def test_the_initial_teacher_stays_put_however_often_it_is_asked_and_decay_zero_is_allowed(mult):
+    torch.manual_seed(5)
+    student = mult.student()
+    teacher = SR.self_teacher(mult, "initial")
+    first = [p.detach().clone() for p in teacher(student).parameters()]
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(1.0)
+    for a, b in zip(teacher(student).parameters(), first):
+        assert torch.equal(a, b)
+    copy_now = SR.self_teacher(mult, "ema", decay=0.0)(student)  # decay 0: the teacher is the student's copy
+    for a, b in zip(copy_now.parameters(), student.parameters()):
+        torch.testing.assert_close(a, b)
+
+
+def test_opsd_defaults_and_options_reach_the_loop(mult, monkeypatch):
+    drawn, seen, calls = [], _spy(monkeypatch, "clipped_forward_kl"), []
+    real_problems = mult.problems
+    monkeypatch.setattr(mult, "problems", lambda n=None, rho=None: drawn.append((n, rho)) or real_problems(n, rho))
+    real = SR.distill
+    monkeypatch.setattr(SR, "distill", lambda exp, name, loss, source="data", **k: calls.append((name, k)) or real(
+        exp, name, loss, source, **k))
+    torch.manual_seed(0)
+    get_recipe("opsd").train(mult, steps=1, lr=1e-3)
+    assert seen[-1][1]["clip"] == 1.0 and drawn[-1] == (mult.batch, 1.0)
+    assert calls[-1][0] == "opsd" and calls[-1][1]["lr"] == 1e-3
+    get_recipe("pw_opsd").train(mult, steps=1, alpha=0.5)
+    mask = seen[-1][0][2]
+    torch.testing.assert_close(seen[-1][1]["weights"], SR.position_weights(mask, 0.5))
+    assert calls[-1][0] == "pw_opsd"

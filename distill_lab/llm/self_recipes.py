@@ -46,8 +46,8 @@ from .rollout import score
 from .selfdistill import critique_focus, with_reference
 
 SELF = ("llm_self",)
-OPSD = ("Zhao et al. 2026, Self-Distilled Reasoner: On-Policy Self-Distillation for Large Language Models "
-        "(OPSD; the clipped forward-KL target as stated in PW-OPSD)")
+OPSD = ("Zhao, Xie, Liu, Huang, Pang, Chen & Grover 2026, Self-Distilled Reasoner: On-Policy Self-Distillation "
+        "for Large Language Models (OPSD; the clipped forward-KL target as stated in PW-OPSD)")
 PW = "When Are Teacher Tokens Reliable? Position-Weighted On-Policy Self-Distillation for Reasoning (2026)"
 PI = "Privileged Information Distillation for Language Models (2026; pi-Distill and OPSD as RL)"
 ATESD = "Adaptive Teacher Exposure for Self-Distillation in LLM Reasoning (2026, ATESD)"
@@ -55,7 +55,7 @@ FEEDBACK = "The Role of Feedback Alignment in Self-Distillation (2026)"
 TEACHERS = ("initial", "current", "ema")
 # the policy-gradient recipes' default learning rate, as a share of the experiment's: at the track's
 # 2e-3 their sampled-token advantages (log-ratios of up to ~10 nats against a near one-hot teacher view)
-# drove every student to 0% exact match within 300 steps (seed 0, ci); at a tenth they do not collapse to 0
+# drove their seed-0 students to 0% exact match within 300 steps (ci); at a tenth they do not collapse to 0
 PG_LR = 0.1
 
 
