@@ -141,18 +141,18 @@ def test_the_sorting_critique_is_per_digit_and_a_task_without_one_is_refused():
 def test_the_initial_teacher_is_the_frozen_warm_start_and_current_is_the_student(mult):
     torch.manual_seed(5)
     student = mult.student()
-    init = SR.self_teacher(mult, "initial")(student)
+    init = SR.SelfTeacher(mult, "initial")(student)
     assert init is not student and not any(p.requires_grad for p in init.parameters())
     with torch.no_grad():
         for p in student.parameters():
             p.add_(1.0)
     for a, b in zip(init.parameters(), mult.student().parameters()):
         assert torch.equal(a, b)  # training the student leaves it as it was
-    assert SR.self_teacher(mult, "current")(student) is student
+    assert SR.SelfTeacher(mult, "current")(student) is student
     with pytest.raises(ValueError, match="self-teacher"):
-        SR.self_teacher(mult, "best")
+        SR.SelfTeacher(mult, "best")
     with pytest.raises(ValueError, match="decay"):
-        SR.self_teacher(mult, "ema", decay=1.0)
+        SR.SelfTeacher(mult, "ema", decay=1.0)
 
 
 def test_the_ema_teacher_moves_by_one_minus_decay_towards_the_student(mult):
@@ -162,7 +162,7 @@ def test_the_ema_teacher_moves_by_one_minus_decay_towards_the_student(mult):
     with torch.no_grad():
         for p in student.parameters():
             p.add_(2.0)
-    ema = SR.self_teacher(mult, "ema", decay=0.75)
+    ema = SR.SelfTeacher(mult, "ema", decay=0.75)
     t = ema(student)
     for a, s0 in zip(t.parameters(), start):
         torch.testing.assert_close(a, s0 + 0.25 * 2.0)
@@ -505,7 +505,7 @@ def test_unisd_agreement_matches_the_views_mean_with_agreement_weights(mult, mon
 
 
 def test_unisd_ema_teacher_moves_and_the_initial_one_does_not(mult, monkeypatch):
-    seen = _spy(monkeypatch, "self_teacher")
+    seen = _spy(monkeypatch, "SelfTeacher")
     torch.manual_seed(0)
     get_recipe("unisd").train(mult, steps=1, ema=True, decay=0.9)
     assert seen[-1][0][1] == "ema" and seen[-1][0][2] == 0.9
@@ -590,14 +590,14 @@ def test_the_critique_weights_are_ones_and_a_full_length_rollout_is_handled():
 def test_the_initial_teacher_stays_put_however_often_it_is_asked_and_decay_zero_is_allowed(mult):
     torch.manual_seed(5)
     student = mult.student()
-    teacher = SR.self_teacher(mult, "initial")
+    teacher = SR.SelfTeacher(mult, "initial")
     first = [p.detach().clone() for p in teacher(student).parameters()]
     with torch.no_grad():
         for p in student.parameters():
             p.add_(1.0)
     for a, b in zip(teacher(student).parameters(), first):
         assert torch.equal(a, b)
-    copy_now = SR.self_teacher(mult, "ema", decay=0.0)(student)  # decay 0: the teacher is the student's copy
+    copy_now = SR.SelfTeacher(mult, "ema", decay=0.0)(student)  # decay 0: the teacher is the student's copy
     for a, b in zip(copy_now.parameters(), student.parameters()):
         torch.testing.assert_close(a, b)
 

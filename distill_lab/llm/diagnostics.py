@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from ..methods.kd.common import _kl_probs
 from ..methods.kd.token import _up
 from .gpt import generate
+from .rollout import Completions, score
 from .tasks import Problem, Task
 
 
@@ -94,8 +95,6 @@ def branch_viability(student, teacher, task: Task, problems: list[Problem], toke
     ``position`` (the position's rank in its rollout, 0 to 1), ``entropy`` (the teacher view's entropy
     there, nats) and ``agrees`` (the teacher token equals the one the student sampled). Score a
     predictor of reliability with :func:`auroc`."""
-    from .rollout import Completions, score  # (rollout imports this module's neighbours; kept local)
-
     c = Completions(problems, tokens, mask, None, "student")
     t_logits = score(teacher, task, c, privileged=True).float()
     choice = t_logits.argmax(-1)

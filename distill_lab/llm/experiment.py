@@ -61,19 +61,7 @@ class LLMTask(TokenExperiment):
                  steps: int | None = None, eval_n: int | None = None, seed: int = 0, progress: bool = True,
                  student_factory: Callable[[], nn.Module] | None = None, pool: int | None = None):
         base = get_scale(scale)
-        self.tscale = ts = task_scale or llm_scale(task, base)
-        self.task: Task = get_task(task, **ts.task_kwargs)
-        self.device, self.seed, self.progress = base.device, seed, progress
-        self.steps, self.batch, self.lr = steps or ts.student_steps, ts.batch, ts.student_lr
-        self.eval_n = eval_n or ts.eval_n
-        if pool is not None and pool < 1:
-            raise ValueError(f"pool must be a positive number of problems or None, got {pool}")
-        self.pool = pool
-        self.scale = Scale(base.name, teacher_steps=ts.teacher_steps, width=ts.student.n_embd,
-                           depth=ts.student.n_layer, batch=ts.batch, student_steps=self.steps, eval_n=self.eval_n,
-                           n_proj=0, device=base.device)
-        self.name = self.task.name + (f"@{pool}" if pool else "")  # mult@256: a fixed set of 256 problems
-        self.privileged = self.task.privileged
+        self._set_task(task, base, task_scale or llm_scale(task, base), steps, eval_n, seed, progress, pool)
         t0 = time.perf_counter()
         self.teacher_manifest = None
         if teacher is None:
@@ -93,8 +81,25 @@ class LLMTask(TokenExperiment):
         for p in self.teacher.parameters():
             p.requires_grad_(False)
         self.teacher_seconds = time.perf_counter() - t0
-        self._warm: dict[int, dict] = {}
         self.student_factory = student_factory or (lambda: build_gpt(self.task, self.tscale.student))
+
+    def _set_task(self, task: str, base: Scale, ts: TaskScale, steps, eval_n, seed: int, progress: bool, pool) -> None:
+        """The task, the students' budget, the evaluation's size and the training pool: everything but the
+        teacher (shared with :class:`~distill_lab.llm.selfdistill.SelfDistillTask`)."""
+        self.tscale = ts
+        self.task: Task = get_task(task, **ts.task_kwargs)
+        self.device, self.seed, self.progress = base.device, seed, progress
+        self.steps, self.batch, self.lr = steps or ts.student_steps, ts.batch, ts.student_lr
+        self.eval_n = eval_n or ts.eval_n
+        if pool is not None and pool < 1:
+            raise ValueError(f"pool must be a positive number of problems or None, got {pool}")
+        self.pool = pool
+        self.scale = Scale(base.name, teacher_steps=ts.teacher_steps, width=ts.student.n_embd,
+                           depth=ts.student.n_layer, batch=ts.batch, student_steps=self.steps, eval_n=self.eval_n,
+                           n_proj=0, device=base.device)
+        self.name = self.task.name + (f"@{pool}" if pool else "")  # mult@256: a fixed set of 256 problems
+        self.privileged = self.task.privileged
+        self._warm: dict[int, dict] = {}
 
     # ---------------------------------------------------------------- networks and draws
     def student(self) -> GPT:

@@ -59,29 +59,34 @@ TEACHERS = ("initial", "current", "ema")
 PG_LR = 0.1
 
 
-def self_teacher(exp, kind: str = "initial", decay: float = 0.99):
+class SelfTeacher:
     """``teacher(student) -> model`` for :func:`~distill_lab.llm.recipes.distill`: the weights that read
     the teacher view (``initial``, ``current`` or ``ema``, see the module docstring). The EMA is updated
-    once a step, when the loop asks for the teacher: ``theta_T <- decay theta_T + (1 - decay) theta``."""
-    if kind == "current":
-        return lambda student: student
-    if kind not in TEACHERS:
-        raise ValueError(f"unknown self-teacher {kind!r}; choose one of {', '.join(TEACHERS)}")
-    if not 0.0 <= decay < 1.0:
-        raise ValueError(f"the EMA decay must lie in [0, 1), got {decay}")
-    net = copy.deepcopy(exp.student()).eval()
-    for p in net.parameters():
-        p.requires_grad_(False)
-    if kind == "initial":
-        return lambda student: net
+    once a step, when the loop asks for the teacher: ``theta_T <- decay theta_T + (1 - decay) theta``.
+    :attr:`model` is the teacher the loop was last given (what a loss that scores more teacher views reads)."""
 
-    def ema(student):
-        with torch.no_grad():
-            for pt, ps in zip(net.parameters(), student.parameters()):
-                pt.lerp_(ps, 1.0 - decay)
-        return net
+    def __init__(self, exp, kind: str = "initial", decay: float = 0.99):
+        if kind not in TEACHERS:
+            raise ValueError(f"unknown self-teacher {kind!r}; choose one of {', '.join(TEACHERS)}")
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"the EMA decay must lie in [0, 1), got {decay}")
+        self.kind, self.decay, self.model = kind, decay, None
+        self.net = None
+        if kind != "current":
+            self.net = copy.deepcopy(exp.student()).eval()
+            for p in self.net.parameters():
+                p.requires_grad_(False)
 
-    return ema
+    def __call__(self, student):
+        if self.kind == "current":
+            self.model = student
+        else:
+            if self.kind == "ema":
+                with torch.no_grad():
+                    for pt, ps in zip(self.net.parameters(), student.parameters()):
+                        pt.lerp_(ps, 1.0 - self.decay)
+            self.model = self.net
+        return self.model
 
 
 def rewards(exp, c) -> torch.Tensor:
@@ -99,7 +104,7 @@ def _opsd(exp, name, overrides, alpha_default=0.0):
         w = position_weights(c.mask, alpha) if alpha else None
         return clipped_forward_kl(s, t, c.mask, clip=clip, weights=w)
 
-    return distill(exp, name, loss, "student", teacher=self_teacher(exp, o.pop("teacher")),
+    return distill(exp, name, loss, "student", teacher=SelfTeacher(exp, o.pop("teacher")),
                    draw=lambda n: exp.problems(n, rho=rho), **o)
 
 
@@ -137,7 +142,7 @@ def opsd_rl(exp, **overrides):
     o = with_options(overrides, "opsd_rl", steps=None, lr=None, beta=1.0, teacher="initial")
     beta, o["lr"] = o.pop("beta"), o["lr"] or PG_LR * exp.lr
     return distill(exp, "opsd_rl", lambda s, t, c: opsd_rl_loss(s, t, c.tokens, c.mask, rewards(exp, c), beta),
-                   "student", teacher=self_teacher(exp, o.pop("teacher")), **o)
+                   "student", teacher=SelfTeacher(exp, o.pop("teacher")), **o)
 
 
 @recipe("pi_distill", tracks=SELF, family="self-distillation", paper=PI)
@@ -161,10 +166,12 @@ def pi_distill(exp, **overrides):
         r = rewards(exp, c)
         t_own = score(model, exp.task, c, privileged=True)  # the teacher view, with its gradient
         teacher_term = -masked_mean(r[:, None] * _token_logprobs(t_own, c.tokens), c.mask)
-        kd, info = clipped_forward_kl(s, t, c.mask)
+        kd, info = clipped_forward_kl(s, t_own, c.mask)  # (the KD target is detached inside)
         return alpha * teacher_term + (1 - alpha) * kd, {"teacher_reward": r.mean(), **info}
 
-    return distill(exp, "pi_distill", loss, "teacher", teacher=lambda student: student, pass_model=True, **o)
+    # the loop does not score the teacher view: the loss scores it once, with its gradient
+    return distill(exp, "pi_distill", loss, "teacher", teacher=lambda student: student, pass_model=True,
+                   teacher_logits=False, **o)
 
 
 @recipe("atesd", tracks=SELF, family="self-distillation", paper=ATESD)
@@ -198,7 +205,7 @@ def atesd(exp, **overrides):
         state["kl"].append(float(info["kl"]))
         return out, {**info, "rho": state["rho"]}
 
-    student = distill(exp, "atesd", loss, "student", teacher=self_teacher(exp, o.pop("teacher")), draw=draw, **o)
+    student = distill(exp, "atesd", loss, "student", teacher=SelfTeacher(exp, o.pop("teacher")), draw=draw, **o)
     student.train_info["rho"] = state["chosen"]
     return student
 
@@ -241,7 +248,7 @@ def feedback_critique(exp, **overrides):
         out, info = clipped_forward_kl(s, t, c.mask, clip=clip, weights=focus)
         return out, {**info, "focused": masked_mean(focus, c.mask)}
 
-    return distill(exp, "feedback_critique", loss, "student", teacher=self_teacher(exp, o.pop("teacher")), **o)
+    return distill(exp, "feedback_critique", loss, "student", teacher=SelfTeacher(exp, o.pop("teacher")), **o)
 
 
 # ---------------------------------------------------------------------------- several views: UniSD, AVSD
@@ -250,12 +257,17 @@ AVSD = "AVSD: Adaptive-View Self-Distillation by Balancing Consensus and Teacher
 VIEWS = (1.0, 0.75, 0.5)  # the teacher views: the whole reference, the chain without the answer, half of it
 
 
-def view_logits(teacher, exp, c, rhos) -> list[torch.Tensor]:
+def view_logits(teacher, exp, c, rhos, loop_view: torch.Tensor | None = None) -> list[torch.Tensor]:
     """The teacher's logits on completions ``c`` under each exposure of ``rhos`` (one teacher view a
-    share of the reference), without gradient; ``teacher.last_hidden`` is left at the last view's."""
+    share of the reference), without gradient. ``loop_view``: the logits the loop already scored, those
+    of the view at ``exp.rho`` (the exposure ``c``'s problems carry), used instead of scoring it again;
+    ``teacher.last_hidden`` is left at the last view scored here."""
     out = []
     with torch.no_grad():
         for rho in rhos:
+            if loop_view is not None and rho == exp.rho:
+                out.append(loop_view)
+                continue
             views = type(c)([with_reference(p, rho, exp.width) for p in c.problems], c.tokens, c.mask, None, c.source)
             out.append(score(teacher, exp.task, views, privileged=True))
     return out
@@ -297,23 +309,18 @@ def unisd(exp, **overrides):
                      contrastive=0.1, features=0.1, clip=1.0, tau=0.1)
     views, agreement, clip = tuple(o.pop("views")), o.pop("agreement"), o.pop("clip")
     w_con, w_feat, tau = o.pop("contrastive"), o.pop("features"), o.pop("tau")
-    base = self_teacher(exp, "ema" if o.pop("ema") else "initial", o.pop("decay"))
-    held = {}
-
-    def teacher(student):
-        held["model"] = base(student)
-        return held["model"]
+    teacher = SelfTeacher(exp, "ema" if o.pop("ema") else "initial", o.pop("decay"))
 
     def loss(s, t, c, model):
         P = exp.task.prompt_len
-        s_h = model.last_hidden[:, P - 1:]  # the student view's, from the loop's scoring (with gradient)
-        tm = held["model"]
+        # the loop scored the student view, then the teacher view at exp.rho (the whole reference): the
+        # hidden states of both passes are the networks' last ones
+        s_h = model.last_hidden[:, P - 1:]  # with gradient
+        t_h = teacher.model.last_hidden[:, P + exp.width:]
         if agreement:
-            target, w = agreement_target(view_logits(tm, exp, c, views))
+            target, w = agreement_target(view_logits(teacher.model, exp, c, views, loop_view=t))
         else:
             target, w = t, None
-        view_logits(tm, exp, c, (1.0,))  # leaves the teacher's hidden states at the whole reference's view
-        t_h = tm.last_hidden[:, P + exp.width:]
         out, info = clipped_forward_kl(s, target, c.mask, clip=clip, weights=w)
         if w_con:
             con, cinfo = token_contrastive_loss(s_h, t_h, c.mask, tau)
@@ -337,14 +344,9 @@ def avsd(exp, **overrides):
     the frozen warm start."""
     o = with_options(overrides, "avsd", steps=None, lr=None, views=VIEWS, ratio=1.0, teacher="initial")
     views, ratio = tuple(o.pop("views")), o.pop("ratio")
-    held = {}
-    base = self_teacher(exp, o.pop("teacher"))
-
-    def teacher(student):
-        held["model"] = base(student)
-        return held["model"]
+    teacher = SelfTeacher(exp, o.pop("teacher"))
 
     def loss(s, t, c):
-        return avsd_loss(s, view_logits(held["model"], exp, c, views), c.mask, ratio)
+        return avsd_loss(s, view_logits(teacher.model, exp, c, views, loop_view=t), c.mask, ratio)
 
     return distill(exp, "avsd", loss, "student", teacher=teacher, **o)

@@ -35,7 +35,7 @@ from .experiment import LLMTask
 from .gpt import GPT, GPTConfig
 from .rollout import Completions, from_data, score
 from .sft import cosine_lr, heldout_problems, update
-from .tasks import PAD, Problem, Task, get_task
+from .tasks import PAD, Problem, Task
 
 MARK = "#"  # separates the prompt from the revealed reference in the teacher view
 
@@ -79,26 +79,19 @@ class SelfDistillTask(LLMTask):
                  steps: int | None = None, eval_n: int | None = None, seed: int = 0, progress: bool = True,
                  rho: float = 1.0, view_share: float = 0.75, stray_share: float = 0.1, pool: int | None = None):
         base = get_scale(scale)
-        self.tscale = ts = task_scale or self_scale(task, base)
-        self.task: Task = get_task(task, **ts.task_kwargs)
+        self._set_task(task, base, task_scale or self_scale(task, base), steps, eval_n, seed, progress, pool)
+        ts = self.tscale
         if self.task.other_format or self.task.privileged:
             raise ValueError(f"self-distillation builds its own privileged view from the reference; {task!r} already "
                              "has a teacher prompt or format of its own: use 'mult' or 'sort'")
         if not 0.0 < view_share < 1.0:
             raise ValueError(f"view_share is the share of warm-start sequences in the teacher view, in (0, 1), got {view_share}")
         reveal("", rho)  # checks rho
-        self.device, self.seed, self.progress = base.device, seed, progress
-        self.steps, self.batch, self.lr = steps or ts.student_steps, ts.batch, ts.student_lr
-        self.eval_n = eval_n or ts.eval_n
-        if pool is not None and pool < 1:
-            raise ValueError(f"pool must be a positive number of problems or None, got {pool}")
-        self.pool, self.rho, self.view_share, self.stray_share = pool, rho, view_share, stray_share
-        self.scale = Scale(base.name, teacher_steps=0, width=ts.student.n_embd, depth=ts.student.n_layer,
-                           batch=ts.batch, student_steps=self.steps, eval_n=self.eval_n, n_proj=0, device=base.device)
-        self.name = "self:" + self.task.name + (f"@{pool}" if pool else "")
+        self.rho, self.view_share, self.stray_share = rho, view_share, stray_share
+        self.name = "self:" + self.name
+        self.scale = replace(self.scale, teacher_steps=0)  # no teacher is trained
         self.privileged = True
         self.teacher, self.teacher_manifest, self.teacher_seconds = None, None, 0.0
-        self._warm: dict[int, dict] = {}
         width = self.task.max_new_tokens - 1  # the reference, without its end token
         self.width = width
         block = self.task.prompt_len + len(MARK) + width + self.task.max_new_tokens
