@@ -1,4 +1,4 @@
-"""Exercises of the LLM labs (40 to 42, 46).
+"""Exercises of the LLM labs (40 to 44, 46).
 
 Each checker runs the student's function against the package's own code (the tasks of
 :mod:`distill_lab.llm.tasks`, the token-level losses of :mod:`distill_lab.methods.kd.token`, the
@@ -444,3 +444,68 @@ prediction("43.mismatch", "the mean KL from the teacher view to the student view
            "rollouts, at exposures 0, 0.25, 0.5, 0.75 and 1 of the reference: as the teacher view reads more, does it "
            "grow at every step, shrink at every step, or neither?",
            ("grow", "neither", "shrink"), solution="grow")
+
+
+# ---------------------------------------------------------------- lab 44: the consensus of several privileged views
+def _agreement_variant(geometric=False, first_view=False, unanimous=False, counted=False, detach=True):
+    """UniSD's agreement target of exercise 44.1 and its wrong variants (the geometric mean, agreement with
+    the first view, all-or-nothing weights, a count instead of a share, the target left on the graph)."""
+    def target(views):
+        logp = torch.stack([F.log_softmax((v.detach() if detach else v).float(), -1) for v in views])
+        mean = F.log_softmax(logp.mean(0), -1) if geometric else logp.exp().mean(0).log()
+        choice = logp[0].argmax(-1) if first_view else mean.argmax(-1)
+        agree = (logp.argmax(-1) == choice).float()
+        agree = agree.sum(0) if counted else agree.mean(0)
+        if unanimous:
+            agree = (agree == 1).float()
+        return mean, agree
+    return target
+
+
+_agreement = _agreement_variant()
+
+
+@implement("44.agreement", "UniSD's multi-view agreement: the views' mean distribution and each token's share of "
+           "views that agree with it",
+           solution=_agreement,
+           wrong={"the normalised geometric mean (the mean of the log-probabilities)": _agreement_variant(geometric=True),
+                  "agreement with the first view's choice instead of the target's": _agreement_variant(first_view=True),
+                  "weight 1 only where every view agrees, 0 elsewhere": _agreement_variant(unanimous=True),
+                  "the number of agreeing views, not their share": _agreement_variant(counted=True),
+                  "the target left on the views' graph (it is a teacher quantity)": _agreement_variant(detach=False)})
+def _check_agreement(fn) -> str:
+    """``fn(list of [..., V] logits) -> (log target, weights)`` must equal
+    :func:`~distill_lab.llm.self_recipes.agreement_target` on random views of two shapes, give weight 1 where
+    every view picks one token and ``1 / n`` where each picks another, and return nothing with a gradient."""
+    from ..llm.self_recipes import agreement_target
+
+    g = torch.Generator().manual_seed(44)
+    for shape, n in (((2, 6, 7), 3), ((5, 4), 4)):
+        views = [(2 * torch.randn(*shape, generator=g)).requires_grad_() for _ in range(n)]
+        got = fn(views)
+        if not (isinstance(got, tuple) and len(got) == 2):
+            raise AssertionError("return a pair: (the log of the target distribution, the weight of each token)")
+        want = agreement_target(views)
+        compare(got[0], want[0], f"the log target of {n} views of shape {shape}")
+        compare(got[1], want[1], f"the agreement weights of {n} views of shape {shape}")
+        if got[0].requires_grad or got[1].requires_grad:
+            raise AssertionError("the target carries a gradient to the views: it is a teacher quantity, compute it "
+                                 "without gradient (torch.no_grad() or .detach())")
+    same = torch.randn(3, 5, generator=g)
+    eye = 10 * torch.eye(3)  # three views, each sure of another token
+    compare(fn([same, same, same])[1], torch.ones(3), "the weights where every view is the same")
+    compare(fn([eye[0], eye[1], eye[2]])[1], torch.tensor(1 / 3), "the weight where each of three views picks another token")
+    return "equals agreement_target on two shapes, 1 where all views agree, 1/n where none does, and no gradient"
+
+
+prediction("44.unisd_vs_opsd", "the same warm start, steps and batch, three seeds: which student view ends more accurate "
+           "on average (a paired gap under a point: about the same), OPSD with the whole reference as its one teacher "
+           "view, or UniSD's pipeline (three views, their agreement, the representation terms, clipping)?",
+           ("UniSD", "about the same", "OPSD"), solution="UniSD")
+prediction("44.ema_teacher", "UniSD with an EMA of the student's weights as the teacher instead of the frozen warm "
+           "start: what happens to the student view?",
+           ("it collapses", "about the same", "it improves"), solution="it collapses")
+prediction("44.avsd_vs_opsd", "AVSD (three views, their consensus, the gated residuals) against OPSD's single "
+           "whole-reference view, three seeds: which student view ends more accurate on average (a paired gap under a "
+           "point: about the same)?",
+           ("AVSD", "about the same", "the single view"), solution="AVSD")
