@@ -28,7 +28,8 @@ from ..core.registry import get_recipe
 from ..core.train import seed_everything
 from .experiment import LLMTask
 from .recipes import SEQUENCE_LEVEL  # (importing it registers the LLM recipes)
-from . import self_recipes  # (importing it registers the self-distillation recipes)
+from . import dlm, self_recipes  # (importing them registers the diffusion-LM and self-distillation recipes)
+from .dlm import DiffusionLMTask
 from .selfdistill import SELF_TASKS, SelfDistillTask
 from .tasks import TASKS
 
@@ -157,3 +158,66 @@ register_track(BenchTrack(
     name="llm_self", summary="LLM self-distillation with privileged information: one tiny GPT reads the reference "
                              "in its teacher view and teaches its own student view (exact match)",
     row_keys=LLM_ROW_KEYS, prepare=_prepare_self, run=_run_self, table=format_llm_table))
+
+
+# ------------------------------------------------------------------ masked-diffusion LMs (track llm_dlm)
+DLM_ROW_KEYS = ("method", "task", "metric", "value", "spread", "values", "baseline", "baseline_values", "tpf",
+                "by_tpf", "baseline_by_tpf", "seeds", "train_seconds")
+
+
+def run_dlm(exp: DiffusionLMTask, methods=None, seeds=(0, 1, 2), options: dict | None = None) -> list[dict]:
+    """One row a method (default: every ``llm_dlm`` recipe) on ``exp``: each seed's student measured at
+    every TPF of the scale (``by_tpf``: TPF -> mean exact match); ``value`` is the exact match at the
+    highest TPF (one forward pass for the whole completion), ``baseline`` the ``mdlm_sft`` student's.
+    ``options``: recipe -> its options (e.g. ``{"tad": {"k": 3}}``)."""
+    names = bench_methods(dlm.DLM[0]) if methods is None else list(methods)
+    for m in names:
+        get_recipe(m, track=dlm.DLM[0])
+    names = ["mdlm_sft"] + [m for m in names if m != "mdlm_sft"]
+    rows, top = [], max(exp.ds.tpfs)
+    for m in names:
+        curves, secs = [], []
+        for s in seeds:
+            seed_everything(s)
+            t0 = time.perf_counter()
+            student = get_recipe(m).train(exp, **(options or {}).get(m, {}))
+            secs.append(time.perf_counter() - t0)
+            curves.append(exp.curve(student))
+        by_tpf = {t: mean_spread([c[t] for c in curves])[0] for t in exp.ds.tpfs}
+        vals = [c[top] for c in curves]
+        rows.append({"method": m, "task": "mult 2x2", "metric": f"exact_match_tpf{top}", "value": by_tpf[top],
+                     "spread": mean_spread(vals)[1], "values": vals, "tpf": top, "by_tpf": by_tpf, "seeds": list(seeds),
+                     "train_seconds": mean_spread(secs)[0]})
+    base = rows.pop(0)
+    for r in rows:
+        r["baseline"], r["baseline_values"], r["baseline_by_tpf"] = base["value"], base["values"], base["by_tpf"]
+    return rows
+
+
+def format_dlm_table(rows: list[dict]) -> str:
+    tpfs = sorted(rows[0]["by_tpf"], key=int) if rows else []
+    head = ["method"] + [f"TPF {t} %" for t in tpfs] + ["vs mdlm_sft at top TPF, paired", "seeds", "train s"]
+    body = [[r["method"]] + [_f(r["by_tpf"][t]) for t in tpfs]
+            + ["{:+.1f} +- {:.1f}".format(*paired(r["values"], r["baseline_values"])), str(len(r["seeds"])),
+               _f(r["train_seconds"], 0)] for r in rows]
+    if rows:
+        body.append(["(mdlm_sft, the baseline: " + ", ".join(f"TPF {t} {_f(rows[0]['baseline_by_tpf'][t])}" for t in tpfs) + ")"])
+    return text_table(head, body, ["exact match: greedy confidence-ordered unmasking of the student view on held-out "
+                                   "problems at TPF tokens per forward (the highest: the whole completion in one pass); "
+                                   "paired: the row minus the mdlm_sft student of the same seed, mean +- spread"])
+
+
+def _prepare_dlm(args, scale) -> list[DiffusionLMTask]:
+    if args.tasks and args.tasks != "mult":
+        raise ValueError(f"the llm_dlm track runs on two-digit products ('mult'), got {args.tasks!r}")
+    exp = DiffusionLMTask(scale, progress=not args.quiet)
+    print(f"bench llm_dlm: {exp}")
+    return [exp]
+
+
+register_track(BenchTrack(
+    name="llm_dlm", summary="masked-diffusion LMs: TAD's trajectory distillation and GDSD against the ELBO policy "
+                            "gradient, exact match against tokens per forward",
+    row_keys=DLM_ROW_KEYS, prepare=_prepare_dlm,
+    run=lambda exps, methods, args: [r for e in exps for r in run_dlm(e, methods, tuple(args.seeds or (0, 1, 2)))],
+    table=format_dlm_table))

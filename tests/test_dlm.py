@@ -1,0 +1,200 @@
+"""The masked-diffusion distillation track (issue 13, item 6): the experiment's two views, TAD's
+trajectory states, and the wiring of ``mdlm_sft``, ``tad``, ``gdsd`` and ``elbo_pg``, on cases with known
+answers and a tiny base trained here (a few seconds)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from distill_lab.core.registry import get_recipe
+from distill_lab.llm import dlm
+from distill_lab.llm.config import NetSize
+from distill_lab.llm.dlm import DiffusionLMTask, DLMScale, trajectory_state
+from distill_lab.llm.gpt import GPTConfig
+
+TINY = DLMScale(NetSize(1, 2, 16), base_steps=20, base_batch=8, base_lr=3e-3, steps=2, batch=8, lr=1e-3, pool=12,
+                group=4, eval_n=8, tpfs=(1, 15))
+
+
+@pytest.fixture(scope="module")
+def exp():
+    torch.manual_seed(0)
+    return DiffusionLMTask("ci", dscale=TINY, base="train", progress=False)
+
+
+class Oracle(torch.nn.Module):
+    """A denoiser that reads the two factors from the prompt and is sure of every completion token
+    (``wrong``: of a product off by one in its last written digit)."""
+
+    def __init__(self, exp, wrong: bool = False):
+        super().__init__()
+        self.exp, self.wrong = exp, wrong
+        self.config = GPTConfig(exp.tok.vocab_size, exp.block, causal=False)
+
+    def forward(self, tokens):
+        B, T = tokens.shape
+        P = T - self.exp.n
+        out = torch.zeros(B, T, self.exp.tok.vocab_size)
+        for b in range(B):
+            text = self.exp.tok.decode(tokens[b, :self.exp.task.prompt_len].tolist())
+            a, c = (int(x[::-1]) for x in text.lstrip("^").rstrip("=").split("*"))
+            target = self.exp.task.write(a, c).target
+            if self.wrong:
+                target = target[:-1] + str((int(target[-1]) + 1) % 10)
+            ids = self.exp.tok.encode(target) + [self.exp.tok.eos_id]
+            out[b, P + torch.arange(len(ids)), torch.tensor(ids)] = 9.0
+        return out
+
+
+def test_a_trajectory_state_hides_what_is_revealed_from_that_pass_on():
+    tokens = torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12]])
+    reveal = torch.tensor([[2, 0, 3, 1], [0, 1, 2, 3]])
+    state, masked, to_reveal = trajectory_state(tokens, reveal, torch.tensor([2, 0]), mask_id=0)
+    assert state.tolist() == [[0, 6, 0, 8], [0, 0, 0, 0]]
+    assert masked.tolist() == [[True, False, True, False], [True, True, True, True]]
+    assert to_reveal[masked].tolist() == [1, 2, 1, 2, 3, 4]  # the next pass reveals it: 1
+    # the last pass's state hides exactly one position, revealed one pass later
+    state, masked, to_reveal = trajectory_state(tokens, reveal, torch.tensor([3, 3]), mask_id=0)
+    assert masked.sum(1).tolist() == [1, 1] and to_reveal[masked].tolist() == [1, 1]
+
+
+def test_the_views_the_network_and_the_oracles_accuracy(exp):
+    p = exp.problems(2)
+    assert all(q.teacher_prompt == q.prompt + "#" + q.target for q in p)  # the whole reference
+    assert exp.prompts(p, True).shape[1] + exp.n == exp.block and exp.targets(p).shape == (2, exp.n)
+    assert not exp.new_model().config.causal
+    for tpf in (1, 4, 15):  # a perfect denoiser is exact at every speed, a wrong one never
+        assert exp.evaluate(Oracle(exp), tpf) == 100.0
+        assert exp.evaluate(Oracle(exp, wrong=True), tpf) == 0.0
+    tr = exp.generate(Oracle(exp), exp.eval_problems[:3], 4)
+    assert tr.forwards == math.ceil(exp.n / 4) and exp.rewards(exp.eval_problems[:3], tr.tokens).tolist() == [1.0] * 3
+
+
+def test_the_base_is_trained_once_and_every_student_and_the_teacher_start_from_it(exp):
+    s1, s2, t = exp.student(), exp.student(), exp.teacher()
+    assert s1.training and not t.training and not any(p.requires_grad for p in t.parameters())
+    for a, b, c in zip(s1.parameters(), s2.parameters(), t.parameters()):
+        assert torch.equal(a, b) and torch.equal(a, c)
+    with torch.no_grad():
+        next(s1.parameters()).add_(1.0)
+    assert not torch.equal(next(s1.parameters()), next(exp.student().parameters()))  # a copy, not the base
+
+
+def test_the_trajectory_pool_is_the_teacher_views_decoding_one_token_a_pass(exp, monkeypatch):
+    calls = []
+    real = dlm.unmask_sample
+
+    def spy(model, prompts, n, mask_id, tpf, temperature=0.0, generator=None):
+        calls.append((prompts.clone(), tpf, temperature))
+        return real(model, prompts, n, mask_id, tpf, temperature, generator=generator)
+
+    monkeypatch.setattr(dlm, "unmask_sample", spy)
+    fresh = DiffusionLMTask("ci", dscale=TINY, base=exp.base(), progress=False)
+    probs, traj = fresh.trajectories()
+    assert len(probs) == TINY.pool and traj.tokens.shape == (TINY.pool, fresh.n) and traj.forwards == fresh.n
+    prompts, tpf, temp = calls[0]
+    assert tpf == 1 and temp == 0.0 and torch.equal(prompts, fresh.prompts(probs, privileged=True))
+    assert all(p.teacher_prompt == p.prompt + "#" + p.target for p in probs)  # the whole reference
+    for row in traj.reveal_step.tolist():  # one position a pass
+        assert sorted(row) == list(range(fresh.n))
+    assert fresh.trajectories() is fresh.trajectories() and len(calls) == 1  # made once
+    half, _ = fresh.trajectories(0.5)  # the same problems, half the reference read
+    assert [p.prompt for p in half] == [p.prompt for p in probs]
+    assert all(p.teacher_prompt == p.prompt + "#" + p.target[:7].ljust(fresh.width, "_") for p in half)
+
+
+def test_tad_trains_the_student_view_on_trajectory_states_against_the_teacher_view(exp, monkeypatch):
+    seen = []
+    real = dlm.tad_loss
+
+    def spy(s_logits, t_logits, tokens, to_reveal, k, masked):
+        seen.append((s_logits.requires_grad, t_logits.requires_grad, tokens.clone(), to_reveal.clone(), k,
+                     masked.clone()))
+        return real(s_logits, t_logits, tokens, to_reveal, k, masked)
+
+    calls = []
+    real_logits = dlm.denoiser_logits
+
+    def logits_spy(model, prompts, x):
+        calls.append((prompts.clone(), x.clone()))
+        return real_logits(model, prompts, x)
+
+    monkeypatch.setattr(dlm, "tad_loss", spy)
+    monkeypatch.setattr(dlm, "denoiser_logits", logits_spy)
+    torch.manual_seed(1)
+    student = get_recipe("tad", track="llm_dlm").train(exp, k=3)
+    assert len(seen) == TINY.steps and student.train_info["steps"] == TINY.steps
+    probs, traj = exp.trajectories()
+    pool_rows = {tuple(r) for r in traj.tokens.tolist()}
+    mark = exp.tok.encode("#")[0]
+    for (s_grad, t_grad, tokens, to_reveal, k, masked), i in zip(seen, range(0, 2 * len(seen), 2)):
+        assert s_grad and not t_grad and k == 3
+        assert all(tuple(r) in pool_rows for r in tokens.tolist())
+        t_prompts, t_state = calls[i]
+        s_prompts, s_state = calls[i + 1]
+        assert torch.equal(t_state, s_state)  # both views read the same state
+        assert (t_prompts == mark).any(1).all() and not (s_prompts == mark).any()  # the teacher view, the student view
+        assert torch.equal(s_state == exp.mask_id, masked) and torch.equal(s_state[~masked], tokens[~masked])
+        assert (to_reveal[masked] >= 1).all()
+
+
+@pytest.mark.parametrize("k, share", [(0, 0.0), (math.inf, 1.0)])
+def test_tad_with_k_zero_is_kl_only_and_with_k_infinite_cross_entropy_only(exp, k, share):
+    torch.manual_seed(2)
+    st = get_recipe("tad", track="llm_dlm").train(exp, k=k)
+    assert st.train_info["history"]["hard_share"] == [share] * TINY.steps
+    with pytest.raises(ValueError, match="k counts"):
+        get_recipe("tad", track="llm_dlm").train(exp, k=-1)
+
+
+@pytest.mark.parametrize("name", ["gdsd", "elbo_pg"])
+def test_the_rl_recipes_sample_the_student_view_in_groups_and_score_a_masked_state(exp, monkeypatch, name):
+    seen = []
+    real_g, real_e = dlm.gdsd_loss, dlm.elbo_pg_loss
+
+    def spy_g(logits, tokens, adv, beta, masked):
+        seen.append((logits.requires_grad, tokens.clone(), adv.clone(), masked.clone(), beta))
+        return real_g(logits, tokens, adv, beta, masked)
+
+    def spy_e(logits, tokens, adv, t, masked):
+        seen.append((logits.requires_grad, tokens.clone(), adv.clone(), masked.clone(), t.clone()))
+        return real_e(logits, tokens, adv, t, masked)
+
+    monkeypatch.setattr(dlm, "gdsd_loss", spy_g)
+    monkeypatch.setattr(dlm, "elbo_pg_loss", spy_e)
+    torch.manual_seed(3)
+    opts = {"beta": 0.5} if name == "gdsd" else {}
+    get_recipe(name, track="llm_dlm").train(exp, **opts)
+    assert len(seen) == TINY.steps
+    for grad, tokens, adv, masked, extra in seen:
+        assert grad and tokens.shape == (TINY.batch, exp.n) and masked.shape == tokens.shape
+        assert (tokens != exp.mask_id).all()  # whole samples
+        assert torch.allclose(adv.view(-1, TINY.group).sum(1), torch.zeros(TINY.batch // TINY.group), atol=1e-5)
+        if name == "gdsd":
+            assert extra == 0.5
+        else:
+            assert ((extra > 0) & (extra <= 1)).all() and extra.shape == (TINY.batch,)
+
+
+def test_the_baseline_trains_on_the_references_and_options_are_checked(exp):
+    torch.manual_seed(4)
+    st = get_recipe("mdlm_sft", track="llm_dlm").train(exp)
+    base = exp.base()
+    assert any(not torch.equal(a, b) for a, b in zip(st.parameters(), base.parameters()))
+    with pytest.raises(ValueError, match="unknown option"):
+        get_recipe("gdsd", track="llm_dlm").train(exp, k=2)
+    with pytest.raises(ValueError, match="base is"):
+        DiffusionLMTask("ci", dscale=TINY, base="nope", progress=False).base()
+
+
+def test_the_committed_base_loads_and_reads_the_reference():
+    net, manifest = dlm.load_base()
+    assert not net.config.causal and manifest["command"].startswith(dlm.REBUILD)
+    q = manifest["quality"]["exact_match_by_tpf"]
+    # recorded when it was made: the teacher view (reading the reference) far above the student view at every
+    # speed, and the student view falling as more tokens are committed a pass
+    assert all(q["teacher_view"][t] > q["student_view"][t] + 30 for t in q["student_view"])
+    assert q["student_view"]["1"] > 2 * q["student_view"]["15"]
