@@ -70,6 +70,7 @@ def _check_tad_loss(fn) -> str:
 prediction("45.speed", "the base's student view decodes the whole completion in one forward pass instead of one "
            "token a pass: its exact match",
            ("falls below half", "about the same", "rises"), solution="falls below half")
-prediction("45.tad_vs_ce", "at the highest tokens per forward, which student is more accurate: TAD (hard targets for "
-           "the next passes, soft ones after), or cross-entropy on every position of the same trajectory states?",
-           ("TAD", "about the same", "cross-entropy only"), solution="about the same")
+prediction("45.slow", "at one token a pass, which student view is more accurate after the same steps from the same "
+           "base: TAD (trained on the teacher view's trajectory states), or mdlm_sft (the base's own loss on the "
+           "references, random masks)?",
+           ("TAD", "about the same", "mdlm_sft"), solution="mdlm_sft")

@@ -4,7 +4,10 @@
     python -m distill_lab bench llm --tasks mult,star --methods sft,word_kd,gkd_fkl
     python -m distill_lab bench llm --tasks mult@256 --methods sft,word_kd,gkd_fkl   # a fixed set of 256 problems
 
-Importing this module registers the track and the recipes (:mod:`.recipes`). A row is one method on
+    python -m distill_lab bench llm_self --scale ci   # self-distillation with privileged information (lab 43)
+    python -m distill_lab bench llm_dlm --scale ci    # masked-diffusion LMs: TAD, GDSD, the ELBO policy gradient (lab 45)
+
+Importing this module registers the tracks and the recipes (:mod:`.recipes`, :mod:`.self_recipes`, :mod:`.dlm`). A row is one method on
 one task: ``value`` is the student's greedy exact-match accuracy in percent (mean over the seeds;
 ``spread`` their standard deviation), ``baseline`` the data-only student's (the ``sft`` recipe: same
 size, warm start, steps and batch), ``values`` and ``baseline_values`` the seeds' own accuracies (a
@@ -162,12 +165,12 @@ register_track(BenchTrack(
 
 # ------------------------------------------------------------------ masked-diffusion LMs (track llm_dlm)
 DLM_ROW_KEYS = ("method", "task", "metric", "value", "spread", "values", "baseline", "baseline_values", "tpf",
-                "by_tpf", "baseline_by_tpf", "seeds", "train_seconds")
+                "by_tpf", "baseline_by_tpf", "curves", "seeds", "train_seconds")
 
 
 def run_dlm(exp: DiffusionLMTask, methods=None, seeds=(0, 1, 2), options: dict | None = None) -> list[dict]:
     """One row a method (default: every ``llm_dlm`` recipe) on ``exp``: each seed's student measured at
-    every TPF of the scale (``by_tpf``: TPF -> mean exact match); ``value`` is the exact match at the
+    every TPF of the scale (``by_tpf``: TPF -> mean exact match; ``curves``: each seed's); ``value`` is the exact match at the
     highest TPF (one forward pass for the whole completion), ``baseline`` the ``mdlm_sft`` student's.
     ``options``: recipe -> its options (e.g. ``{"tad": {"k": 3}}``)."""
     names = bench_methods(dlm.DLM[0]) if methods is None else list(methods)
@@ -186,7 +189,8 @@ def run_dlm(exp: DiffusionLMTask, methods=None, seeds=(0, 1, 2), options: dict |
         by_tpf = {t: mean_spread([c[t] for c in curves])[0] for t in exp.ds.tpfs}
         vals = [c[top] for c in curves]
         rows.append({"method": m, "task": "mult 2x2", "metric": f"exact_match_tpf{top}", "value": by_tpf[top],
-                     "spread": mean_spread(vals)[1], "values": vals, "tpf": top, "by_tpf": by_tpf, "seeds": list(seeds),
+                     "spread": mean_spread(vals)[1], "values": vals, "tpf": top, "by_tpf": by_tpf, "curves": curves,
+                     "seeds": list(seeds),
                      "train_seconds": mean_spread(secs)[0]})
     base = rows.pop(0)
     for r in rows:
