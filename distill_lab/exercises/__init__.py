@@ -135,6 +135,19 @@ def compare(got, want, what: str, atol: float = 1e-5, rtol: float = 1e-4) -> Non
                              f"{want.flatten()[i]:.4g}, ratio {ratio:.3g})")
 
 
+def compare_loss(mine, ref, mine_leaf, ref_leaf, what: str, frozen=None, frozen_message: str = "") -> None:
+    """Compare a student's loss ``mine`` with the package's ``ref`` in value and in the gradient to the student
+    logits each was computed from (``mine_leaf``, ``ref_leaf``, both leaves requiring grad), ``what`` naming the
+    case; with ``frozen`` (the teacher's logits as a leaf that requires grad), raise ``frozen_message`` when the
+    loss sends it any gradient (a missing stop-gradient)."""
+    compare(mine, ref, f"the loss {what}")
+    mine.backward()
+    ref.backward()
+    compare(mine_leaf.grad, ref_leaf.grad, f"the gradient to the student's logits {what}")
+    if frozen is not None and frozen.grad is not None and float(frozen.grad.abs().max()) > 0:
+        raise AssertionError(frozen_message)
+
+
 def load_all() -> dict[str, Exercise]:
     """Import every track's exercise module, so :data:`EXERCISES` holds them all."""
     for mod in TRACK_MODULES:
