@@ -14,6 +14,7 @@ from distill_lab.llm import dlm
 from distill_lab.llm.config import NetSize
 from distill_lab.llm.dlm import DiffusionLMTask, DLMScale, trajectory_state
 from distill_lab.llm.gpt import GPTConfig
+from distill_lab.llm.sft import heldout_problems
 
 TINY = DLMScale(NetSize(1, 2, 16), base_steps=20, base_batch=8, base_lr=3e-3, steps=2, batch=8, lr=1e-3, pool=12,
                 group=4, eval_n=8, tpfs=(1, 15), rl_steps=3)
@@ -29,23 +30,27 @@ class Oracle(torch.nn.Module):
     """A denoiser that reads the two factors from the prompt and is sure of every completion token
     (``wrong``: of a product off by one in its last written digit)."""
 
-    def __init__(self, exp, wrong: bool = False):
+    def __init__(self, exp, wrong: bool = False, chain: bool = False, needs_reference: bool = False):
         super().__init__()
-        self.exp, self.wrong = exp, wrong
+        self.exp, self.wrong, self.chain, self.needs_reference = exp, wrong, chain, needs_reference
         self.config = GPTConfig(exp.tok.vocab_size, exp.block, causal=False)
 
     def forward(self, tokens):
         B, T = tokens.shape
         P = T - self.exp.n
         out = torch.zeros(B, T, self.exp.tok.vocab_size)
+        mark = self.exp.tok.encode("#")[0]
         for b in range(B):
             text = self.exp.tok.decode(tokens[b, :self.exp.task.prompt_len].tolist())
             a, c = (int(x[::-1]) for x in text.lstrip("^").rstrip("=").split("*"))
             target = self.exp.task.write(a, c).target
-            if self.wrong:
+            if self.wrong or (self.needs_reference and not (tokens[b, :P] == mark).any()):
                 target = target[:-1] + str((int(target[-1]) + 1) % 10)
             ids = self.exp.tok.encode(target) + [self.exp.tok.eos_id]
-            out[b, P + torch.arange(len(ids)), torch.tensor(ids)] = 9.0
+            for i, t in enumerate(ids):
+                # chain: sure of a position only once the one before it is committed, else a less sure wrong guess
+                known = not self.chain or i == 0 or tokens[b, P + i - 1] != self.exp.mask_id
+                out[b, P + i, t if known else (t + 1) % 10 + 3] = 9.0 if known else 3.0
         return out
 
 
@@ -69,6 +74,15 @@ def test_the_views_the_network_and_the_oracles_accuracy(exp):
     for tpf in (1, 4, 15):  # a perfect denoiser is exact at every speed, a wrong one never
         assert exp.evaluate(Oracle(exp), tpf) == 100.0
         assert exp.evaluate(Oracle(exp, wrong=True), tpf) == 0.0
+    # the speed knob: an oracle that needs its left neighbour committed is exact at one token a pass only
+    chain = Oracle(exp, chain=True)
+    assert exp.evaluate(chain) == exp.evaluate(chain, 1) == 100.0 and exp.evaluate(chain, 2) == 0.0
+    assert exp.curve(chain) == {1: 100.0, 15: 0.0}
+    # the views: an oracle right only when it reads the reference
+    reader = Oracle(exp, needs_reference=True)
+    assert exp.evaluate(reader, 1, privileged=True) == 100.0 and exp.evaluate(reader, 1) == 0.0
+    assert exp.curve(reader, (1, 4), privileged=True) == {1: 100.0, 4: 100.0}
+    assert [q.prompt for q in exp.eval_problems] == [q.prompt for q in heldout_problems(exp.task, TINY.eval_n, 0)]
     tr = exp.generate(Oracle(exp), exp.eval_problems[:3], 4)
     assert tr.forwards == math.ceil(exp.n / 4) and exp.rewards(exp.eval_problems[:3], tr.tokens).tolist() == [1.0] * 3
 

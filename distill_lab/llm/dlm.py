@@ -159,8 +159,10 @@ class DiffusionLMTask:
                    progress=self.progress if progress is None else progress)
 
     def base(self) -> GPT:
-        """The base (eval mode, frozen weights are the caller's to copy): see the class docstring."""
-        key = "committed" if isinstance(self._base_arg, str) and self._base_arg == "committed" else torch.initial_seed()
+        """A fresh copy of the base, in eval mode (which base: see the class docstring; one trained here is
+        trained once a seed)."""
+        key = "given" if isinstance(self._base_arg, GPT) else \
+            "committed" if self._base_arg == "committed" else torch.initial_seed()
         if key not in self._bases:
             if isinstance(self._base_arg, GPT):
                 net = self._base_arg
