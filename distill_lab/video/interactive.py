@@ -1,0 +1,208 @@
+"""An interactive toy world: a static scene larger than the frame, a camera the user moves, a sprite the
+user pushes, and a sparse second stream ("audio") that follows the video (issue 14, item 1).
+
+The **scene** is the square ``[0, scene_size]^2`` holding ``n_landmarks`` fixed Gaussian landmarks (placed
+once by ``scene_seed``, dimmer than the sprites). The **frame** is the unit window of the scene whose
+lower-left corner is the **camera** ``c``; the sprites of :class:`~distill_lab.video.world.World` move
+inside the frame (screen space), as in the first video issue, in front of the scrolling scene.
+
+**Actions** ``[B, F, 4]``, one a frame, act between frame ``t`` and frame ``t + 1``:
+
+* ``action[..., :2]``, the camera pan: ``c_{t+1} = clip(c_t + clip(a, -max_pan, max_pan), 0, scene_size - 1)``
+  (the window never leaves the scene); a zero pan leaves the camera where it is;
+* ``action[..., 2:]``, a push on sprite 0: its velocity gains ``clip(a, -max_push, max_push)`` before the
+  frame's kick and move (each velocity component is then kept within ``max_speed``).
+
+The **audio** stream runs at one value every ``audio_every`` frames: the height ``y`` of sprite 0 in the
+frame, and whether sprite 0 bounced off a wall since the last value (a sparse event).
+
+Every frame has a closed form given the initial state, the camera's start, the actions and the kicks'
+seed: :meth:`InteractiveWorld.simulate` returns the states, the camera path, the actions and the audio;
+:meth:`InteractiveWorld.render` the frames; :meth:`InteractiveWorld.background` the scene alone at any
+camera position, so a revisited place is known exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from functools import cached_property
+
+import torch
+
+from .world import World
+
+
+@dataclass(frozen=True)
+class InteractiveWorld:
+    """The interactive world's constants (units: the frame's side is 1, time in frames); see the module
+    docstring. ``world``: the sprites' physics; ``landmark_level``: a landmark's peak intensity (a
+    sprite's is 1); ``max_speed``: the bound on each velocity component after a push."""
+
+    world: World = field(default_factory=lambda: World(n_sprites=1, kick_prob=0.0))
+    scene_size: float = 2.0
+    n_landmarks: int = 6
+    landmark_sigma: float = 0.1
+    landmark_level: float = 0.5
+    scene_seed: int = 0
+    max_pan: float = 0.1
+    max_push: float = 0.02
+    max_speed: float = 0.1
+    audio_every: int = 4
+
+    def __post_init__(self):
+        if self.scene_size < 1:
+            raise ValueError(f"the scene must hold the unit frame: scene_size >= 1, got {self.scene_size}")
+        if self.n_landmarks < 0 or self.audio_every < 1:
+            raise ValueError(f"n_landmarks must be >= 0 and audio_every >= 1, got {self.n_landmarks}, {self.audio_every}")
+        if not 0 < self.max_speed < 1 - 2 * self.world.margin:
+            raise ValueError("max_speed must lie in (0, 1 - 2 margin): one frame's move must stay inside the walls, "
+                             f"got {self.max_speed}")
+        if self.max_pan < 0 or self.max_push < 0:
+            raise ValueError(f"max_pan and max_push are bounds (>= 0), got {self.max_pan}, {self.max_push}")
+
+    def config(self) -> dict:
+        return asdict(self)
+
+    @cached_property
+    def landmarks(self) -> torch.Tensor:
+        """``[n_landmarks, 2]``: the landmarks' places in the scene (fixed by ``scene_seed``)."""
+        g = torch.Generator().manual_seed(self.scene_seed)
+        return self.scene_size * torch.rand(self.n_landmarks, 2, generator=g, dtype=torch.float64)
+
+    # ---------------------------------------------------------------- the camera and the actions
+    def camera_path(self, start: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """The camera ``[B, F, 2]`` from ``start [B, 2]`` under the pans of ``actions [B, F, 4]`` (the last
+        frame's action moves no frame of this clip)."""
+        if actions.dim() != 3 or actions.shape[-1] != 4 or start.shape != (actions.shape[0], 2):
+            raise ValueError(f"actions must be [B, F, 4] and start [B, 2], got {tuple(actions.shape)} and "
+                             f"{tuple(start.shape)}")
+        pan = actions[..., :2].double().clamp(-self.max_pan, self.max_pan)
+        cams = [start.double().clamp(0, self.scene_size - 1)]
+        for t in range(actions.shape[1] - 1):
+            cams.append((cams[-1] + pan[:, t]).clamp(0, self.scene_size - 1))
+        return torch.stack(cams, 1)
+
+    def random_actions(self, n: int, frames: int, generator: torch.Generator | None = None,
+                       persistence: float = 0.8) -> torch.Tensor:
+        """``[n, frames, 4]`` actions a player might give: pans and pushes that change smoothly (each frame
+        keeps ``persistence`` of the last and adds a uniform draw), within the bounds."""
+        a = torch.zeros(n, frames, 4, dtype=torch.float64)
+        scale = torch.tensor([self.max_pan, self.max_pan, self.max_push, self.max_push], dtype=torch.float64)
+        prev = torch.zeros(n, 4, dtype=torch.float64)
+        for t in range(frames):
+            prev = persistence * prev + (1 - persistence) * (2 * torch.rand(n, 4, generator=generator,
+                                                                             dtype=torch.float64) - 1) * 2 * scale
+            a[:, t] = torch.maximum(torch.minimum(prev, scale), -scale)
+        return a
+
+    def loop_closed(self, actions: torch.Tensor) -> torch.Tensor:
+        """RealCam's loop-closed augmentation on the actions: the clip's pans followed by the same pans
+        reversed and negated, so that the camera comes back to where it started (exactly, unless a pan was
+        clipped at the scene's edge); no push on the way back. ``[B, F, 4] -> [B, 2 F, 4]``: frame ``F``
+        shows the place of frame ``F - 1`` again... down to frame ``2 F - 1``, which shows frame 0's."""
+        if actions.dim() != 3 or actions.shape[-1] != 4:
+            raise ValueError(f"actions must be [B, F, 4], got {tuple(actions.shape)}")
+        pan = actions[..., :2].clamp(-self.max_pan, self.max_pan)
+        back = torch.zeros_like(actions)
+        back[:, :-1, :2] = -pan[:, :-1].flip(1)  # the move into frame F + j + 1 undoes the one into frame F - 1 - j
+        out = torch.cat([actions, back], 1)
+        out[:, actions.shape[1] - 1, :2] = 0  # the turn: frame F repeats frame F - 1's place
+        return out
+
+    # ---------------------------------------------------------------- dynamics
+    def step(self, state: torch.Tensor, action: torch.Tensor, generator: torch.Generator | None = None):
+        """One frame of the sprites: sprite 0's velocity gains the clipped push and is kept within
+        ``max_speed``, then :meth:`World.step` (kick and move). ``state [B, S, 4]``, ``action [B, 4]``."""
+        push = action[:, 2:].to(state.dtype).clamp(-self.max_push, self.max_push)
+        state = state.clone()
+        state[:, 0, 2:] = (state[:, 0, 2:] + push).clamp(-self.max_speed, self.max_speed)
+        return self.world.step(state, generator)
+
+    def simulate(self, n: int, frames: int, actions: torch.Tensor | None = None, seed: int = 0,
+                 start: torch.Tensor | None = None) -> dict:
+        """``n`` clips of ``frames`` frames under ``actions [n, frames, 4]`` (default: :meth:`random_actions`),
+        the camera starting at ``start [n, 2]`` (default: uniform over the scene). Returns ``{"states":
+        [n, F, S, 4], "camera": [n, F, 2], "actions": [n, F, 4], "audio": [n, F_a, 2]}`` (``F_a = ceil(F /
+        audio_every)``: sprite 0's height and its bounce flag)."""
+        if n < 1 or frames < 1:
+            raise ValueError(f"simulate needs n >= 1 clips of frames >= 1, got n={n}, frames={frames}")
+        g = torch.Generator().manual_seed(seed)
+        if actions is None:
+            actions = self.random_actions(n, frames, g)
+        if actions.shape != (n, frames, 4):
+            raise ValueError(f"actions must be [n, frames, 4] = [{n}, {frames}, 4], got {tuple(actions.shape)}")
+        if start is None:
+            start = (self.scene_size - 1) * torch.rand(n, 2, generator=g, dtype=torch.float64)
+        states = [self.world.initial(n, g)]
+        for t in range(frames - 1):
+            states.append(self.step(states[-1], actions[:, t], g))
+        states = torch.stack(states, 1)
+        return {"states": states, "camera": self.camera_path(start, actions), "actions": actions.double(),
+                "audio": self.audio(states)}
+
+    def bounces(self, states: torch.Tensor) -> torch.Tensor:
+        """``[B, F]``: whether sprite 0 was reflected by a wall on its way into frame ``t`` (a velocity
+        component changed sign; frame 0 has none)."""
+        v = states[:, :, 0, 2:]
+        flip = ((v[:, 1:] * v[:, :-1]) < 0).any(-1)
+        return torch.cat([torch.zeros_like(flip[:, :1]), flip], 1)
+
+    def audio(self, states: torch.Tensor) -> torch.Tensor:
+        """The sparse second stream ``[B, ceil(F / audio_every), 2]``: at frames ``0, audio_every, ...`` sprite
+        0's height, and 1 if it bounced at any frame since the previous value (0 otherwise)."""
+        F, k = states.shape[1], self.audio_every
+        b = self.bounces(states).double()
+        n = math.ceil(F / k)
+        flags = torch.stack([b[:, max(0, i * k - k + 1):i * k + 1].amax(1) if i else b[:, 0] for i in range(n)], 1)
+        return torch.stack([states[:, ::k, 0, 1], flags], -1)
+
+    # ---------------------------------------------------------------- pixels
+    def background(self, camera: torch.Tensor, resolution: int = 16) -> torch.Tensor:
+        """The scene alone seen through windows at ``camera [B, F, 2]``: intensities ``[B, F, R, R]`` in [0, 1]
+        (the landmarks, each a Gaussian of peak ``landmark_level``)."""
+        if camera.dim() != 3 or camera.shape[-1] != 2:
+            raise ValueError(f"camera must be [B, F, 2], got {tuple(camera.shape)}")
+        c = (torch.arange(resolution, dtype=torch.float64) + 0.5) / resolution
+        rel = self.landmarks[None, None] - camera.double()[:, :, None]                  # [B, F, K, 2]
+        gx = torch.exp(-(c - rel[..., 0:1]) ** 2 / (2 * self.landmark_sigma ** 2))      # [B, F, K, R]
+        gy = torch.exp(-(c - rel[..., 1:2]) ** 2 / (2 * self.landmark_sigma ** 2))
+        return (self.landmark_level * torch.einsum("bfki,bfkj->bfij", gy, gx)).clamp(max=1.0)
+
+    def render(self, states: torch.Tensor, camera: torch.Tensor, resolution: int = 16) -> torch.Tensor:
+        """Frames ``[B, F, 1, R, R]`` in ``[-1, 1]``: the scene through the camera's window plus the sprites
+        (:meth:`World.render`), intensities added and clipped at 1."""
+        if camera.shape[:2] != states.shape[:2]:
+            raise ValueError(f"camera {tuple(camera.shape)} and states {tuple(states.shape)} must share [B, F]")
+        sprites = (self.world.render(states, resolution)[:, :, 0].double() + 1) / 2
+        return (2 * (sprites + self.background(camera, resolution)).clamp(max=1.0) - 1).float().unsqueeze(2)
+
+
+# ---------------------------------------------------------------- revisits
+def first_visits(camera: torch.Tensor, tol: float = 1e-9) -> torch.Tensor:
+    """``[B, F]``: for each frame, the first earlier frame whose camera was within ``tol`` (max norm) of its
+    own, or -1: where the camera came back to a place it had shown."""
+    if camera.dim() != 3 or camera.shape[-1] != 2:
+        raise ValueError(f"camera must be [B, F, 2], got {tuple(camera.shape)}")
+    d = (camera[:, :, None] - camera[:, None]).abs().amax(-1)                  # [B, F, F]
+    F = camera.shape[1]
+    earlier = torch.ones(F, F, dtype=torch.bool).tril(-1)                        # j < t
+    hit = (d <= tol) & earlier
+    first = torch.where(hit.any(-1), hit.float().argmax(-1), torch.full(hit.shape[:2], -1))
+    return first
+
+
+def revisit_error(frames: torch.Tensor, camera: torch.Tensor, sprite_free: torch.Tensor | None = None,
+                  tol: float = 1e-9) -> float:
+    """Revisit consistency: the mean absolute difference between each frame that shows a place again and the
+    frame that first showed it (:func:`first_visits`), over the pixels ``sprite_free [B, F, R, R]`` marks in
+    both (default: all), averaged over the revisits; ``nan`` when the camera never came back. ``frames``
+    ``[B, F, 1, R, R]``. A memory that stores everything and a generator that draws the scene from it score 0."""
+    first = first_visits(camera, tol)
+    b, t = (first >= 0).nonzero(as_tuple=True)
+    if len(b) == 0:
+        return float("nan")
+    now, then = frames[b, t, 0].double(), frames[b, first[b, t], 0].double()
+    keep = torch.ones_like(now, dtype=torch.bool) if sprite_free is None else \
+        sprite_free[b, t] & sprite_free[b, first[b, t]]
+    return float(((now - then).abs() * keep).sum() / keep.sum().clamp(min=1))

@@ -1,0 +1,146 @@
+"""The interactive toy world (issue 14, item 1): the camera, the push, the sparse second stream and the
+scene seen through the window, each against its closed form."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from distill_lab.video.interactive import InteractiveWorld, first_visits, revisit_error
+from distill_lab.video.world import World
+
+W = InteractiveWorld()
+
+
+def test_a_zero_action_leaves_the_camera_still_and_a_pan_moves_it_by_the_clipped_action():
+    start = torch.tensor([[0.3, 0.7], [0.0, 1.0]], dtype=torch.float64)
+    still = W.camera_path(start, torch.zeros(2, 6, 4))
+    assert torch.equal(still, start[:, None].expand(2, 6, 2))
+    a = torch.zeros(2, 4, 4, dtype=torch.float64)
+    a[:, :, 0] = torch.tensor([0.05, 0.3, -0.02, 0.0])  # the second pan is clipped to max_pan
+    cam = W.camera_path(start, a)
+    assert torch.allclose(cam[0, :, 0], torch.tensor([0.3, 0.35, 0.45, 0.43], dtype=torch.float64))
+    assert torch.equal(cam[:, :, 1], start[:, None, 1].expand(2, 4))  # no vertical pan: y stays
+
+
+def test_the_window_never_leaves_the_scene():
+    start = torch.tensor([[0.95, 0.02]], dtype=torch.float64)
+    a = torch.zeros(1, 30, 4, dtype=torch.float64)
+    a[..., 0], a[..., 1] = 0.1, -0.1
+    cam = W.camera_path(start, a)
+    assert cam.min() >= 0 and cam.max() <= W.scene_size - 1
+    assert cam[0, -1].tolist() == [W.scene_size - 1, 0.0]
+
+
+def test_the_push_changes_sprite_zeros_velocity_by_the_clipped_action_before_it_moves():
+    state = World(kick_prob=0.0).initial(3, torch.Generator().manual_seed(0))
+    state[:, 0, :2] = 0.5  # away from the walls
+    state[:, 0, 2:] = torch.tensor([0.03, -0.02], dtype=torch.float64)
+    act = torch.tensor([[0, 0, 0.01, 0.0], [0, 0, 0.5, -0.5], [0, 0, 0, 0]], dtype=torch.float64)
+    nxt = W.step(state, act)
+    want_v = torch.tensor([[0.04, -0.02], [0.05, -0.04], [0.03, -0.02]], dtype=torch.float64)  # push clipped to 0.02
+    assert torch.allclose(nxt[:, 0, 2:], want_v) and torch.allclose(nxt[:, 0, :2], 0.5 + want_v)
+    assert torch.equal(state[:, 0, 2:], torch.tensor([[0.03, -0.02]] * 3, dtype=torch.float64))  # the input is kept
+    fast = state.clone()
+    fast[:, 0, 2:] = 0.095
+    assert (W.step(fast, act)[:, 0, 2:].abs() <= W.max_speed + 1e-12).all()  # the speed bound
+
+
+def test_a_revisited_place_shows_the_same_scene_and_the_scene_is_fixed_by_its_seed():
+    cam = torch.tensor([[[0.2, 0.4], [0.6, 0.1], [0.2, 0.4]]], dtype=torch.float64)
+    bg = W.background(cam, 16)
+    assert torch.equal(bg[0, 0], bg[0, 2]) and not torch.equal(bg[0, 0], bg[0, 1])
+    assert torch.equal(InteractiveWorld(scene_seed=0).landmarks, W.landmarks)
+    assert not torch.equal(InteractiveWorld(scene_seed=1).landmarks, W.landmarks)
+    # a landmark at the window's centre peaks there at landmark_level
+    one = InteractiveWorld(n_landmarks=1)
+    c = one.landmarks[0] - 0.5
+    img = one.background(c[None, None], 17)[0, 0]
+    assert float(img.max()) == pytest.approx(one.landmark_level) and img.argmax() == 8 * 17 + 8
+    empty = InteractiveWorld(n_landmarks=0).background(cam, 8)
+    assert torch.equal(empty, torch.zeros_like(empty))
+
+
+def test_frames_are_the_sprites_over_the_scene_and_the_closed_form_replays():
+    out = W.simulate(2, 9, seed=3)
+    again = W.simulate(2, 9, seed=3)
+    for k in out:
+        assert torch.equal(out[k], again[k])
+    frames = W.render(out["states"], out["camera"], 16)
+    assert frames.shape == (2, 9, 1, 16, 16) and frames.min() >= -1 and frames.max() <= 1
+    sprites = (W.world.render(out["states"], 16)[:, :, 0].double() + 1) / 2
+    want = 2 * (sprites + W.background(out["camera"], 16)).clamp(max=1) - 1
+    assert torch.allclose(frames[:, :, 0].double(), want, atol=1e-6)
+    # the replay from the states, the camera's start and the actions alone
+    s = out["states"][:, 0]
+    for t in range(8):
+        s = W.step(s, out["actions"][:, t])  # no kicks in the default world
+        assert torch.allclose(s, out["states"][:, t + 1])
+    assert torch.allclose(W.camera_path(out["camera"][:, 0], out["actions"]), out["camera"])
+
+
+def test_the_audio_stream_is_sprite_zeros_height_at_its_rate_and_flags_bounces():
+    out = W.simulate(4, 13, seed=1)
+    audio, states = out["audio"], out["states"]
+    assert audio.shape == (4, 4, 2)  # frames 0, 4, 8, 12
+    assert torch.equal(audio[..., 0], states[:, ::4, 0, 1])
+    v = states[:, :, 0, 2:]
+    flips = ((v[:, 1:] * v[:, :-1]) < 0).any(-1)  # into frames 1..12
+    assert audio[:, 0, 1].sum() == 0
+    for i in range(1, 4):
+        assert torch.equal(audio[:, i, 1], flips[:, 4 * i - 4:4 * i].any(1).double())
+    # a sprite sent at a wall bounces and the flag says so at the next audio value
+    state = W.world.initial(1, torch.Generator().manual_seed(0))
+    state[0, 0] = torch.tensor([0.8, 0.5, 0.06, 0.0], dtype=torch.float64)
+    traj = torch.stack([state] + [state := W.step(state, torch.zeros(1, 4)) for _ in range(4)], 1)
+    assert W.bounces(traj)[0].tolist() == [False, True, False, False, False]
+    assert W.audio(traj)[0, 1, 1] == 1.0
+
+
+def test_bad_settings_and_shapes_are_refused():
+    with pytest.raises(ValueError, match="scene_size"):
+        InteractiveWorld(scene_size=0.5)
+    with pytest.raises(ValueError, match="max_speed"):
+        InteractiveWorld(max_speed=0.9)
+    with pytest.raises(ValueError, match="actions must be"):
+        W.simulate(2, 5, actions=torch.zeros(2, 4, 4))
+    with pytest.raises(ValueError, match="camera must be"):
+        W.background(torch.zeros(2, 2))
+    with pytest.raises(ValueError, match="share"):
+        W.render(torch.zeros(1, 3, 1, 4), torch.zeros(1, 2, 2))
+
+
+def test_a_loop_closed_clip_returns_the_camera_through_its_places_to_its_start():
+    F = 6
+    a = W.random_actions(2, F, torch.Generator().manual_seed(4))
+    start = torch.full((2, 2), 0.5, dtype=torch.float64)  # mid-scene: no pan is clipped at an edge
+    loop = W.loop_closed(a)
+    assert loop.shape == (2, 2 * F, 4) and torch.equal(loop[:, :F - 1], a[:, :F - 1])
+    assert (loop[:, F:, 2:] == 0).all()  # no push on the way back
+    cam = W.camera_path(start, loop)
+    for j in range(F):  # frame F + j shows frame F - 1 - j's place; the last frame the start
+        assert torch.allclose(cam[:, F + j], cam[:, F - 1 - j], atol=1e-12)
+    assert torch.allclose(cam[:, -1], start, atol=1e-12)
+    first = first_visits(cam, 1e-9)
+    assert (first[:, :F] == -1).all()  # the way out shows new places
+    assert first[:, F:].tolist() == [list(range(F - 1, -1, -1))] * 2  # the way back, each first seen on the way out
+
+
+def test_a_memory_that_stores_every_frame_recalls_a_revisited_place_exactly():
+    F = 5
+    a = W.random_actions(1, F, torch.Generator().manual_seed(5))
+    cam = W.camera_path(torch.full((1, 2), 0.4, dtype=torch.float64), W.loop_closed(a))
+    scene = W.background(cam, 16).unsqueeze(2)  # what a perfect memory of the scene shows at each place
+    assert revisit_error(scene, cam, tol=1e-9) < 1e-12
+    drift = scene.clone()
+    drift[:, F:] = W.background(cam[:, F:] + 1 / 16, 16).unsqueeze(2)  # the way back drawn a pixel off
+    assert revisit_error(drift, cam, tol=1e-9) > 0.01
+    free = torch.ones(1, 2 * F, 16, 16, dtype=torch.bool)
+    free[:, :, :, :8] = False  # only the right half is compared (a sprite covers the left, say)
+    part = scene.clone()
+    part[:, F:, :, :, :8] += 0.5  # the way back differs in the left half only
+    assert revisit_error(part, cam, free, tol=1e-9) < 1e-12
+    assert revisit_error(part, cam, tol=1e-9) == pytest.approx(0.25)  # unmasked: half the pixels, off by 0.5
+    assert torch.isnan(torch.tensor(revisit_error(scene[:, :F], cam[:, :F], tol=1e-9)))  # never came back
+    with pytest.raises(ValueError, match="camera must be"):
+        first_visits(torch.zeros(3, 2))
