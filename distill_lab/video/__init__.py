@@ -5,6 +5,7 @@ ablations).
 * :mod:`.world` -- sprites with velocities, elastic walls and random kicks; rendering and detection;
 * :mod:`.interactive` -- the interactive world: a scene larger than the frame, a camera and a pushed sprite
   driven by actions, a sparse second stream (issue 14);
+* :mod:`.dual_stream` -- OmniForcing's asymmetric block-causal mask for two streams, a global prefix and a sink;
 * :mod:`.nets` -- the video transformer: full or block-causal attention, RoPE over frames, a KV cache;
 * :mod:`.config` -- the track's sizes per scale;
 * :mod:`.teacher` -- the committed bidirectional teacher (``python -m distill_lab.video.teacher``);
