@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from distill_lab.video.interactive import InteractiveWorld, first_visits, revisit_error
+from distill_lab.video.interactive import (InteractiveWorld, action_following_error, first_visits, loop_closure_error,
+                                          revisit_error, sprite_positions, sync_error)
 from distill_lab.video.world import World
 
 W = InteractiveWorld()
@@ -144,3 +145,38 @@ def test_a_memory_that_stores_every_frame_recalls_a_revisited_place_exactly():
     assert torch.isnan(torch.tensor(revisit_error(scene[:, :F], cam[:, :F], tol=1e-9)))  # never came back
     with pytest.raises(ValueError, match="camera must be"):
         first_visits(torch.zeros(3, 2))
+
+
+def test_the_true_motion_follows_the_actions_and_other_pushes_do_not():
+    out = W.simulate(16, 20, seed=7)
+    pos = out["states"][..., :2]
+    assert action_following_error(W, pos, out["actions"]) < 1e-12
+    wrong = out["actions"].clone()
+    wrong[..., 2:] = -wrong[..., 2:]  # the opposite pushes
+    assert action_following_error(W, pos, wrong) > 1e-3
+    assert torch.isnan(torch.tensor(action_following_error(W, pos, out["actions"], wall_gap=0.4)))  # no frame qualifies
+
+
+def test_sprites_are_read_off_frames_once_the_known_scene_is_taken_away():
+    world = InteractiveWorld(landmark_level=0.3)
+    out = world.simulate(4, 6, seed=2)
+    frames = world.render(out["states"], out["camera"], 32)
+    found = sprite_positions(world, frames, out["camera"])
+    err = (found - out["states"][..., :2]).abs()
+    assert float(err.median()) < 1e-3  # exact up to where a landmark and the sprite together pass the clip at 1
+    assert sync_error(world, out["audio"], out["states"][..., :2]) < 1e-12
+    late = out["audio"].clone()
+    late[:, 1:] = out["audio"][:, :-1]  # the audio one value late
+    assert sync_error(world, late, out["states"][..., :2]) > 1e-3
+
+
+def test_a_world_model_that_remembers_closes_the_loop():
+    a = W.random_actions(2, 5, torch.Generator().manual_seed(8))
+    cam = W.camera_path(torch.full((2, 2), 0.5, dtype=torch.float64), W.loop_closed(a))
+    scene = W.background(cam, 16).unsqueeze(2)
+    assert loop_closure_error(scene) < 1e-12
+    forgot = scene.clone()
+    forgot[:, -1] = 0.0
+    assert loop_closure_error(forgot) > 0.01
+    free = torch.zeros(2, 10, 16, 16, dtype=torch.bool)
+    assert loop_closure_error(forgot, free) == 0.0  # nothing compared

@@ -206,3 +206,55 @@ def revisit_error(frames: torch.Tensor, camera: torch.Tensor, sprite_free: torch
     keep = torch.ones_like(now, dtype=torch.bool) if sprite_free is None else \
         sprite_free[b, t] & sprite_free[b, first[b, t]]
     return float(((now - then).abs() * keep).sum() / keep.sum().clamp(min=1))
+
+
+# ---------------------------------------------------------------- metrics of an interactive clip
+def loop_closure_error(frames: torch.Tensor, sprite_free: torch.Tensor | None = None) -> float:
+    """For clips whose camera ends where it started (:meth:`InteractiveWorld.loop_closed`): the mean absolute
+    difference between the last frame and the first over the pixels ``sprite_free [B, F, R, R]`` marks in
+    both (default: all). 0 for a world model that remembers the scene it left."""
+    if frames.dim() != 5:
+        raise ValueError(f"frames must be [B, F, 1, R, R], got {tuple(frames.shape)}")
+    first, last = frames[:, 0, 0].double(), frames[:, -1, 0].double()
+    keep = torch.ones_like(first, dtype=torch.bool) if sprite_free is None else sprite_free[:, 0] & sprite_free[:, -1]
+    return float(((last - first).abs() * keep).sum() / keep.sum().clamp(min=1))
+
+
+def sprite_positions(world: InteractiveWorld, frames: torch.Tensor, camera: torch.Tensor) -> torch.Tensor:
+    """The sprites' positions ``[B, F, S, 2]`` read off frames whose camera is known: the scene through the
+    window is taken away, then :meth:`World.detect` on what is left."""
+    scene = world.background(camera, frames.shape[-1])
+    sprites = ((frames[:, :, 0].double() + 1) / 2 - scene).clamp(0, 1)
+    return world.world.detect((2 * sprites - 1).unsqueeze(2))
+
+
+def action_following_error(world: InteractiveWorld, positions: torch.Tensor, actions: torch.Tensor,
+                           wall_gap: float | None = None) -> float:
+    """How far sprite 0's motion is from what the pushes command: with ``d_t = p_{t+1} - p_t`` its
+    displacement, the commanded one is ``clip(d_{t-1} + push_t, +-max_speed)`` (no kicks: the default world
+    has none), and the error is the mean ``|d_t - commanded_t|`` over the frames whose three positions lie at
+    least ``wall_gap`` (default ``max_speed``) inside the walls (a wall's reflection is not the action's doing).
+    ``positions [B, F, S, 2]`` (true or detected), ``actions [B, F, 4]``; ``nan`` if no frame qualifies."""
+    p = positions[:, :, 0].double()
+    if p.shape[1] < 3:
+        raise ValueError("action following needs clips of at least 3 frames")
+    gap = world.max_speed if wall_gap is None else wall_gap
+    d = p[:, 1:] - p[:, :-1]                                                      # [B, F-1, 2]
+    push = actions[:, 1:-1, 2:].double().clamp(-world.max_push, world.max_push)  # the push between t and t+1
+    want = (d[:, :-1] + push).clamp(-world.max_speed, world.max_speed)
+    lo, hi = world.world.margin + gap, 1 - world.world.margin - gap
+    inside = ((p > lo) & (p < hi)).all(-1)                                        # [B, F]
+    ok = inside[:, :-2] & inside[:, 1:-1] & inside[:, 2:]
+    if not ok.any():
+        return float("nan")
+    return float((d[:, 1:] - want).abs().sum(-1)[ok].mean())
+
+
+def sync_error(world: InteractiveWorld, audio: torch.Tensor, positions: torch.Tensor) -> float:
+    """Audio-video sync: the mean ``|audio height - sprite 0's height in the video|`` at the audio stream's
+    frames (``0, audio_every, ...``). ``audio [B, F_a, 2]`` (generated or true), ``positions [B, F, S, 2]``
+    (read off the video, e.g. :func:`sprite_positions`)."""
+    y = positions[:, ::world.audio_every, 0, 1].double()
+    if y.shape[1] != audio.shape[1]:
+        raise ValueError(f"the audio has {audio.shape[1]} values, the video {y.shape[1]} audio frames")
+    return float((audio[..., 0].double() - y).abs().mean())
