@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from distill_lab.video.interactive import (InteractiveWorld, action_following_error, first_visits, loop_closure_error,
+from distill_lab.video.interactive import (CameraMemory, InteractiveWorld, action_following_error, first_visits, loop_closure_error,
                                           revisit_error, sprite_positions, sync_error)
 from distill_lab.video.world import World
 
@@ -180,3 +180,38 @@ def test_a_world_model_that_remembers_closes_the_loop():
     assert loop_closure_error(forgot) > 0.01
     free = torch.zeros(2, 10, 16, 16, dtype=torch.bool)
     assert loop_closure_error(forgot, free) == 0.0  # nothing compared
+
+
+def test_a_memory_that_stores_everything_recalls_a_revisited_frame_exactly():
+    F = 6
+    a = W.random_actions(2, F, torch.Generator().manual_seed(9))
+    cam = W.camera_path(torch.full((2, 2), 0.5, dtype=torch.float64), W.loop_closed(a))
+    frames = W.background(cam, 8)
+    mem = CameraMemory()
+    for t in range(F):  # the way out
+        mem.write(cam[:, t], frames[:, t])
+    for t in range(F, 2 * F):  # the way back: every place was seen
+        got, dist = mem.read(cam[:, t])
+        assert torch.allclose(dist, torch.zeros(2, 1, dtype=torch.float64), atol=1e-12) and torch.equal(got[:, 0], frames[:, 2 * F - 1 - t])
+    assert len(mem) == F and mem.nbytes == frames[:, :F].numel() * frames.element_size()
+
+
+def test_at_constant_memory_a_spread_policy_keeps_the_start_a_sliding_window_forgets():
+    # out along x in 8 steps, then back: a memory of 3 entries
+    cam = torch.tensor([[[0.1 * i, 0.2] for i in list(range(8)) + list(range(7, -1, -1))]], dtype=torch.float64)
+    recent, spread = CameraMemory(3, "recent"), CameraMemory(3, "spread")
+    for t in range(8):
+        recent.write(cam[:, t], torch.full((1, 2), float(t)))
+        spread.write(cam[:, t], torch.full((1, 2), float(t)))
+    assert len(recent) == len(spread) == 3 and recent.nbytes == spread.nbytes
+    _, d_recent = recent.read(cam[:, -1])  # back at the start
+    got, d_spread = spread.read(cam[:, -1])
+    assert float(d_recent) == pytest.approx(0.5) and float(d_spread) == 0.0 and float(got[0, 0, 0]) == 0.0
+    assert recent.poses[0, :, 0].tolist() == pytest.approx([0.5, 0.6, 0.7])  # the last three written
+    assert spread.poses[0, :, 0].tolist() == pytest.approx([0.0, 0.2, 0.7])  # the ends and one between
+    with pytest.raises(ValueError, match="policy"):
+        CameraMemory(3, "oldest")
+    with pytest.raises(ValueError, match="empty"):
+        CameraMemory().read(cam[:, 0])
+    with pytest.raises(ValueError, match="k must"):
+        recent.read(cam[:, 0], k=4)

@@ -258,3 +258,67 @@ def sync_error(world: InteractiveWorld, audio: torch.Tensor, positions: torch.Te
     if y.shape[1] != audio.shape[1]:
         raise ValueError(f"the audio has {audio.shape[1]} values, the video {y.shape[1]} audio frames")
     return float((audio[..., 0].double() - y).abs().mean())
+
+
+# ---------------------------------------------------------------- a memory addressed by camera pose
+class CameraMemory:
+    """Frames (or their latents) stored with the camera pose they were seen from, read back by the nearest
+    pose: Matrix-Game 3.0's camera-aware memory retrieval, for one batch of clips.
+
+    ``capacity=None`` stores everything; otherwise at most ``capacity`` entries a clip are kept, and a write
+    into a full memory drops one: ``policy="recent"`` the oldest (a sliding window), ``policy="spread"`` the
+    most redundant place, the entry with the smallest sum of distances to its two nearest others (so the
+    memory covers as many places as it can at a constant size; an end of the path is kept). :meth:`read` returns, for each clip, the ``k`` entries nearest to the asked pose and
+    their distances (max norm)."""
+
+    POLICIES = ("recent", "spread")
+
+    def __init__(self, capacity: int | None = None, policy: str = "recent"):
+        if capacity is not None and capacity < 1:
+            raise ValueError(f"capacity must be >= 1 or None (everything), got {capacity}")
+        if policy not in self.POLICIES:
+            raise ValueError(f"policy is one of {', '.join(self.POLICIES)}, got {policy!r}")
+        self.capacity, self.policy = capacity, policy
+        self.poses: torch.Tensor | None = None   # [B, M, 2]
+        self.items: torch.Tensor | None = None   # [B, M, ...]
+
+    def __len__(self) -> int:
+        return 0 if self.poses is None else self.poses.shape[1]
+
+    @property
+    def nbytes(self) -> int:
+        """The bytes the stored items take (the poses aside)."""
+        return 0 if self.items is None else self.items.numel() * self.items.element_size()
+
+    def write(self, pose: torch.Tensor, item: torch.Tensor) -> None:
+        """Store ``item [B, ...]`` seen from ``pose [B, 2]``."""
+        if pose.dim() != 2 or pose.shape[-1] != 2 or item.shape[0] != pose.shape[0]:
+            raise ValueError(f"pose must be [B, 2] and item [B, ...] for the same B, got {tuple(pose.shape)} and "
+                             f"{tuple(item.shape)}")
+        p, x = pose[:, None].double(), item[:, None]
+        self.poses = p if self.poses is None else torch.cat([self.poses, p], 1)
+        self.items = x if self.items is None else torch.cat([self.items, x], 1)
+        if self.capacity is not None and len(self) > self.capacity:
+            if self.policy == "recent":
+                drop = torch.zeros(pose.shape[0], dtype=torch.long)
+            else:  # the most redundant place: the smallest sum of distances to its two nearest others
+                d = (self.poses[:, :, None] - self.poses[:, None]).abs().amax(-1)
+                d = d + torch.diag(torch.full((len(self),), float("inf"), dtype=d.dtype))
+                drop = d.topk(min(2, len(self) - 1), dim=-1, largest=False).values.sum(-1).argmin(-1)
+            keep = torch.ones(self.poses.shape[:2], dtype=torch.bool)
+            keep[torch.arange(len(drop)), drop] = False
+            B = pose.shape[0]
+            self.poses = self.poses[keep].reshape(B, -1, 2)
+            self.items = self.items[keep].reshape(B, -1, *self.items.shape[2:])
+
+    def read(self, pose: torch.Tensor, k: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``k`` stored items nearest to ``pose [B, 2]``: ``items [B, k, ...]`` and ``distances [B, k]``."""
+        if self.poses is None:
+            raise ValueError("the memory is empty: write before reading")
+        if not 1 <= k <= len(self):
+            raise ValueError(f"k must lie in [1, {len(self)}] (the entries stored), got {k}")
+        d = (self.poses - pose[:, None].double()).abs().amax(-1)                     # [B, M]
+        dist, idx = d.topk(k, dim=1, largest=False)
+        items = torch.gather(self.items, 1, idx.view(*idx.shape, *([1] * (self.items.dim() - 2))).expand(
+            -1, -1, *self.items.shape[2:]))
+        return items, dist
