@@ -9,7 +9,6 @@ set. The notebook kernels that nbval starts inherit both variables.
 import atexit
 import os
 import shutil
-import tempfile
 
 import pytest
 
@@ -32,12 +31,11 @@ if "DISTILL_LAB_CIFAR" not in os.environ and os.path.exists(_shared):
 # Every notebook kernel nbval starts loads tests/guards/no_tensors_in_matplotlib.py (an IPython startup
 # file in a private IPython folder): a lab that hands matplotlib a torch tensor, which would crash on a
 # GPU, fails here on the CPU. The folder is temporary, so the kernels' history stays out of the repository.
-_GUARD = os.path.join(_ROOT, "tests", "guards", "no_tensors_in_matplotlib.py")
-if os.path.exists(_GUARD):  # (a mutation run's copy of the repository has no labs and may lack it)
-    _ipython_dir = tempfile.mkdtemp(prefix="distill_lab_ipython_")
+from distill_lab.course import guard_ipython_dir  # noqa: E402  (after the variables above are set)
+
+_ipython_dir = guard_ipython_dir()
+if _ipython_dir is not None:  # (a mutation run's copy of the repository has no labs and may lack the guard)
     atexit.register(shutil.rmtree, _ipython_dir, ignore_errors=True)
-    os.makedirs(os.path.join(_ipython_dir, "profile_default", "startup"))
-    shutil.copy(_GUARD, os.path.join(_ipython_dir, "profile_default", "startup", "00_no_tensors_in_matplotlib.py"))
     os.environ["IPYTHONDIR"] = _ipython_dir
 
 

@@ -34,6 +34,8 @@ import datetime
 import json
 import os
 import re
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +45,20 @@ from tqdm.auto import tqdm
 from .core.scale import DEVICE_VAR, ENV_VAR, SCALES
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # the folder that holds distill_lab/
+# loaded at the start of every kernel the test suite or check-labs starts: matplotlib refuses torch tensors
+GUARD = PACKAGE_ROOT / "tests" / "guards" / "no_tensors_in_matplotlib.py"
+
+
+def guard_ipython_dir() -> str | None:
+    """A new temporary IPython folder whose startup loads :data:`GUARD` (a lab that hands matplotlib a torch
+    tensor, which would crash on a GPU, fails on the CPU too), or None where the checkout has no guard (an
+    installed package, a mutation run's copy). The caller points ``IPYTHONDIR`` at it and removes it."""
+    if not GUARD.exists():
+        return None
+    folder = tempfile.mkdtemp(prefix="distill_lab_ipython_")
+    os.makedirs(os.path.join(folder, "profile_default", "startup"))
+    shutil.copy(GUARD, os.path.join(folder, "profile_default", "startup", "00_no_tensors_in_matplotlib.py"))
+    return folder
 LABS_DIR = PACKAGE_ROOT / "labs"  # the repository's labs (an editable install)
 RUN_TIMES = "run_times.json"
 SYLLABUS = "README.md"
@@ -189,6 +205,9 @@ def run_lab(path: Path | str, scale: str, timeout: float | None = None, progress
     env = dict(os.environ, **{ENV_VAR: scale})
     # the kernel imports the distill_lab that runs this command, whatever its install says
     env["PYTHONPATH"] = os.pathsep.join([str(PACKAGE_ROOT)] + [p for p in [env.get("PYTHONPATH")] if p])
+    guard = guard_ipython_dir()  # the same matplotlib guard as the test suite's kernels (CI)
+    if guard is not None:
+        env["IPYTHONDIR"] = guard
     start = time.perf_counter()
     try:
         client.execute(env=env)
@@ -197,6 +216,8 @@ def run_lab(path: Path | str, scale: str, timeout: float | None = None, progress
         run = LabRun(path.name, scale, False, time.perf_counter() - start, _first_line(err), where["cell"])
     finally:
         bar.close()
+        if guard is not None:
+            shutil.rmtree(guard, ignore_errors=True)
     run.notebook, run.cpu_seconds, run.load = nb, where["cpu"], where["load"]
     run.warnings = [f"cell {i + 1}: {w}" for i, c in enumerate(nb.cells) if c.cell_type == "code"
                     for w in stray_warnings(c.get("outputs", []))]

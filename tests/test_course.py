@@ -55,6 +55,18 @@ def test_check_labs_records_times_and_failures_and_exits_nonzero(tmp_path, capsy
     assert times2["ci"] == times["ci"] and set(times2["default"]) == {"00_good.ipynb"}
 
 
+def test_check_labs_kernels_refuse_a_tensor_handed_to_matplotlib_as_the_suites_do(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("IPYTHONDIR", raising=False)  # not the suite's own guarded folder: check-labs sets its own
+    write_lab(tmp_path, "00_tensor.ipynb", "import matplotlib\nmatplotlib.use('Agg')\nimport matplotlib.pyplot as plt\n"
+              "import torch\nplt.plot(torch.arange(3))")
+    write_lab(tmp_path, "01_list.ipynb", "import matplotlib\nmatplotlib.use('Agg')\nimport matplotlib.pyplot as plt\n"
+              "plt.plot([0, 1, 2])")
+    assert main(["check-labs", "--scale", "ci", "--labs-dir", str(tmp_path), "--quiet"]) == 1
+    table = capsys.readouterr().out
+    assert re.search(r"00_tensor\.ipynb\s+ci\s+FAIL.*a torch tensor reached matplotlib", table)
+    assert re.search(r"01_list\.ipynb\s+ci\s+pass", table)
+
+
 def test_check_labs_refuses_an_unknown_lab(tmp_path, capsys):
     write_lab(tmp_path, "00_good.ipynb", "pass")
     assert main(["check-labs", "07", "--labs-dir", str(tmp_path), "--quiet"]) == 2
