@@ -94,8 +94,8 @@ def dlm_scale(scale: str | Scale | None = None) -> DLMScale:
     return DLM_SCALES[get_scale(scale).name]
 
 
-def base_dir(scale: str | Scale | None = None) -> Path:
-    """The committed base of a scale (every scale reads the ``ci`` one: its students differ, not the base)."""
+def base_dir() -> Path:
+    """The committed base (every scale reads it: the scales' students differ, not the base)."""
     return TEACHERS_DIR / "llm_dlm_mult_ci"
 
 
@@ -123,7 +123,6 @@ class DiffusionLMTask:
         self.seed, self.progress, self.device = seed, progress, self.scale.device
         self._base_arg, self._bases, self._pools = base, {}, {}
         self.name = "dlm:mult"
-        self.base_manifest = None
 
     # ---------------------------------------------------------------- the network and the base
     def new_model(self) -> GPT:
@@ -167,7 +166,7 @@ class DiffusionLMTask:
             if isinstance(self._base_arg, GPT):
                 net = self._base_arg
             elif self._base_arg == "committed":
-                net, self.base_manifest = load_base()
+                net, _ = load_base()
                 if net.config.block_size != self.block or net.config.vocab_size != self.tok.vocab_size:
                     raise ValueError("the committed base does not fit this task's block or vocabulary: rebuild it "
                                      f"with `{REBUILD} --scale ci`")
@@ -281,7 +280,19 @@ def _optimiser(student, lr: float, steps: int):
     return opt, cosine_lr(opt, steps)
 
 
-def _student_out(student, exp, name, hist):
+def _train(exp, name: str, desc: str, steps: int, lr: float, batch_loss):
+    """The one loop of the track's recipes: a fresh copy of the base (:meth:`DiffusionLMTask.student`),
+    :func:`_optimiser`, and ``steps`` steps of ``batch_loss(student) -> (loss, info)``. Returns the student
+    (eval mode) with ``train_info``: steps, seconds, the logged history, the recipe's name."""
+    student = exp.student()
+    opt, sched = _optimiser(student, lr, steps)
+
+    def step(i):
+        loss, info = batch_loss(student)
+        update(student, opt, loss, sched)
+        return {"loss": loss, **info}
+
+    hist = exp.fit(step, steps, desc)
     student.train_info = {"steps": hist["steps"], "seconds": hist["seconds"], "history": hist, "name": name}
     return student.eval()
 
@@ -292,16 +303,13 @@ def mdlm_sft(exp: DiffusionLMTask, **overrides):
     """The baseline without a teacher: MDLM's loss on the references in the student view (random masking
     rates and positions), the students' budget."""
     o = with_options(overrides, "mdlm_sft", steps=None, lr=None)
-    student, steps = exp.student(), o["steps"] or exp.steps
-    opt, sched = _optimiser(student, o["lr"] or exp.lr, steps)
 
-    def step(i):
+    def batch_loss(student):
         probs = exp.problems(exp.batch)
         loss, info = mdlm_loss(student, exp.prompts(probs), exp.targets(probs), exp.mask_id)
-        update(student, opt, loss, sched)
-        return {"loss": loss, "masked_share": info["masked_share"]}
+        return loss, {"masked_share": info["masked_share"]}
 
-    return _student_out(student, exp, "mdlm_sft", exp.fit(step, steps, "mdlm_sft"))
+    return _train(exp, "mdlm_sft", "mdlm_sft", o["steps"] or exp.steps, o["lr"] or exp.lr, batch_loss)
 
 
 @recipe("tad", tracks=DLM, family="diffusion LM", paper=TAD)
@@ -317,10 +325,9 @@ def tad(exp: DiffusionLMTask, **overrides):
     if k < 0:
         raise ValueError(f"k counts passes ahead (>= 0; math.inf: cross-entropy only), got {k}")
     probs, traj = exp.trajectories(o["rho"])
-    teacher, student, steps = exp.teacher(), exp.student(), o["steps"] or exp.steps
-    opt, sched = _optimiser(student, o["lr"] or exp.lr, steps)
+    teacher = exp.teacher()
 
-    def step(i):
+    def batch_loss(student):
         idx = torch.randint(0, len(probs), (exp.batch,))
         batch = [probs[j] for j in idx.tolist()]
         tokens, reveal = traj.tokens[idx], traj.reveal_step[idx]
@@ -332,27 +339,25 @@ def tad(exp: DiffusionLMTask, **overrides):
         else:
             with torch.no_grad():
                 t_logits = denoiser_logits(teacher, exp.prompts(batch, True), state)
-        loss, info = tad_loss(s_logits, t_logits, tokens, to_reveal, k, masked)
-        update(student, opt, loss, sched)
-        return {"loss": loss, **info}
+        return tad_loss(s_logits, t_logits, tokens, to_reveal, k, masked)
 
-    return _student_out(student, exp, "tad", exp.fit(step, steps, f"tad k={k}"))
+    return _train(exp, "tad", f"tad k={k}", o["steps"] or exp.steps, o["lr"] or exp.lr, batch_loss)
 
 
-def _rl(exp: DiffusionLMTask, name: str, overrides: dict, loss_of):
+def _rl(exp: DiffusionLMTask, name: str, overrides: dict, loss_of, **defaults):
     """The RL loop GDSD and the ELBO policy gradient share: ``batch / group`` prompts, ``group`` samples
     each from the student view (temperature 1, one token a forward), binary rewards, group advantages;
     then one masked state of each sample (masking rate ``t ~ U(T_MIN, 1)``), scored by the student, and
-    ``loss_of(logits, tokens, advantage, t, masked)``; ``rl_steps`` steps at ``RL_LR`` times the
-    experiment's learning rate unless ``steps`` and ``lr`` say otherwise."""
-    o = with_options(overrides, name, steps=None, lr=None, **loss_of.options)
-    student, lr, steps = exp.student(), o.pop("lr") or RL_LR * exp.lr, o.pop("steps") or exp.ds.rl_steps
-    opt, sched = _optimiser(student, lr, steps)
+    ``loss_of(logits, tokens, advantage, t, masked, **options)`` (``defaults``: the loss's own options);
+    ``rl_steps`` steps at ``RL_LR`` times the experiment's learning rate unless ``steps`` and ``lr`` say
+    otherwise. ``train_info["rewards"]``: every step's mean reward (the history logs only some steps)."""
+    o = with_options(overrides, name, steps=None, lr=None, **defaults)
+    lr, steps = o.pop("lr") or RL_LR * exp.lr, o.pop("steps") or exp.ds.rl_steps
     G = exp.ds.group
     gen = torch.Generator().manual_seed(torch.initial_seed() + 1)
-    seen = {"reward": []}
+    rewards = []
 
-    def step(i):
+    def batch_loss(student):
         probs = [p for p in exp.problems(exp.batch // G) for _ in range(G)]
         tr = exp.generate(student, probs, 1, temperature=1.0, generator=gen)
         r = exp.rewards(probs, tr.tokens)
@@ -361,14 +366,12 @@ def _rl(exp: DiffusionLMTask, name: str, overrides: dict, loss_of):
         t = T_MIN + (1 - T_MIN) * torch.rand(B)
         masked = torch.rand(B, exp.n) < t[:, None]
         state = torch.where(masked, torch.full_like(tr.tokens, exp.mask_id), tr.tokens)
-        logits = denoiser_logits(student, exp.prompts(probs), state)
-        loss, info = loss_of(logits, tr.tokens, adv, t, masked, **o)
-        update(student, opt, loss, sched)
-        seen["reward"].append(float(r.mean()))
-        return {"loss": loss, "reward": float(r.mean()), **info}
+        loss, info = loss_of(denoiser_logits(student, exp.prompts(probs), state), tr.tokens, adv, t, masked, **o)
+        rewards.append(float(r.mean()))
+        return loss, {"reward": rewards[-1], **info}
 
-    student = _student_out(student, exp, name, exp.fit(step, steps, name))
-    student.train_info["rewards"] = seen["reward"]  # every step's mean reward (the history logs some steps)
+    student = _train(exp, name, name, steps, lr, batch_loss)
+    student.train_info["rewards"] = rewards
     return student
 
 
@@ -376,14 +379,8 @@ def _gdsd_loss(logits, tokens, adv, t, masked, beta):
     return gdsd_loss(logits, tokens, adv, beta, masked)
 
 
-_gdsd_loss.options = {"beta": 1.0}
-
-
 def _elbo_loss(logits, tokens, adv, t, masked):
     return elbo_pg_loss(logits, tokens, adv, t, masked)
-
-
-_elbo_loss.options = {}
 
 
 @recipe("gdsd", tracks=DLM, family="diffusion LM", paper=GDSD)
@@ -391,7 +388,7 @@ def gdsd(exp: DiffusionLMTask, **overrides):
     """GDSD (:func:`~distill_lab.llm.diffusion.gdsd_loss`) in the shared RL loop (:func:`_rl`): the
     denoiser's logit of each sampled token is pulled to its own (stop-gradient) value plus the sample's
     advantage over ``beta``. Options ``beta`` (1), ``steps``, ``lr``."""
-    return _rl(exp, "gdsd", overrides, _gdsd_loss)
+    return _rl(exp, "gdsd", overrides, _gdsd_loss, beta=1.0)
 
 
 @recipe("elbo_pg", tracks=DLM, family="diffusion LM", paper=GDSD + "; the ELBO-surrogate policy gradient it replaces")
