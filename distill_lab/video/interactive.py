@@ -16,8 +16,12 @@ inside the frame (screen space), as in the first video issue, in front of the sc
 The **audio** stream runs at one value every ``audio_every`` frames: the height ``y`` of sprite 0 in the
 frame, and whether sprite 0 bounced off a wall since the last value (a sparse event).
 
-Every frame has a closed form given the initial state, the camera's start, the actions and the kicks'
-seed: :meth:`InteractiveWorld.simulate` returns the states, the camera path, the actions and the audio;
+With ``random_scene=True`` every clip gets a scene of its own (``n_landmarks`` landmarks drawn per clip):
+what lies outside the window is then known only from the frames that showed it, so a world model must
+remember it (the scene of ``scene_seed`` is one fixed scene a network could learn by heart).
+
+Every frame has a closed form given the initial state, the camera's start, the actions, the scene and
+the kicks' seed: :meth:`InteractiveWorld.simulate` returns the states, the camera path, the actions and the audio;
 :meth:`InteractiveWorld.render` the frames; :meth:`InteractiveWorld.background` the scene alone at any
 camera position, so a revisited place is known exactly.
 """
@@ -70,6 +74,17 @@ class InteractiveWorld:
         g = torch.Generator().manual_seed(self.scene_seed)
         return self.scene_size * torch.rand(self.n_landmarks, 2, generator=g, dtype=torch.float64)
 
+    def random_landmarks(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``[n, n_landmarks, 2]``: a scene of its own for each of ``n`` clips, landmarks uniform over the scene."""
+        return self.scene_size * torch.rand(n, self.n_landmarks, 2, generator=generator, dtype=torch.float64)
+
+    def _scene(self, landmarks: torch.Tensor | None, B: int) -> torch.Tensor:
+        if landmarks is None:
+            return self.landmarks[None].expand(B, -1, -1)
+        if landmarks.dim() != 3 or landmarks.shape[0] != B or landmarks.shape[-1] != 2:
+            raise ValueError(f"landmarks must be [B={B}, K, 2] (one scene a clip), got {tuple(landmarks.shape)}")
+        return landmarks.double()
+
     # ---------------------------------------------------------------- the camera and the actions
     def camera_path(self, start: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """The camera ``[B, F, 2]`` from ``start [B, 2]`` under the pans of ``actions [B, F, 4]`` (the last
@@ -120,14 +135,16 @@ class InteractiveWorld:
         return self.world.step(state, generator)
 
     def simulate(self, n: int, frames: int, actions: torch.Tensor | None = None, seed: int = 0,
-                 start: torch.Tensor | None = None) -> dict:
+                 start: torch.Tensor | None = None, random_scene: bool = False,
+                 generator: torch.Generator | None = None) -> dict:
         """``n`` clips of ``frames`` frames under ``actions [n, frames, 4]`` (default: :meth:`random_actions`),
         the camera starting at ``start [n, 2]`` (default: uniform over the scene). Returns ``{"states":
-        [n, F, S, 4], "camera": [n, F, 2], "actions": [n, F, 4], "audio": [n, F_a, 2]}`` (``F_a = ceil(F /
-        audio_every)``: sprite 0's height and its bounce flag)."""
+        [n, F, S, 4], "camera": [n, F, 2], "actions": [n, F, 4], "audio": [n, F_a, 2], "landmarks": [n, K, 2]}``
+        (``F_a = ceil(F / audio_every)``: sprite 0's height and its bounce flag; ``landmarks``: each clip's
+        scene, drawn per clip with ``random_scene``, else the fixed one). ``generator`` replaces ``seed``."""
         if n < 1 or frames < 1:
             raise ValueError(f"simulate needs n >= 1 clips of frames >= 1, got n={n}, frames={frames}")
-        g = torch.Generator().manual_seed(seed)
+        g = generator if generator is not None else torch.Generator().manual_seed(seed)
         if actions is None:
             actions = self.random_actions(n, frames, g)
         if actions.shape != (n, frames, 4):
@@ -138,8 +155,9 @@ class InteractiveWorld:
         for t in range(frames - 1):
             states.append(self.step(states[-1], actions[:, t], g))
         states = torch.stack(states, 1)
+        scene = self.random_landmarks(n, g) if random_scene else self.landmarks[None].expand(n, -1, -1)
         return {"states": states, "camera": self.camera_path(start, actions), "actions": actions.double(),
-                "audio": self.audio(states)}
+                "audio": self.audio(states), "landmarks": scene}
 
     def bounces(self, states: torch.Tensor) -> torch.Tensor:
         """``[B, F]``: whether sprite 0 was reflected by a wall on its way into frame ``t`` (a velocity
@@ -158,24 +176,58 @@ class InteractiveWorld:
         return torch.stack([states[:, ::k, 0, 1], flags], -1)
 
     # ---------------------------------------------------------------- pixels
-    def background(self, camera: torch.Tensor, resolution: int = 16) -> torch.Tensor:
+    def background(self, camera: torch.Tensor, resolution: int = 16,
+                   landmarks: torch.Tensor | None = None) -> torch.Tensor:
         """The scene alone seen through windows at ``camera [B, F, 2]``: intensities ``[B, F, R, R]`` in [0, 1]
-        (the landmarks, each a Gaussian of peak ``landmark_level``)."""
+        (the landmarks, each a Gaussian of peak ``landmark_level``; ``landmarks [B, K, 2]``: each clip's scene,
+        default the fixed one)."""
         if camera.dim() != 3 or camera.shape[-1] != 2:
             raise ValueError(f"camera must be [B, F, 2], got {tuple(camera.shape)}")
         c = (torch.arange(resolution, dtype=torch.float64) + 0.5) / resolution
-        rel = self.landmarks[None, None] - camera.double()[:, :, None]                  # [B, F, K, 2]
+        rel = self._scene(landmarks, camera.shape[0])[:, None] - camera.double()[:, :, None]   # [B, F, K, 2]
         gx = torch.exp(-(c - rel[..., 0:1]) ** 2 / (2 * self.landmark_sigma ** 2))      # [B, F, K, R]
         gy = torch.exp(-(c - rel[..., 1:2]) ** 2 / (2 * self.landmark_sigma ** 2))
         return (self.landmark_level * torch.einsum("bfki,bfkj->bfij", gy, gx)).clamp(max=1.0)
 
-    def render(self, states: torch.Tensor, camera: torch.Tensor, resolution: int = 16) -> torch.Tensor:
-        """Frames ``[B, F, 1, R, R]`` in ``[-1, 1]``: the scene through the camera's window plus the sprites
-        (:meth:`World.render`), intensities added and clipped at 1."""
+    def render(self, states: torch.Tensor, camera: torch.Tensor, resolution: int = 16,
+               landmarks: torch.Tensor | None = None) -> torch.Tensor:
+        """Frames ``[B, F, 1, R, R]`` in ``[-1, 1]``: the scene (``landmarks [B, K, 2]``, default the fixed one)
+        through the camera's window plus the sprites (:meth:`World.render`), intensities added and clipped at 1."""
         if camera.shape[:2] != states.shape[:2]:
             raise ValueError(f"camera {tuple(camera.shape)} and states {tuple(states.shape)} must share [B, F]")
         sprites = (self.world.render(states, resolution)[:, :, 0].double() + 1) / 2
-        return (2 * (sprites + self.background(camera, resolution)).clamp(max=1.0) - 1).float().unsqueeze(2)
+        scene = self.background(camera, resolution, landmarks)
+        return (2 * (sprites + scene).clamp(max=1.0) - 1).float().unsqueeze(2)
+
+    # ---------------------------------------------------------------- what a world model is given
+    COND_DIM = 6
+
+    def conditions(self, actions: torch.Tensor, camera: torch.Tensor) -> torch.Tensor:
+        """The condition stream of a world model ``[B, F, 6]``: for frame ``t`` the action that led into it
+        (``actions[:, t - 1]``: the pan over ``max_pan`` and the push over ``max_push``, each in [-1, 1]; zero
+        for frame 0) and the camera's pose, scaled to [-1, 1] over the scene. What the user commands and
+        where the camera is: never the scene, which the model must see (and remember)."""
+        if actions.dim() != 3 or actions.shape[-1] != 4 or camera.shape != (*actions.shape[:2], 2):
+            raise ValueError(f"actions must be [B, F, 4] and camera [B, F, 2], got {tuple(actions.shape)} and "
+                             f"{tuple(camera.shape)}")
+        scale = torch.tensor([self.max_pan, self.max_pan, self.max_push, self.max_push], dtype=torch.float64)
+        a = (actions.double() / scale.clamp(min=1e-12)).clamp(-1, 1)
+        into = torch.cat([torch.zeros_like(a[:, :1]), a[:, :-1]], 1)
+        pose = 2 * camera.double() / max(self.scene_size - 1, 1e-12) - 1
+        return torch.cat([into, pose], -1).float()
+
+    def clips(self, n: int, frames: int, resolution: int = 16, generator: torch.Generator | None = None,
+              random_scene: bool = True, actions: torch.Tensor | None = None) -> dict:
+        """``n`` clips of a world model's data: :meth:`simulate` (a scene a clip by default) plus ``"frames"``
+        ``[n, F, 1, R, R]`` and ``"cond"`` ``[n, F, 6]`` (:meth:`conditions`), float32. ``generator``: default
+        one seeded off the global random stream (a seeded training run draws the same clips)."""
+        g = generator or torch.Generator().manual_seed(int(torch.randint(0, 2**31 - 1, (1,))))
+        if actions is None:
+            actions = self.random_actions(n, frames, g)
+        sim = self.simulate(n, frames, actions=actions, random_scene=random_scene, generator=g)
+        sim["frames"] = self.render(sim["states"], sim["camera"], resolution, sim["landmarks"])
+        sim["cond"] = self.conditions(sim["actions"], sim["camera"])
+        return sim
 
 
 # ---------------------------------------------------------------- revisits
@@ -220,10 +272,11 @@ def loop_closure_error(frames: torch.Tensor, sprite_free: torch.Tensor | None = 
     return float(((last - first).abs() * keep).sum() / keep.sum().clamp(min=1))
 
 
-def sprite_positions(world: InteractiveWorld, frames: torch.Tensor, camera: torch.Tensor) -> torch.Tensor:
-    """The sprites' positions ``[B, F, S, 2]`` read off frames whose camera is known: the scene through the
-    window is taken away, then :meth:`World.detect` on what is left."""
-    scene = world.background(camera, frames.shape[-1])
+def sprite_positions(world: InteractiveWorld, frames: torch.Tensor, camera: torch.Tensor,
+                     landmarks: torch.Tensor | None = None) -> torch.Tensor:
+    """The sprites' positions ``[B, F, S, 2]`` read off frames whose camera (and scene, ``landmarks [B, K, 2]``)
+    is known: the scene through the window is taken away, then :meth:`World.detect` on what is left."""
+    scene = world.background(camera, frames.shape[-1], landmarks)
     sprites = ((frames[:, :, 0].double() + 1) / 2 - scene).clamp(0, 1)
     return world.world.detect((2 * sprites - 1).unsqueeze(2))
 

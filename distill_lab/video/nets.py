@@ -26,6 +26,12 @@ frame is placed just before the window (the offsets stay the trained ones). With
 streaming block by block is exactly the one-pass block-causal forward with the same window
 (tested in float64), so a student trains in one pass and streams with the same weights.
 
+**A condition stream.** A network built with ``VideoNetConfig(cond_dim=k)`` reads ``k`` numbers a frame
+(an interactive world's action into the frame and the camera's pose): under ``with net.conditioned(c)``,
+``c [B, L, k]`` for the whole stream, each frame's condition passes a small MLP and is added to the frame's
+tokens and to its time embedding (so it modulates every layer norm, as DiT's class label does). A frame
+reads its own condition by its index, in one pass and when streamed block by block alike.
+
 **Memory past the window.** What an evicted frame leaves behind is the cache's choice (:class:`KVCache`):
 
 * nothing (the rolling window), or the first frames kept for ever (sink frames);
@@ -58,7 +64,9 @@ MASKS = ("full", "block_causal")
 @dataclass(frozen=True)
 class VideoNetConfig:
     """The network's shape: frames ``channels x resolution x resolution`` cut in ``patch``-square
-    patches; ``depth`` layers of width ``dim`` with ``heads`` heads and an MLP ``mlp_ratio`` wide."""
+    patches; ``depth`` layers of width ``dim`` with ``heads`` heads and an MLP ``mlp_ratio`` wide;
+    ``cond_dim > 0``: a condition stream of that many numbers a frame (actions, a camera pose), see
+    :meth:`VideoTransformer.conditioned`."""
 
     resolution: int = 16
     channels: int = 1
@@ -68,12 +76,15 @@ class VideoNetConfig:
     heads: int = 4
     mlp_ratio: int = 4
     n_freq: int = 6
+    cond_dim: int = 0
 
     def __post_init__(self):
         if self.resolution % self.patch:
             raise ValueError(f"patch {self.patch} does not divide the resolution {self.resolution}")
         if self.dim % self.heads or (self.dim // self.heads) % 2:
             raise ValueError(f"dim {self.dim} must split into {self.heads} heads of an even width (RoPE)")
+        if self.cond_dim < 0:
+            raise ValueError(f"cond_dim is the numbers of a frame's condition (0: none), got {self.cond_dim}")
 
     @property
     def tokens_per_frame(self) -> int:
@@ -192,6 +203,10 @@ class VideoTransformer(nn.Module):
                 layer.add_linear_memory()
         if modes < 0 or modes == 1:
             raise ValueError(f"modes is 0 (one mode) or the number of sampling modes sharing the weights (>= 2), got {modes}")
+        self.cond_mlp = None
+        if c.cond_dim:  # the condition stream: a frame's condition embedded, added to its tokens and its time embedding
+            self.cond_mlp = nn.Sequential(nn.Linear(c.cond_dim, c.dim), nn.SiLU(), nn.Linear(c.dim, c.dim))
+        self._cond: torch.Tensor | None = None  # [B, L, cond_dim] of the whole stream (conditioned())
         self.modes, self.active_mode = modes, 0
         # Mutual Forcing's modes: a learned vector a mode added to the time embedding of noisy frames
         self.mode_emb = nn.Parameter(torch.zeros(modes, c.dim)) if modes else None
@@ -227,12 +242,31 @@ class VideoTransformer(nn.Module):
         x = tok.reshape(B, Fr, n, n, c.channels, p, p).permute(0, 1, 4, 2, 5, 3, 6)
         return x.reshape(B, Fr, c.channels, c.resolution, c.resolution)
 
-    def _embed(self, x: torch.Tensor, t: torch.Tensor):
-        """Tokens ``[B, F N, D]`` and each token's time embedding ``[B, F N, D]``."""
+    def _frame_cond(self, B: int, start: int, Fr: int) -> torch.Tensor | None:
+        """The condition of frames ``start ... start + Fr - 1`` ``[B, Fr, cond_dim]``, or ``None`` for a network
+        without a condition stream."""
+        if self.cond_mlp is None:
+            return None
+        c = self._cond
+        if c is None:
+            raise ValueError(f"this network is conditioned ({self.config.cond_dim} numbers a frame): call it inside "
+                             "`with net.conditioned(cond):`, cond [B, frames, cond_dim] for the whole stream")
+        if c.shape[0] != B or c.shape[1] < start + Fr:
+            raise ValueError(f"the condition {tuple(c.shape)} does not cover frames {start}..{start + Fr - 1} of "
+                             f"{B} clips: give one condition a frame of the whole stream")
+        return c[:, start:start + Fr]
+
+    def _embed(self, x: torch.Tensor, t: torch.Tensor, start: int = 0):
+        """Tokens ``[B, F N, D]`` and each token's time embedding ``[B, F N, D]`` (``start``: the index of
+        ``x``'s first frame, where its condition is read)."""
         B, Fr = x.shape[:2]
         N = self.config.tokens_per_frame
         h = self.embed(self.patchify(x)) + self.pos + self.pos_fixed                  # [B, F, N, D]
         emb = self.time_mlp(self.time(t.reshape(-1))).reshape(B, Fr, 1, -1)
+        cond = self._frame_cond(B, start, Fr)
+        if cond is not None:
+            ce = self.cond_mlp(cond.to(x.dtype))[:, :, None]                          # [B, F, 1, D]
+            h, emb = h + ce, emb + ce
         if self.mode_emb is not None:  # only noisy frames: clean context is encoded alike in every mode
             emb = emb + (t < 1).to(emb.dtype)[..., None, None] * self.mode_emb[self.active_mode]
         emb = emb.expand(B, Fr, N, -1)
@@ -255,7 +289,7 @@ class VideoTransformer(nn.Module):
                              "forward_block and a KVCache(..., linear=True)")
         N = self.config.tokens_per_frame
         t = self._frame_times(t, x)
-        h, emb = self._embed(x, t)
+        h, emb = self._embed(x, t, frame_offset)
         frames = torch.arange(frame_offset, frame_offset + Fr, device=x.device).repeat_interleave(N)
         allowed = frame_mask(frames, frames, self.mask, self.block, self.window)
         for layer in self.layers:
@@ -280,8 +314,8 @@ class VideoTransformer(nn.Module):
                              f"keeps {'all of them' if cache.window is None else cache.window}: create it with "
                              f"KVCache(depth, window={self.window}) so old frames are evicted")
         t = self._frame_times(t, x)
-        h, emb = self._embed(x, t)
         start = cache.next_frame
+        h, emb = self._embed(x, t, start)
         frames_q = torch.arange(start, start + b, device=x.device).repeat_interleave(N)
         pos_k = torch.cat([cache.key_positions(N).to(x.device), frames_q])
         new_kv = []
@@ -329,6 +363,24 @@ class VideoTransformer(nn.Module):
             yield self
         finally:
             self.active_mode = old
+
+    @contextmanager
+    def conditioned(self, cond: torch.Tensor):
+        """Run under the condition stream ``cond [B, L, cond_dim]``: one condition a frame of the whole stream
+        (e.g. the action into that frame and the camera's pose, :func:`distill_lab.video.interactive.frame_conditions`).
+        :meth:`forward` reads frames ``frame_offset ...`` of it, :meth:`forward_block` frames ``cache.next_frame
+        ...``, so a stream and every slice of it see their own frames' conditions. Each frame's condition goes
+        through a small MLP and is added to the frame's tokens and to its time embedding (the adaptive layer
+        norms; DiT's class conditioning, one condition a frame)."""
+        if self.cond_mlp is None:
+            raise ValueError("this network has no condition stream: build it with VideoNetConfig(cond_dim=...)")
+        if cond.dim() != 3 or cond.shape[-1] != self.config.cond_dim:
+            raise ValueError(f"cond must be [B, frames, {self.config.cond_dim}], got {tuple(cond.shape)}")
+        old, self._cond = self._cond, cond
+        try:
+            yield self
+        finally:
+            self._cond = old
 
     def _extended(self, new: str, **changes) -> "VideoTransformer":
         """A copy built with ``changes`` to the constructor's arguments, carrying every weight of this
