@@ -120,6 +120,11 @@ def test_conditions_are_the_action_into_each_frame_and_the_scaled_pose():
     assert torch.allclose(c[0, 1:, 3].double(), torch.tensor([0.0, 0.5, 0.0], dtype=torch.float64))
     assert c[0, 0, 4].item() == -1.0 and c[0, 0, 5].item() == 1.0  # pose 0 -> -1, scene_size - 1 -> +1
     assert torch.allclose(c[0, :, 4].double(), 2 * cam[0, :, 0] / (W.scene_size - 1) - 1)
+    assert c[..., 6].abs().sum() == 0  # no frame recalled from memory
+    mem = W.conditions(a, cam, memory=torch.tensor([[True, False, True, False]]))
+    assert mem[0, :, 6].tolist() == [1.0, 0.0, 1.0, 0.0]
+    assert mem[0, 2, :4].abs().sum() == 0 and torch.equal(mem[0, 1], c[0, 1] + 0 * mem[0, 1])  # no action into a recalled frame
+    assert torch.equal(mem[0, 2, 4:6], c[0, 2, 4:6])  # its pose is kept
     with pytest.raises(ValueError, match="camera"):
         W.conditions(a, cam[:, :3])
 
@@ -144,7 +149,7 @@ def test_clips_are_the_rendered_simulation_and_repeat_under_a_seed():
     assert torch.equal(a["frames"], b["frames"]) and torch.equal(a["cond"], b["cond"])
     assert torch.equal(a["frames"], W.render(a["states"], a["camera"], 16, a["landmarks"]))
     assert torch.equal(a["cond"], W.conditions(a["actions"], a["camera"]))
-    assert a["frames"].shape == (4, 6, 1, 16, 16) and a["cond"].shape == (4, 6, 6)
+    assert a["frames"].shape == (4, 6, 1, 16, 16) and a["cond"].shape == (4, 6, W.COND_DIM)
 
 
 # ------------------------------------------------------------------ the teacher's training
@@ -152,10 +157,151 @@ def test_the_world_teacher_trains_under_its_conditions():
     from distill_lab.video.world_model import WORLD_MODEL_SCALES, WorldModelScale, train_world_teacher
 
     tiny = dataclasses.replace(WORLD_MODEL_SCALES["ci"], net=VideoNetConfig(resolution=16, patch=8, dim=16, depth=1,
-                                                                            heads=2, cond_dim=6),
+                                                                            heads=2, cond_dim=W.COND_DIM),
                                teacher_batch=4, frames=4)
     net, info = train_world_teacher(tiny, steps=3, progress=False)
     assert info["steps"] == 3 and net.mask == "full" and not any(p.requires_grad for p in net.parameters())
     assert net.cond_mlp[0].weight.abs().sum() > 0
-    with pytest.raises(ValueError, match="cond_dim=6"):
+    with pytest.raises(ValueError, match="cond_dim=7"):
         WorldModelScale(**{**dataclasses.asdict(tiny), "world": tiny.world, "net": VideoNetConfig(cond_dim=0)})
+
+
+# ------------------------------------------------------------------ memory: retrieval, layout, the base model's loss
+def test_retrieval_picks_the_frames_seen_from_nearest_the_coming_poses():
+    from distill_lab.video.interactive import nearest_frames
+
+    hist = torch.tensor([[[0.0, 0.0], [0.5, 0.5], [0.9, 0.1], [0.2, 0.2]]], dtype=torch.float64)
+    query = torch.tensor([[[0.85, 0.15], [0.25, 0.2]]], dtype=torch.float64)
+    assert nearest_frames(hist, query, 2)[0].tolist() == [3, 2]  # 0.05 and 0.05 away... nearest first
+    assert nearest_frames(hist, query, 1)[0].tolist() in ([3], [2])
+    assert nearest_frames(hist, query[:, :1], 1)[0].tolist() == [2]
+    with pytest.raises(ValueError, match="k must lie"):
+        nearest_frames(hist, query, 5)
+
+
+def test_sprite_free_pixels_show_the_scene_alone():
+    from distill_lab.video.interactive import sprite_free
+
+    sim = W.simulate(3, 4, seed=1, random_scene=True)
+    free = sprite_free(W, sim["states"], 16)
+    frames = W.render(sim["states"], sim["camera"], 16, sim["landmarks"])[:, :, 0]
+    scene = 2 * W.background(sim["camera"], 16, sim["landmarks"]) - 1
+    assert (frames - scene)[free].abs().max() < 1e-3 and (frames - scene)[~free].abs().max() > 0.5
+    assert 0.5 < free.float().mean() < 1
+
+
+def _wsc(**kw):
+    from distill_lab.video.world_model import WORLD_MODEL_SCALES
+
+    small = VideoNetConfig(resolution=16, patch=8, dim=16, depth=1, heads=2, cond_dim=W.COND_DIM)
+    return dataclasses.replace(WORLD_MODEL_SCALES["ci"], net=small, **kw)
+
+
+def test_a_memory_sample_puts_recalled_frames_before_the_clip():
+    from distill_lab.video.world_model import memory_sample
+
+    wsc = _wsc()
+    b = memory_sample(wsc, 6, torch.Generator().manual_seed(0))
+    M, F = wsc.memory, wsc.frames
+    assert b["x"].shape == (6, M + F, 1, 16, 16) and b["cond"].shape == (6, M + F, W.COND_DIM)
+    assert (b["cond"][:, :M, 6] == 1).all() and (b["cond"][:, M:, 6] == 0).all()
+    assert b["cond"][:, :M, :4].abs().sum() == 0  # no action into a recalled frame
+    again = memory_sample(wsc, 6, torch.Generator().manual_seed(0))
+    assert torch.equal(b["x"], again["x"])
+
+
+def test_layout_times_keep_memory_clean_and_the_streaming_layout_makes_one_block():
+    from distill_lab.video.world_model import layout_times
+
+    t = layout_times(300, 8, 2, 2, torch.Generator().manual_seed(0))
+    assert t.shape == (300, 10) and (t[:, :2] == 1).all()
+    clip = t[:, 2:]
+    stream = (clip[:, :6] == 1).all(1)
+    one_time = (clip == clip[:, :1]).all(1)
+    assert 60 < int(stream.sum()) < 140 and 60 < int(one_time.sum()) < 140
+    assert (clip[stream, 6] == clip[stream, 7]).all() and (clip[stream, 6] < 1).all()
+
+
+class Spy(torch.nn.Module):
+    """A stand-in network: velocity = a learnable scale times what ``fn(x, t, cond)`` returns."""
+
+    def __init__(self, fn):
+        super().__init__()
+        self.fn, self.w, self.cond = fn, torch.nn.Parameter(torch.ones(())), None
+
+    def conditioned(self, cond):
+        import contextlib
+
+        @contextlib.contextmanager
+        def ctx():
+            self.cond = cond
+            yield self
+            self.cond = None
+        return ctx()
+
+    def forward(self, x, t):
+        return self.w * self.fn(x, t, self.cond)
+
+
+def test_the_base_models_loss_counts_only_the_frames_to_make_and_its_target_is_x1_minus_x0():
+    from distill_lab.video.world_model import base_model_loss
+
+    g = torch.Generator().manual_seed(3)
+    x1, x0 = torch.randn(2, 4, 1, 4, 4, generator=g), torch.randn(2, 4, 1, 4, 4, generator=g)
+    cond = torch.zeros(2, 4, W.COND_DIM)
+    t = torch.tensor([[1.0, 1.0, 0.3, 0.6], [1.0, 0.2, 0.5, 0.5]])
+    exact = Spy(lambda x, tt, c: x1 - x0)
+    assert float(base_model_loss(exact, x1, cond, t, x0=x0)[0].detach()) == pytest.approx(0.0, abs=1e-12)
+    wrong_on_clean = Spy(lambda x, tt, c: (x1 - x0) + 5.0 * (tt >= 1).float()[..., None, None, None])
+    assert float(base_model_loss(wrong_on_clean, x1, cond, t, x0=x0)[0].detach()) == pytest.approx(0.0, abs=1e-12)
+    off = Spy(lambda x, tt, c: (x1 - x0) + 1.0)
+    loss = float(base_model_loss(off, x1, cond, t, x0=x0)[0].detach())
+    assert loss == pytest.approx(1.0)  # a mean over the frames to make, not a sum, nor diluted by the clean ones
+    seen = {}
+    base_model_loss(Spy(lambda x, tt, c: seen.__setitem__("xt", x) or x * 0), x1, cond, t, x0=x0)
+    te = t[..., None, None, None]
+    assert torch.allclose(seen["xt"], (1 - te) * x0 + te * x1)  # the path from noise at 0 to data at 1
+
+
+def test_reinjection_perturbs_only_the_clean_frames_of_the_marked_clips_and_banks_detached_residuals():
+    from distill_lab.video.world_model import ResidualBank, base_model_loss
+
+    g = torch.Generator().manual_seed(4)
+    x1, x0 = torch.randn(2, 4, 1, 4, 4, generator=g), torch.randn(2, 4, 1, 4, 4, generator=g)
+    cond = torch.zeros(2, 4, W.COND_DIM)
+    t = torch.tensor([[1.0, 1.0, 0.7, 0.9], [1.0, 1.0, 0.6, 0.8]])
+    bank = ResidualBank()
+    bank.add(torch.full((1, 3, 1, 4, 4), 0.5))
+    seen = {}
+    net = Spy(lambda x, tt, c: seen.__setitem__("xt", x) or (x1 - x0) + 0.1)
+    _, _ = base_model_loss(net, x1, cond, t, x0=x0, bank=bank, reinject=torch.tensor([True, False]))
+    te = t[..., None, None, None]
+    plain = (1 - te) * x0 + te * x1
+    diff = seen["xt"] - plain
+    assert torch.allclose(diff[0, :2], torch.full_like(diff[0, :2], 0.5))  # clean frames of the marked clip
+    assert diff[0, 2:].abs().max() == 0 and diff[1].abs().max() == 0
+    assert len(bank) == 3 + 4 and not bank.bank.requires_grad  # this batch's frames to make, at t >= 0.5
+    assert torch.allclose(bank.bank[-1], torch.full((1, 4, 4), 0.1 * (1 - 0.8)), atol=1e-6)  # x_hat - x1 = (1 - t) (v - (x1 - x0))
+
+
+def test_streaming_with_retrieval_recalls_a_revisited_place_and_a_recent_memory_does_not():
+    """A stand-in world model that draws each new frame as the first frame it was given from memory: under
+    camera-aware retrieval the frames made on the way back equal the frames first seen there (real, given),
+    so the revisit error is 0 where the retrieved frame is an exact revisit; with the recent frames it is not."""
+    from distill_lab.video.world_model import eval_trajectories, stream_base_model
+
+    wsc = _wsc(eval_frames=16, frames=4, block=1, memory=1, history=4)
+    data = eval_trajectories(wsc, 4)
+
+    def copy_memory(x, t, c):
+        target = x[:, :1].expand_as(x)
+        return (target - x) / (1 - t).clamp(min=1e-6)[..., None, None, None]
+
+    net = Spy(copy_memory)
+    given = wsc.memory + wsc.frames - wsc.block
+    back, first = slice(12, 16), [3, 2, 1, 0]  # frames 12..15 revisit frames 3..0, all given (8 out, 8 back)
+    s = stream_base_model(net, wsc, data, "retrieval", nfe=4)
+    assert torch.equal(s[:, :given], data["frames"][:, :given])
+    assert (s[:, back] - data["frames"][:, first]).abs().max() < 1e-5
+    r = stream_base_model(net, wsc, data, "recent", nfe=4)
+    assert (r[:, back] - data["frames"][:, first]).abs().max() > 0.1

@@ -200,21 +200,27 @@ class InteractiveWorld:
         return (2 * (sprites + scene).clamp(max=1.0) - 1).float().unsqueeze(2)
 
     # ---------------------------------------------------------------- what a world model is given
-    COND_DIM = 6
+    COND_DIM = 7
 
-    def conditions(self, actions: torch.Tensor, camera: torch.Tensor) -> torch.Tensor:
-        """The condition stream of a world model ``[B, F, 6]``: for frame ``t`` the action that led into it
+    def conditions(self, actions: torch.Tensor, camera: torch.Tensor, memory: torch.Tensor | None = None) -> torch.Tensor:
+        """The condition stream of a world model ``[B, F, 7]``: for frame ``t`` the action that led into it
         (``actions[:, t - 1]``: the pan over ``max_pan`` and the push over ``max_push``, each in [-1, 1]; zero
-        for frame 0) and the camera's pose, scaled to [-1, 1] over the scene. What the user commands and
-        where the camera is: never the scene, which the model must see (and remember)."""
+        for frame 0), the camera's pose scaled to [-1, 1] over the scene, and a flag, 1 for a frame recalled
+        from memory (``memory [B, F]``, default none; a recalled frame has no action into it). What the user
+        commands and where the camera is: never the scene, which the model must see (and remember)."""
         if actions.dim() != 3 or actions.shape[-1] != 4 or camera.shape != (*actions.shape[:2], 2):
             raise ValueError(f"actions must be [B, F, 4] and camera [B, F, 2], got {tuple(actions.shape)} and "
                              f"{tuple(camera.shape)}")
+        if memory is not None and memory.shape != actions.shape[:2]:
+            raise ValueError(f"memory flags must be [B, F] = {list(actions.shape[:2])}, got {tuple(memory.shape)}")
         scale = torch.tensor([self.max_pan, self.max_pan, self.max_push, self.max_push], dtype=torch.float64)
         a = (actions.double() / scale.clamp(min=1e-12)).clamp(-1, 1)
         into = torch.cat([torch.zeros_like(a[:, :1]), a[:, :-1]], 1)
         pose = 2 * camera.double() / max(self.scene_size - 1, 1e-12) - 1
-        return torch.cat([into, pose], -1).float()
+        flag = torch.zeros_like(pose[..., :1]) if memory is None else memory.double()[..., None]
+        if memory is not None:
+            into = into * (1 - flag)
+        return torch.cat([into, pose, flag], -1).float()
 
     def clips(self, n: int, frames: int, resolution: int = 16, generator: torch.Generator | None = None,
               random_scene: bool = True, actions: torch.Tensor | None = None) -> dict:
@@ -258,6 +264,29 @@ def revisit_error(frames: torch.Tensor, camera: torch.Tensor, sprite_free: torch
     keep = torch.ones_like(now, dtype=torch.bool) if sprite_free is None else \
         sprite_free[b, t] & sprite_free[b, first[b, t]]
     return float(((now - then).abs() * keep).sum() / keep.sum().clamp(min=1))
+
+
+def nearest_frames(history: torch.Tensor, query: torch.Tensor, k: int) -> torch.Tensor:
+    """Camera-aware retrieval (Matrix-Game 3.0): the indices ``[B, k]`` of the ``k`` history frames whose camera
+    ``history [B, H, 2]`` lies nearest (max norm) to any of the poses ``query [B, Q, 2]`` of the frames about
+    to be made, nearest first."""
+    if history.dim() != 3 or query.dim() != 3 or history.shape[0] != query.shape[0] or history.shape[-1] != 2 \
+            or query.shape[-1] != 2:
+        raise ValueError(f"history must be [B, H, 2] and query [B, Q, 2], got {tuple(history.shape)} and "
+                         f"{tuple(query.shape)}")
+    if not 1 <= k <= history.shape[1]:
+        raise ValueError(f"k must lie in [1, {history.shape[1]}] (the history's frames), got {k}")
+    d = (history.double()[:, :, None] - query.double()[:, None]).abs().amax(-1).amin(-1)   # [B, H]
+    return d.topk(k, dim=1, largest=False).indices
+
+
+def sprite_free(world: InteractiveWorld, states: torch.Tensor, resolution: int = 16, radius: float = 4.0) -> torch.Tensor:
+    """``[B, F, R, R]``: the pixels farther than ``radius`` sprite widths from every sprite of ``states [B, F, S, 4]``:
+    where a frame shows the scene alone (for :func:`revisit_error` and :func:`loop_closure_error`)."""
+    c = (torch.arange(resolution, dtype=torch.float64) + 0.5) / resolution
+    p = states[..., :2].double()
+    d2 = (c[None, None, None, None, :] - p[..., 0, None, None]) ** 2 + (c[None, None, None, :, None] - p[..., 1, None, None]) ** 2
+    return (d2 > (radius * world.world.sigma) ** 2).all(2)
 
 
 # ---------------------------------------------------------------- metrics of an interactive clip

@@ -32,13 +32,12 @@ import torch
 
 from ..core.checkpoints import (TEACHERS_DIR, check_folder, committed_teacher, file_records, float32_state,
                                 fp16_state, training_record, update_manifest)
-from ..core.flows import flow_matching_loss
 from ..core.scale import Scale, get_scale
 from ..core.train import fit, seed_everything
 from ..nets.utils import clone_frozen, ema_update, n_params
-from .interactive import InteractiveWorld
+from .interactive import (InteractiveWorld, action_following_error, loop_closure_error, nearest_frames,
+                          revisit_error, sprite_free, sprite_positions)
 from .nets import VideoNetConfig, VideoTransformer
-from .teacher import training_times
 
 FILES = ("teacher.pt",)
 REBUILD = "python -m distill_lab.video.world_model"
@@ -71,6 +70,9 @@ class WorldModelScale:
     student_nfe: int
     eval_n: int
     eval_frames: int
+    memory: int = 2
+    history: int = 8
+    reinject: float = 0.25
     notes: str = field(default="", compare=False)
 
     def __post_init__(self):
@@ -80,6 +82,11 @@ class WorldModelScale:
         if self.frames % self.block or self.eval_frames % self.block:
             raise ValueError(f"the block ({self.block} frames) must divide the clip ({self.frames}) and the "
                              f"evaluation ({self.eval_frames})")
+        if not 1 <= self.memory <= self.history or (self.history + self.frames) % 2:
+            raise ValueError(f"memory ({self.memory} frames) is drawn from the history ({self.history}), and history "
+                             f"plus clip ({self.history + self.frames}) must be even (a loop out and back)")
+        if not 0 <= self.reinject <= 1:
+            raise ValueError(f"reinject is a share of the training samples, in [0, 1], got {self.reinject}")
 
     @property
     def resolution(self) -> int:
@@ -126,10 +133,154 @@ def teacher_for(scale: str | Scale | None = None) -> tuple[str, Path]:
                              "the interactive track runs at its ci settings")
 
 
+# ---------------------------------------------------------------- the base model's data: memory and a clip
+POLICIES = ("recent", "retrieval")
+
+
+def trajectories(wsc: WorldModelScale, n: int, frames: int, generator: torch.Generator | None = None,
+                 loop_share: float = 0.5) -> dict:
+    """``n`` interactive clips of ``frames`` frames (a scene a clip, :meth:`InteractiveWorld.clips`), a share
+    ``loop_share`` of them on RealCam's loop-closed paths (out for half the clip, back the same way: the camera
+    starts at the scene's centre and the pans are scaled down where they would reach its edge, so that it comes
+    back exactly), the rest on random actions from a random start."""
+    if frames % 2:
+        raise ValueError(f"a loop out and back needs an even number of frames, got {frames}")
+    g = generator or torch.Generator().manual_seed(int(torch.randint(0, 2**31 - 1, (1,))))
+    w = wsc.world
+    actions = w.random_actions(n, frames, g)
+    start = (w.scene_size - 1) * torch.rand(n, 2, generator=g, dtype=torch.float64)
+    loop = torch.rand(n, generator=g) < loop_share
+    if loop.any():
+        out = w.random_actions(int(loop.sum()), frames // 2, g)
+        reach = out[:, :-1, :2].cumsum(1).abs().amax(1).amax(1).clamp(min=1e-12)      # farthest from the start
+        room = 0.45 * (w.scene_size - 1)
+        out[..., :2] *= (room / reach).clamp(max=1.0)[:, None, None]
+        actions[loop] = w.loop_closed(out)
+        start[loop] = (w.scene_size - 1) / 2
+    sim = w.simulate(n, frames, actions=actions, start=start, random_scene=True, generator=g)
+    sim["frames"] = w.render(sim["states"], sim["camera"], wsc.resolution, sim["landmarks"])
+    sim["cond"] = w.conditions(sim["actions"], sim["camera"])
+    return sim
+
+
+def memory_cond(world: InteractiveWorld, data: dict, idx: torch.Tensor) -> torch.Tensor:
+    """The conditions ``[B, M, 7]`` of the frames ``idx [B, M]`` of ``data`` recalled from memory: their poses and
+    the memory flag, no action."""
+    cam = torch.gather(data["camera"], 1, idx[..., None].expand(-1, -1, 2))
+    return world.conditions(torch.zeros(*idx.shape, 4, dtype=torch.float64), cam, torch.ones(idx.shape, dtype=torch.bool))
+
+
+def gather_frames(frames: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``frames [B, F, C, H, W]`` at ``idx [B, M]`` -> ``[B, M, C, H, W]``."""
+    return torch.gather(frames, 1, idx.view(*idx.shape, 1, 1, 1).expand(-1, -1, *frames.shape[2:]))
+
+
+def choose_memory(data: dict, upto: int, query: torch.Tensor, m: int, policy: str) -> torch.Tensor:
+    """Which ``m`` of the frames ``0 .. upto - 1`` a model recalls ``[B, m]``: ``"recent"`` the last ``m`` of them
+    (a longer window, the same memory), ``"retrieval"`` the ``m`` whose camera is nearest the poses ``query
+    [B, Q, 2]`` of the frames to be made (Matrix-Game 3.0's camera-aware retrieval, :func:`nearest_frames`)."""
+    if policy not in POLICIES:
+        raise ValueError(f"the memory policy is one of {', '.join(POLICIES)}, got {policy!r}")
+    if not 1 <= m <= upto:
+        raise ValueError(f"{m} memory frames cannot be drawn from {upto} earlier frames")
+    B = data["camera"].shape[0]
+    if policy == "recent":
+        return torch.arange(upto - m, upto).expand(B, m)
+    return nearest_frames(data["camera"][:, :upto], query, m)
+
+
+def memory_sample(wsc: WorldModelScale, n: int, generator: torch.Generator | None = None) -> dict:
+    """A training batch of the memory-augmented base model: trajectories of ``history + frames`` frames
+    (:func:`trajectories`); the clip is the last ``frames`` frames, and ``memory`` frames of the history go before
+    it, chosen for half the clips by camera-aware retrieval against the clip's poses and for the others at
+    random (so the model learns to use a relevant memory and to ignore an irrelevant one). Returns ``{"x":
+    [n, M + F, 1, R, R], "cond": [n, M + F, 7], "memory": M}``."""
+    g = generator or torch.Generator().manual_seed(int(torch.randint(0, 2**31 - 1, (1,))))
+    H, F, M = wsc.history, wsc.frames, wsc.memory
+    data = trajectories(wsc, n, H + F, g)
+    near = choose_memory(data, H, data["camera"][:, H:], M, "retrieval")
+    rand = torch.rand(n, H, generator=g).argsort(1)[:, :M]
+    idx = torch.where((torch.rand(n, generator=g) < 0.5)[:, None], near, rand)
+    x = torch.cat([gather_frames(data["frames"], idx), data["frames"][:, H:]], 1)
+    cond = torch.cat([memory_cond(wsc.world, data, idx), data["cond"][:, H:]], 1)
+    return {"x": x, "cond": cond, "memory": M}
+
+
+def layout_times(n: int, frames: int, memory: int, block: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """``[n, memory + frames]`` noising times of a training batch: memory frames clean (``t = 1``); the clip's
+    frames, a third of the batch each: one time for the clip, a time a frame (diffusion forcing), or the
+    streaming layout (every frame clean but the last ``block``, which share one time: how the model is asked
+    to extend a stream)."""
+    u = torch.rand(n, 1, generator=generator).expand(n, frames)
+    per = torch.rand(n, frames, generator=generator)
+    stream = torch.ones(n, frames)
+    stream[:, -block:] = torch.rand(n, 1, generator=generator)
+    mode = torch.randint(0, 3, (n, 1), generator=generator)
+    t = torch.where(mode == 0, u, torch.where(mode == 1, per, stream))
+    return torch.cat([torch.ones(n, memory), t], 1)
+
+
+class ResidualBank:
+    """Matrix-Game 3.0's error-aware training, as this lab reads it: the residuals ``x_hat - x`` of the model's
+    own clean-frame predictions (``x_hat = x_t + (1 - t) v``, detached) are kept, the most recent ``size`` frames
+    of them, and added to the clean frames (memory and context) of a share of the batches, so that the
+    model learns to extend a stream from imperfect, self-generated frames and to correct them."""
+
+    def __init__(self, size: int = 512):
+        self.size, self.bank = size, None
+
+    def add(self, residuals: torch.Tensor) -> None:
+        r = residuals.detach().reshape(-1, *residuals.shape[2:])
+        self.bank = r if self.bank is None else torch.cat([self.bank, r])[-self.size:]
+
+    def __len__(self) -> int:
+        return 0 if self.bank is None else self.bank.shape[0]
+
+    def inject(self, x: torch.Tensor, clean: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``x [B, F, ...]`` with a residual drawn from the bank added to every frame ``clean [B, F]`` marks."""
+        if not len(self):
+            return x
+        pick = torch.randint(0, len(self), clean.shape, generator=generator)
+        r = self.bank[pick.to(self.bank.device)].to(x.dtype)
+        return x + clean.to(x.dtype).view(*clean.shape, *[1] * (x.dim() - 2)) * r
+
+
+def base_model_loss(net: VideoTransformer, x1: torch.Tensor, cond: torch.Tensor, t: torch.Tensor,
+                    x0: torch.Tensor | None = None, bank: ResidualBank | None = None,
+                    reinject: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+    """Conditional flow matching of the memory-augmented base model (Lipman et al. 2023, eq. 23, linear path)
+    on a batch laid out as ``[memory | clip]``: ``x_t = (1 - t) x0 + t x1`` frame by frame, the loss ``|v(x_t, t)
+    - (x1 - x0)|^2`` averaged over the frames still to make (``t < 1``) only; clean frames (``t = 1``: memory
+    and context) are inputs. ``reinject [B]`` marks the clips whose clean frames get a residual from ``bank``
+    (Matrix-Game 3.0's re-injection); the bank then takes this batch's residuals of the frames to make.
+    Stop-gradient: the residuals. Returns ``(loss, info)``."""
+    if x1.shape[:2] != t.shape or cond.shape[:2] != t.shape:
+        raise ValueError(f"x1 [B, F, ...], cond [B, F, 7] and t [B, F] must agree, got {tuple(x1.shape)}, "
+                         f"{tuple(cond.shape)}, {tuple(t.shape)}")
+    x0 = torch.randn_like(x1) if x0 is None else x0
+    te = t.view(*t.shape, *[1] * (x1.dim() - 2)).to(x1.dtype)
+    xt = (1 - te) * x0 + te * x1
+    clean = t >= 1
+    if bank is not None and reinject is not None:
+        xt = bank.inject(xt, clean & reinject[:, None])
+    with net.conditioned(cond):
+        v = net(xt, t)
+    make = (~clean).to(x1.dtype)
+    per = (v - (x1 - x0)).pow(2).flatten(2).mean(-1)                              # [B, F]
+    loss = (per * make).sum() / make.sum().clamp(min=1)
+    if bank is not None:
+        with torch.no_grad():
+            late = (t >= 0.5) & ~clean
+            if late.any():
+                bank.add((xt + (1 - te) * v - x1)[late][:, None])
+    return loss, {"fm": float(loss.detach()), "to_make": float(make.mean())}
+
+
 def train_world_teacher(wsc: WorldModelScale, seed: int = 0, steps: int | None = None, device: str = "cpu",
                         progress: bool = True, deadline: float | None = None) -> tuple[VideoTransformer, dict]:
-    """Flow-match a bidirectional, conditioned :class:`VideoTransformer` on fresh interactive clips (a scene
-    a clip; module docstring); returns ``(ema_net, info)``."""
+    """Train the memory-augmented, conditioned base model (module docstring) on :func:`memory_sample` batches
+    with :func:`layout_times` and :func:`base_model_loss` (a share ``reinject`` of the clips re-injected with
+    the model's own residuals); returns ``(ema_net, info)``."""
     steps = steps or wsc.teacher_steps
     seed_everything(seed)
     net = VideoTransformer(wsc.net, "full").to(device).train()
@@ -138,13 +289,14 @@ def train_world_teacher(wsc: WorldModelScale, seed: int = 0, steps: int | None =
     warm = max(1, steps // 50)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda i: min(1.0, (i + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(i, steps) / steps)))
+    bank = ResidualBank()
 
     def step(i):
-        data = wsc.world.clips(wsc.teacher_batch, wsc.frames, wsc.resolution)
-        x1, cond = data["frames"].to(device), data["cond"].to(device)
-        t = training_times(x1.shape[0], wsc.frames, device)
-        with net.conditioned(cond):
-            loss = flow_matching_loss(net, x1, t=t)
+        b = memory_sample(wsc, wsc.teacher_batch)
+        x1, cond = b["x"].to(device), b["cond"].to(device)
+        t = layout_times(x1.shape[0], wsc.frames, b["memory"], wsc.block).to(device)
+        reinject = torch.rand(x1.shape[0], device=device) < wsc.reinject
+        loss, info = base_model_loss(net, x1, cond, t, bank=bank, reinject=reinject)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         gn = torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
@@ -158,6 +310,88 @@ def train_world_teacher(wsc: WorldModelScale, seed: int = 0, steps: int | None =
     final = float(sum(losses) / len(losses)) if losses else None
     return ema.eval(), {"steps": hist["steps"], "train_seconds": hist["seconds"], "final_loss": final,
                         "history": hist}
+
+
+# ---------------------------------------------------------------- streaming the base model, and its measures
+@torch.no_grad()
+def stream_base_model(net: VideoTransformer, wsc: WorldModelScale, data: dict, policy: str = "retrieval",
+                      nfe: int | None = None, memory: int | None = None, generator: torch.Generator | None = None,
+                      progress: bool = False) -> torch.Tensor:
+    """The bidirectional base model run as a world model over ``data`` (:func:`trajectories`): its first
+    ``memory + frames - block`` frames are given (real), then each block of ``block`` frames is made by ``nfe``
+    Euler steps from noise with the window ``[memory | last frames - block frames | block]``: the memory
+    chosen by ``policy`` (:func:`choose_memory`) among the frames older than the window, the window's frames
+    clean and the block's at the step's time, every frame under its condition (the block's from the
+    user's actions and poses). Returns the stream ``[B, L, 1, R, R]``."""
+    nfe = nfe or wsc.teacher_nfe
+    M = wsc.memory if memory is None else memory
+    F, b = wsc.frames, wsc.block
+    frames = data["frames"]
+    B, L = frames.shape[:2]
+    ctx = F - b
+    first = M + ctx
+    if L <= first or (L - first) % b:
+        raise ValueError(f"a stream of {L} frames cannot continue {first} given frames in blocks of {b}")
+    device = next(net.parameters()).device
+    g = generator or torch.Generator().manual_seed(0)
+    out = frames.clone().to(device)
+    cond = data["cond"].to(device)
+    starts = range(first, L, b)
+    if progress:
+        from tqdm.auto import tqdm
+        starts = tqdm(starts, desc=f"stream ({policy})", leave=False)
+    for s in starts:
+        old = s - ctx                                                                  # frames before the window
+        idx = choose_memory(data, old, data["camera"][:, s:s + b], M, policy).to(device)
+        mem_x, mem_c = gather_frames(out, idx), memory_cond(wsc.world, data, idx.cpu()).to(device)
+        c = torch.cat([mem_c, cond[:, old:s + b]], 1)
+        x = torch.randn(B, b, *frames.shape[2:], generator=g).to(device)
+        with net.conditioned(c):
+            for k in range(nfe):
+                tk = k / nfe
+                t = torch.ones(B, M + ctx + b, device=device)
+                t[:, -b:] = tk
+                v = net(torch.cat([mem_x, out[:, old:s], x], 1), t)[:, -b:]
+                x = x + v / nfe
+        out[:, s:s + b] = x
+    return out.cpu()
+
+
+def stream_measures(wsc: WorldModelScale, data: dict, stream: torch.Tensor, given: int) -> dict:
+    """A world model's stream measured against the world: ``revisit`` (:func:`revisit_error` over the scene's
+    pixels), ``loop_closure`` (the last frame against the first, for loop-closed clips), ``action_following``
+    (sprite 0's motion against the pushes, :func:`action_following_error`), ``frame_error`` (mean squared
+    difference to the true frames over the frames made, which the world fixes: no kicks), each also for the
+    true frames (``*_data``: 0 up to float rounding)."""
+    w, R = wsc.world, wsc.resolution
+    free = sprite_free(w, data["states"], R)
+    made = slice(given, None)
+    pos = sprite_positions(w, stream, data["camera"], data["landmarks"])
+    out = {"revisit": revisit_error(stream, data["camera"], free),
+           "revisit_data": revisit_error(data["frames"], data["camera"], free),
+           "loop_closure": loop_closure_error(stream, free),
+           "loop_closure_data": loop_closure_error(data["frames"], free),
+           "action_following": action_following_error(w, pos[:, made], data["actions"][:, made]),
+           "frame_error": float((stream[:, made] - data["frames"][:, made]).pow(2).mean())}
+    return out
+
+
+def eval_trajectories(wsc: WorldModelScale, n: int | None = None, seed: int = 0) -> dict:
+    """The fixed evaluation: ``n`` (default ``eval_n``) loop-closed clips of ``eval_frames`` frames, out and back."""
+    return trajectories(wsc, n or wsc.eval_n, wsc.eval_frames, torch.Generator().manual_seed(seed + 101), loop_share=1.0)
+
+
+def teacher_quality(net: VideoTransformer, wsc: WorldModelScale, n: int | None = None, seed: int = 0) -> dict:
+    """The base model streamed over the fixed loop-closed evaluation with each memory policy, measured
+    (:func:`stream_measures`), with the seconds each took."""
+    data = eval_trajectories(wsc, n, seed)
+    given = wsc.memory + wsc.frames - wsc.block
+    out = {"n": data["frames"].shape[0], "frames": wsc.eval_frames, "given": given, "nfe": wsc.teacher_nfe}
+    for policy in POLICIES:
+        t0 = time.perf_counter()
+        stream = stream_base_model(net, wsc, data, policy)
+        out[policy] = {**stream_measures(wsc, data, stream, given), "seconds": round(time.perf_counter() - t0, 2)}
+    return out
 
 
 def save_teacher(net: VideoTransformer, out: str | os.PathLike, wsc: WorldModelScale, info: dict,
@@ -213,8 +447,9 @@ def main(argv=None) -> dict:
     net, info = train_world_teacher(wsc, seed=args.seed, steps=args.steps, device=sc.device,
                                     progress=not args.no_progress)
     print(f"trained in {time.perf_counter() - t0:.0f} s", flush=True)
-    manifest = save_teacher(net, out, wsc, info, command=command, scale=sc)
-    print(json.dumps({k: manifest[k] for k in ("train_seconds", "n_params", "final_loss", "files")}, indent=2))
+    save_teacher(net, out, wsc, info, command=command, scale=sc)
+    manifest = update_manifest(out, quality=teacher_quality(load_teacher(out)["model"], wsc))
+    print(json.dumps({k: manifest[k] for k in ("train_seconds", "n_params", "final_loss", "quality", "files")}, indent=2))
     return manifest
 
 
