@@ -1,0 +1,128 @@
+"""Few-step world students (issue 14, item 2): the window they stream in, the exit step that carries the
+gradient, the memory each policy recalls, and Self Forcing's multi-segment DMD."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from distill_lab.video.interactive import InteractiveWorld
+from distill_lab.video.nets import VideoNetConfig, VideoTransformer
+from distill_lab.video.world_model import WORLD_MODEL_SCALES, eval_trajectories
+from distill_lab.video.world_students import (WorldStudent, evaluate_world_student, segment_windows,
+                                              train_world_student, window_velocity)
+
+W = InteractiveWorld()
+SMALL = VideoNetConfig(resolution=16, patch=8, dim=16, depth=1, heads=2, cond_dim=W.COND_DIM)
+WSC = dataclasses.replace(WORLD_MODEL_SCALES["ci"], net=SMALL, eval_frames=16, batch=2, memory=2, frames=4, block=2,
+                          history=4)
+
+
+def base(seed=0):
+    torch.manual_seed(seed)
+    net = VideoTransformer(SMALL, "full")
+    for p in net.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    return net.eval()
+
+
+def test_a_stream_keeps_its_given_frames_and_makes_the_rest_block_by_block():
+    s = WorldStudent(base().as_causal(2), WSC, policy="retrieval")
+    data = eval_trajectories(WSC, 3)
+    assert s.given == 2 + 4 - 2
+    out, blocks = s.stream(data)
+    assert torch.equal(out[:, :s.given], data["frames"][:, :s.given])
+    assert [b[0] for b in blocks] == list(range(s.given, 16, 2))
+    assert not torch.equal(out[:, s.given:], data["frames"][:, s.given:])
+    with pytest.raises(ValueError, match="one exit step a block"):
+        s.stream(data, exit_steps=[0])
+    with pytest.raises(ValueError, match="block-causal"):
+        WorldStudent(base(), WSC)
+
+
+def test_only_the_exit_step_carries_the_gradient():
+    s = WorldStudent(base().as_causal(2), WSC, times=[0.0, 0.5])
+    calls = []
+    net_forward = s.net.forward
+
+    def spy(x, t, frame_offset=0):
+        out = net_forward(x, t, frame_offset)
+        calls.append(out.requires_grad)
+        return out
+
+    s.net.forward = spy
+    window, cond = torch.randn(2, 4, 1, 16, 16), torch.zeros(2, 6, W.COND_DIM)
+    z = torch.randn(2, 2, 1, 16, 16)
+    x = s.make_block(window, cond, z, exit_step=1)
+    assert calls == [False, True] and x.requires_grad
+    calls.clear()
+    x0 = s.make_block(window, cond, z, exit_step=0)
+    assert calls == [True] and x0.requires_grad
+    calls.clear()
+    with torch.no_grad():
+        s.make_block(window, cond, z)
+    assert calls == [False, False]
+
+
+def test_the_window_velocity_reads_the_block_after_clean_frames():
+    seen = {}
+
+    class Net(torch.nn.Module):
+        def conditioned(self, cond):
+            import contextlib
+            seen["cond"] = cond
+            return contextlib.nullcontext(self)
+
+        def forward(self, x, t):
+            seen["x"], seen["t"] = x, t
+            return x * 2
+
+    window, cond = torch.randn(2, 3, 1, 4, 4), torch.zeros(2, 5, 7)
+    xt, t = torch.randn(2, 2, 1, 4, 4), torch.tensor([0.2, 0.7])
+    v = window_velocity(Net(), window, cond)(xt, t)
+    assert torch.equal(v, 2 * xt) and torch.equal(seen["x"][:, :3], window)
+    assert seen["t"][:, :3].eq(1).all() and torch.allclose(seen["t"][:, 3:], t[:, None].expand(2, 2))
+
+
+def test_the_scores_see_the_teachers_memory_not_the_students():
+    s = WorldStudent(base().as_causal(2), WSC, policy="recent")
+    data = eval_trajectories(WSC, 2)
+    out, blocks = s.stream(data)
+    win = segment_windows(WSC, data, out, blocks, "retrieval", 2)
+    last_start = blocks[-1][0]  # the last block revisits the first frames: retrieval recalls given frames
+    from distill_lab.video.world_model import choose_memory
+    idx = choose_memory(data, last_start - 2, data["camera"][:, last_start:last_start + 2], 2, "retrieval")
+    assert torch.equal(win[-1][0][:, :2], torch.stack([out[b, idx[b]] for b in range(2)]))
+    assert not torch.equal(idx, blocks[-1][2])  # the student itself recalled the recent frames
+    assert torch.equal(win[-1][1][:, :2, 6], torch.ones(2, 2))
+
+
+@pytest.mark.parametrize("segments,n_dmd", [("all", 5), ("last", 1)])
+def test_multi_segment_dmd_scores_every_block_and_the_single_segment_only_the_last(monkeypatch, segments, n_dmd):
+    import distill_lab.video.world_students as ws
+
+    calls = []
+    real = ws.dmd_loss
+
+    def spy(x, real_v, fake_v, *a, **k):
+        calls.append(x.shape)
+        return real(x, real_v, fake_v, *a, **k)
+
+    monkeypatch.setattr(ws, "dmd_loss", spy)
+    teacher = base()
+    before = [p.clone() for p in teacher.parameters()]
+    st = train_world_student(teacher, WSC, steps=1, progress=False, segments=segments, blocks=5)
+    assert len(calls) == n_dmd and all(c == (2, 2, 1, 16, 16) for c in calls)
+    assert all(torch.equal(a, b) for a, b in zip(before, teacher.parameters()))  # the base model is frozen
+    assert not all(torch.equal(a, b) for a, b in zip(before, st.net.parameters()))
+    with pytest.raises(ValueError, match="segments"):
+        train_world_student(teacher, WSC, steps=1, progress=False, segments="every")
+
+
+def test_evaluation_measures_a_stream_and_its_memory():
+    s = WorldStudent(base().as_causal(2), WSC, policy="retrieval")
+    r = evaluate_world_student(s, n=2)
+    assert r["memory_bytes"] == (2 + 2) * 16 * 16 * 4 and r["stream"].shape == (2, 16, 1, 16, 16)
+    assert r["revisit_data"] < 1e-3 and r["revisit"] > r["revisit_data"]
