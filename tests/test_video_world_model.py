@@ -305,3 +305,51 @@ def test_streaming_with_retrieval_recalls_a_revisited_place_and_a_recent_memory_
     assert (s[:, back] - data["frames"][:, first]).abs().max() < 1e-5
     r = stream_base_model(net, wsc, data, "recent", nfe=4)
     assert (r[:, back] - data["frames"][:, first]).abs().max() > 0.1
+
+
+def test_a_compressed_frame_is_attended_as_the_mean_of_its_tokens(monkeypatch):
+    """RELIC's compressed memory: in the first layer (same inputs) the keys and values of a compressed frame are
+    the means of its tokens' (at its position), the other frames' are unchanged; with one token a frame,
+    compression changes nothing; with none the forward is the plain one."""
+    import distill_lab.video.nets as nets
+
+    net = cond_net("full")
+    x, t, c = draw()
+    seen = []
+    sdpa = nets.F.scaled_dot_product_attention
+
+    def spy(q, k, v, attn_mask=None):
+        seen.append((k, v, attn_mask))
+        return sdpa(q, k, v, attn_mask=attn_mask)
+
+    monkeypatch.setattr(nets.F, "scaled_dot_product_attention", spy)
+    with net.conditioned(c):
+        plain = net(x, t)
+        k0, v0, _ = seen[0]
+        seen.clear()
+        with net.compressed(0):
+            assert torch.equal(net(x, t), plain)
+        seen.clear()
+        with net.compressed(2):
+            squeezed = net(x, t)
+    N = COND.tokens_per_frame
+    k1, v1, mask = seen[0]
+    assert k1.shape[2] == 2 + 6 * N and mask.shape == (8 * N, 2 + 6 * N)
+    for a, b in ((k1, k0), (v1, v0)):
+        assert torch.allclose(a[:, :, :2], b[:, :, :2 * N].unflatten(2, (2, N)).mean(3), atol=1e-10)
+        assert torch.allclose(a[:, :, 2:], b[:, :, 2 * N:], atol=1e-10)
+    assert not torch.allclose(squeezed[:, 2:], plain[:, 2:])
+    one = dataclasses.replace(COND, resolution=4, patch=4)
+    torch.manual_seed(0)
+    net1 = VideoTransformer(one, "block_causal", 2).double()
+    for p in net1.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    x1 = torch.randn(2, 8, 1, 4, 4, dtype=torch.float64)
+    with net1.conditioned(c):
+        a = net1(x1, t)
+        with net1.compressed(4):
+            b = net1(x1, t)
+    assert torch.allclose(a, b, atol=1e-12)  # one token a frame: nothing to compress
+    with pytest.raises(ValueError, match="compressed frames"):
+        with net.conditioned(c), net.compressed(9):
+            net(x, t)

@@ -126,3 +126,24 @@ def test_evaluation_measures_a_stream_and_its_memory():
     r = evaluate_world_student(s, n=2)
     assert r["memory_bytes"] == (2 + 2) * 16 * 16 * 4 and r["stream"].shape == (2, 16, 1, 16, 16)
     assert r["revisit_data"] < 1e-3 and r["revisit"] > r["revisit_data"]
+
+
+def test_a_compressed_memory_spreads_over_the_history_at_the_same_number_of_tokens():
+    s = WorldStudent(base().as_causal(2), WSC, policy="compressed")
+    data = eval_trajectories(WSC, 2)
+    N = SMALL.tokens_per_frame
+    idx, P = s.recall(data, 10, 12)
+    assert P == 2 * N and idx.shape == (2, P) and idx[0, 0] == 0 and idx[0, -1] == 9
+    assert torch.equal(idx[0], idx[0].sort().values)
+    idx, P = s.recall(data, 2, 4)  # fewer earlier frames than tokens: each kept once
+    assert P == 2 and idx[0].tolist() == [0, 1]
+    seen = []
+    real = s.net.compressed
+
+    def spy(n):
+        seen.append(n)
+        return real(n)
+
+    s.net.compressed = spy
+    s.sample(data)
+    assert seen[0] == 2 and max(seen) == 2 * N

@@ -207,6 +207,7 @@ class VideoTransformer(nn.Module):
         if c.cond_dim:  # the condition stream: a frame's condition embedded, added to its tokens and its time embedding
             self.cond_mlp = nn.Sequential(nn.Linear(c.cond_dim, c.dim), nn.SiLU(), nn.Linear(c.dim, c.dim))
         self._cond: torch.Tensor | None = None  # [B, L, cond_dim] of the whole stream (conditioned())
+        self._pooled = 0  # leading frames attended as one compressed token each (compressed())
         self.modes, self.active_mode = modes, 0
         # Mutual Forcing's modes: a learned vector a mode added to the time embedding of noisy frames
         self.mode_emb = nn.Parameter(torch.zeros(modes, c.dim)) if modes else None
@@ -291,10 +292,16 @@ class VideoTransformer(nn.Module):
         t = self._frame_times(t, x)
         h, emb = self._embed(x, t, frame_offset)
         frames = torch.arange(frame_offset, frame_offset + Fr, device=x.device).repeat_interleave(N)
-        allowed = frame_mask(frames, frames, self.mask, self.block, self.window)
+        P = self._pooled
+        if P > Fr:
+            raise ValueError(f"{P} compressed frames asked of a clip of {Fr}")
+        frames_k = frames if not P else torch.cat([frames[:P * N:N], frames[P * N:]])
+        allowed = frame_mask(frames, frames_k, self.mask, self.block, self.window)
         for layer in self.layers:
             q, k, v = layer.qkv_heads(h, emb)
-            q, k = rope(q, frames), rope(k, frames)
+            if P:  # RELIC's compressed memory: one key and one value a frame, the means over its tokens
+                k, v = (torch.cat([a[:, :, :P * N].unflatten(2, (P, N)).mean(3), a[:, :, P * N:]], 2) for a in (k, v))
+            q, k = rope(q, frames), rope(k, frames_k)
             attn = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
             h = layer.finish(h, attn, emb)
         return self._out(h, emb, B, Fr)
@@ -381,6 +388,20 @@ class VideoTransformer(nn.Module):
             yield self
         finally:
             self._cond = old
+
+    @contextmanager
+    def compressed(self, frames: int):
+        """:meth:`forward` attends to the first ``frames`` frames of the clip through one key and one value a
+        frame, the means of its tokens' (at the frame's position): a memory of compressed historical tokens
+        (RELIC), ``tokens_per_frame`` times smaller in the cache. The compressed frames' own tokens still pass
+        through every layer (their keys and values at each layer are pooled from them)."""
+        if frames < 0:
+            raise ValueError(f"frames counts the compressed leading frames (>= 0), got {frames}")
+        old, self._pooled = self._pooled, int(frames)
+        try:
+            yield self
+        finally:
+            self._pooled = old
 
     def _extended(self, new: str, **changes) -> "VideoTransformer":
         """A copy built with ``changes`` to the constructor's arguments, carrying every weight of this

@@ -5,7 +5,10 @@ steps over a window ``[memory | context | block]``. A :class:`WorldStudent` is a
 makes each block in a few steps (the renoise sampler: predict the clean block, noise it afresh to the next
 time) over the same window, with a memory policy of its own: ``"recent"`` (the frames just before the
 context: a longer window) or ``"retrieval"`` (the frames seen from nearest the block's camera poses:
-Matrix-Game 3.0's camera-aware retrieval). Both hold ``memory`` frames: the same memory.
+Matrix-Game 3.0's camera-aware retrieval) or ``"compressed"`` (RELIC's compressed historical tokens: ``memory x
+tokens_per_frame`` frames spread over the whole history, each attended as one token, the mean of its tokens'
+keys and values, with its absolute camera pose in its condition). All three hold the keys and values of
+``memory`` frames: the same memory.
 
 :func:`train_world_student` distils it with Self Forcing (Huang et al. 2025): the student streams training
 trajectories on its own outputs (a random exit step a block carries the gradient, the context is detached),
@@ -39,6 +42,8 @@ from .world_model import (POLICIES, WorldModelScale, choose_memory, eval_traject
                           stream_measures, trajectories)
 
 DMD_BETAS = (0.0, 0.99)
+STUDENT_POLICIES = POLICIES + ("compressed",)
+RELIC = "RELIC: Interactive Video World Model with Long-Horizon Memory (2025)"
 MATRIX_GAME = "Matrix-Game 3.0: Real-Time and Streaming Interactive World Model with Long-Horizon Memory (2026)"
 REALCAM = "RealCam: real-time camera-controlled video-to-video generation, its loop-closed data augmentation"
 
@@ -53,8 +58,8 @@ class WorldStudent(nn.Module):
         if net.mask != "block_causal" or net.block != wsc.block:
             raise ValueError(f"a world student needs a block-causal network with blocks of {wsc.block} frames "
                              "(base_model.as_causal(wsc.block))")
-        if policy not in POLICIES:
-            raise ValueError(f"the memory policy is one of {', '.join(POLICIES)}, got {policy!r}")
+        if policy not in STUDENT_POLICIES:
+            raise ValueError(f"the memory policy is one of {', '.join(STUDENT_POLICIES)}, got {policy!r}")
         self.net, self.wsc, self.policy = net, wsc, policy
         self.times = list(times) if times is not None else uniform_times(wsc.student_nfe)
         self.memory = wsc.memory if memory is None else memory
@@ -64,16 +69,28 @@ class WorldStudent(nn.Module):
         """Frames a stream starts from (real): the memory and the context of the first block."""
         return self.memory + self.wsc.frames - self.wsc.block
 
+    def recall(self, data: dict, upto: int, start: int) -> tuple[torch.Tensor, int]:
+        """Which earlier frames (of ``0 .. upto - 1``) the block at ``start`` recalls, and how many of them are
+        compressed: ``memory`` whole frames (recent or retrieved), or with ``"compressed"`` (RELIC's compressed
+        historical tokens) ``memory x tokens_per_frame`` frames spread evenly over the whole history, each
+        attended as one token (the same number of keys and values)."""
+        b = self.wsc.block
+        if self.policy != "compressed":
+            return choose_memory(data, upto, data["camera"][:, start:start + b], self.memory, self.policy), 0
+        P = min(self.memory * self.net.config.tokens_per_frame, upto)
+        idx = torch.linspace(0, upto - 1, P).round().long()
+        return idx.expand(data["camera"].shape[0], P), P
+
     def make_block(self, window: torch.Tensor, cond: torch.Tensor, z: torch.Tensor, exit_step: int | None = None,
-                   generator: torch.Generator | None = None) -> torch.Tensor:
+                   generator: torch.Generator | None = None, compressed: int = 0) -> torch.Tensor:
         """One block from noise ``z [B, b, ...]`` after the clean frames ``window [B, W, ...]`` (memory and
-        context), every frame under ``cond [B, W + b, 7]``: the renoise sampler over :attr:`times`, stopped
-        after ``exit_step`` (default the last), returning that step's clean prediction; only that step is
-        computed with gradient (when gradients are on)."""
+        context; the first ``compressed`` of them attended as one token each), every frame under ``cond [B, W
+        + b, 7]``: the renoise sampler over :attr:`times`, stopped after ``exit_step`` (default the last),
+        returning that step's clean prediction; only that step is computed with gradient (when gradients are on)."""
         exit_step = len(self.times) - 1 if exit_step is None else exit_step
         B, W, b = z.shape[0], window.shape[1], z.shape[1]
         x = z
-        with self.net.conditioned(cond):
+        with self.net.conditioned(cond), self.net.compressed(compressed):
             for k, tk in enumerate(self.times[:exit_step + 1]):
                 t = torch.ones(B, W + b, device=z.device)
                 t[:, W:] = tk
@@ -92,7 +109,7 @@ class WorldStudent(nn.Module):
         frames. Returns ``(stream [B, L, ...] detached, blocks)``, ``blocks`` one ``(start, output, memory_index)``
         a made block, ``output`` with gradient when gradients are on (the Self Forcing rollout: ``exit_steps``
         one a block; the context is always the detached stream)."""
-        wsc, M, b = self.wsc, self.memory, self.wsc.block
+        wsc, b = self.wsc, self.wsc.block
         frames = data["frames"]
         B, L = frames.shape[:2]
         ctx, first = wsc.frames - b, self.given
@@ -112,11 +129,11 @@ class WorldStudent(nn.Module):
             it = tqdm(starts, desc=f"stream ({self.policy})", leave=False)
         for j, s in enumerate(it):
             old = s - ctx
-            idx = choose_memory(data, old, data["camera"][:, s:s + b], M, self.policy)
+            idx, P = self.recall(data, old, s)
             window = torch.cat([gather_frames(out, idx.to(device)), out[:, old:s]], 1).detach()
             c = torch.cat([memory_cond(wsc.world, data, idx).to(device), cond[:, old:s + b]], 1)
             z = torch.randn(B, b, *frames.shape[2:], generator=g).to(device)
-            x = self.make_block(window, c, z, None if exit_steps is None else exit_steps[j], g)
+            x = self.make_block(window, c, z, None if exit_steps is None else exit_steps[j], g, compressed=P)
             out[:, s:s + b] = x.detach()
             blocks.append((s, x, idx))
         return out.detach().cpu(), blocks
@@ -233,13 +250,13 @@ def train_world_student(teacher: VideoTransformer, wsc: WorldModelScale, steps: 
 def evaluate_world_student(student: WorldStudent, n: int | None = None, seed: int = 0) -> dict:
     """The student streamed over the fixed loop-closed evaluation (:func:`eval_trajectories`), measured by
     :func:`stream_measures`, with frames per second and the memory it holds (bytes of the frames in its
-    window: memory and context)."""
+    window: memory and context; a compressed frame holds one token of a frame's ``tokens_per_frame``)."""
     wsc = student.wsc
     data = eval_trajectories(wsc, n, seed)
     t0 = time.perf_counter()
     stream = student.sample(data)
     secs = time.perf_counter() - t0
     made = stream.shape[0] * (stream.shape[1] - student.given)
-    frame_bytes = stream[0, 0].numel() * 4
+    frame_bytes = stream[0, 0].numel() * 4  # a frame's tokens hold its pixels
     return {**stream_measures(wsc, data, stream, student.given), "frames_per_second": made / secs,
             "memory_bytes": (student.memory + wsc.frames - wsc.block) * frame_bytes, "stream": stream}
