@@ -218,7 +218,7 @@ def test_layout_times_keep_memory_clean_and_the_streaming_layout_makes_one_block
     clip = t[:, 2:]
     stream = (clip[:, :6] == 1).all(1)
     one_time = (clip == clip[:, :1]).all(1)
-    assert 60 < int(stream.sum()) < 140 and 60 < int(one_time.sum()) < 140
+    assert 120 < int(stream.sum()) < 180 and 40 < int(one_time.sum()) < 110
     assert (clip[stream, 6] == clip[stream, 7]).all() and (clip[stream, 6] < 1).all()
 
 

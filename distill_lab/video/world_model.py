@@ -96,8 +96,8 @@ class WorldModelScale:
 _NET = dict(resolution=16, patch=8, heads=4, cond_dim=InteractiveWorld.COND_DIM)
 WORLD_MODEL_SCALES = {
     "ci": WorldModelScale(world=InteractiveWorld(), net=VideoNetConfig(dim=96, depth=4, **_NET), frames=8, block=2,
-                          teacher_steps=8000, teacher_batch=32, teacher_lr=1e-3, teacher_ema=0.999, teacher_nfe=16,
-                          batch=16, student_steps=200, student_nfe=2, eval_n=64, eval_frames=24,
+                          teacher_steps=16000, teacher_batch=32, teacher_lr=1e-3, teacher_ema=0.999, teacher_nfe=16,
+                          batch=16, student_steps=200, student_nfe=2, eval_n=64, eval_frames=24, reinject=0.15,
                           notes="16x16, one sprite, a scene a clip, one CPU thread"),
     "default": WorldModelScale(world=InteractiveWorld(), net=VideoNetConfig(dim=128, depth=6, **_NET), frames=8,
                                block=2, teacher_steps=12000, teacher_batch=32, teacher_lr=1e-3, teacher_ema=0.999,
@@ -208,14 +208,14 @@ def memory_sample(wsc: WorldModelScale, n: int, generator: torch.Generator | Non
 
 def layout_times(n: int, frames: int, memory: int, block: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """``[n, memory + frames]`` noising times of a training batch: memory frames clean (``t = 1``); the clip's
-    frames, a third of the batch each: one time for the clip, a time a frame (diffusion forcing), or the
-    streaming layout (every frame clean but the last ``block``, which share one time: how the model is asked
-    to extend a stream)."""
+    frames, for a quarter of the batch one time for the clip, for a quarter a time a frame (diffusion forcing),
+    for half the streaming layout (every frame clean but the last ``block``, which share one time: how the
+    model is asked to extend a stream, so it gets the largest share)."""
     u = torch.rand(n, 1, generator=generator).expand(n, frames)
     per = torch.rand(n, frames, generator=generator)
     stream = torch.ones(n, frames)
     stream[:, -block:] = torch.rand(n, 1, generator=generator)
-    mode = torch.randint(0, 3, (n, 1), generator=generator)
+    mode = torch.randint(0, 4, (n, 1), generator=generator).clamp(max=2)  # 0, 1: a quarter each; 2: half
     t = torch.where(mode == 0, u, torch.where(mode == 1, per, stream))
     return torch.cat([torch.ones(n, memory), t], 1)
 

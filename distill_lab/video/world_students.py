@@ -28,6 +28,7 @@ in its own window: the base model as the real score, a fake score trained on the
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 import time
 
 import torch
@@ -260,3 +261,110 @@ def evaluate_world_student(student: WorldStudent, n: int | None = None, seed: in
     frame_bytes = stream[0, 0].numel() * 4  # a frame's tokens hold its pixels
     return {**stream_measures(wsc, data, stream, student.given), "frames_per_second": made / secs,
             "memory_bytes": (student.memory + wsc.frames - wsc.block) * frame_bytes, "stream": stream}
+
+
+# ---------------------------------------------------------------- committed students
+#: name -> options of train_world_student (each paper's variant and its baselines, one budget)
+VARIANTS = {
+    "recent": dict(policy="recent"),                       # a longer window: the baseline memory
+    "retrieval": dict(policy="retrieval"),                 # Matrix-Game 3.0: camera-aware retrieval
+    "compressed": dict(policy="compressed"),               # RELIC: compressed historical tokens
+    "retrieval_loop": dict(policy="retrieval", loop_share=0.5),  # RealCam's loop-closed augmentation
+}
+SEEDS = (0, 1, 2)
+STUDENTS_REBUILD = "python -m distill_lab.video.world_students"
+
+
+def students_dir(scale: str):
+    from ..core.checkpoints import TEACHERS_DIR
+
+    return TEACHERS_DIR / f"worldmodel_{scale}_students"
+
+
+def delta_state(student: nn.Module, base: nn.Module) -> dict:
+    """A student's weights as int8 differences from the base model's, one scale a tensor (``q = round((s - b) /
+    scale)``, ``scale = max |s - b| / 127``): a quarter of the bytes of float32, and a fine-tuned student
+    differs from its base by little, so the rounding (at most ``scale / 2`` a weight) is small beside it."""
+    out, ref = {}, base.state_dict()
+    for k, v in student.state_dict().items():
+        d = (v.detach().float() - ref[k].detach().float()).cpu()
+        scale = float(d.abs().max()) / 127 if d.numel() else 0.0
+        q = torch.zeros_like(d, dtype=torch.int8) if scale == 0 else (d / scale).round().to(torch.int8)
+        out[k] = {"q": q, "scale": torch.tensor(scale)}
+    return out
+
+
+def apply_delta(base: nn.Module, delta: dict) -> dict:
+    """The state dict ``base + q * scale`` (:func:`delta_state`'s inverse, up to its rounding)."""
+    ref = base.state_dict()
+    if set(ref) != set(delta):
+        raise ValueError("the stored student's tensors do not match the base model's: it was made from another one")
+    return {k: ref[k].float() + delta[k]["q"].float() * float(delta[k]["scale"]) for k in ref}
+
+
+def load_world_student(path, teacher: VideoTransformer, wsc: WorldModelScale) -> WorldStudent:
+    """A committed student (its record and int8 deltas from ``teacher``), ready to stream."""
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    r = blob["record"]
+    net = teacher.as_causal(wsc.block)
+    net.load_state_dict(apply_delta(net, blob["delta"]))
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return WorldStudent(net.eval(), wsc, times=r["times"], policy=r["policy"], memory=r["memory"])
+
+
+def main(argv=None) -> dict:
+    """Train the committed world students (:data:`VARIANTS` x :data:`SEEDS`) from the committed base model and
+    write them with a manifest (command, machine, seconds, the base model's sha256, each file's sha256 and
+    each student's measured stream)."""
+    import argparse
+    import json
+    import shlex
+    import sys
+
+    from ..core.checkpoints import file_records, machine
+    from ..core.scale import get_scale
+    from .world_model import load_teacher, teacher_for, world_model_scale
+
+    ap = argparse.ArgumentParser(prog=STUDENTS_REBUILD, description=main.__doc__.split("\n\n")[0])
+    ap.add_argument("--scale", default=None)
+    ap.add_argument("--variants", nargs="*", default=list(VARIANTS))
+    ap.add_argument("--seeds", nargs="*", type=int, default=list(SEEDS))
+    ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    sc = get_scale(args.scale)
+    wsc = world_model_scale(sc)
+    loaded = load_teacher(teacher_for(sc)[1])
+    teacher, tman = loaded["model"], loaded["manifest"]
+    out = Path(args.out) if args.out else students_dir(sc.name)
+    out.mkdir(parents=True, exist_ok=True)
+    mf = out / "manifest.json"
+    manifest = json.loads(mf.read_text()) if mf.is_file() else {"students": {}}
+    manifest.update({"what": "distill-lab's committed world students (Self Forcing from the world-model base model)",
+                     "scale": sc.name, "teacher_sha256": tman["files"]["teacher.pt"]["sha256"],
+                     "command": f"{STUDENTS_REBUILD} " + shlex.join(sys.argv[1:] if argv is None else argv),
+                     "machine": machine(), "torch": torch.__version__, "variants": VARIANTS})
+    for name in args.variants:
+        for seed in args.seeds:
+            student = train_world_student(copy.deepcopy(teacher), wsc, steps=args.steps, seed=seed, progress=False,
+                                          **VARIANTS[name])
+            f = f"{name}_seed{seed}.pt"
+            base = teacher.as_causal(wsc.block)
+            record = {"times": student.times, "policy": student.policy, "memory": student.memory}
+            torch.save({"record": record, "delta": delta_state(student.net, base)}, out / f)
+            reloaded = load_world_student(out / f, teacher, wsc)
+            m = {k: v for k, v in evaluate_world_student(reloaded).items() if k != "stream"}
+            manifest["students"][f] = {"variant": name, "seed": seed, "steps": student.history["steps"],
+                                       "train_seconds": round(student.train_seconds, 1), "measured": m,
+                                       **file_records(out, [f])[f]}
+            mf.write_text(json.dumps(manifest, indent=2) + "\n")
+            print(f"{f}: {student.train_seconds:.0f} s, revisit {m['revisit']:.4f}, loop {m['loop_closure']:.4f}, "
+                  f"action {m['action_following']:.4f}", flush=True)
+    return manifest
+
+
+if __name__ == "__main__":
+    main()
