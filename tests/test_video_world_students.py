@@ -147,3 +147,27 @@ def test_a_compressed_memory_spreads_over_the_history_at_the_same_number_of_toke
     s.net.compressed = spy
     s.sample(data)
     assert seen[0] == 2 and max(seen) == 2 * N
+
+
+def test_a_stored_student_is_its_base_plus_int8_deltas(tmp_path):
+    from distill_lab.video.world_students import apply_delta, delta_state, load_world_student
+
+    teacher = base()
+    causal = teacher.as_causal(2)
+    student = teacher.as_causal(2)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(1e-3 * torch.randn(p.shape, generator=g))
+    d = delta_state(student, causal)
+    assert all(v["q"].dtype == torch.int8 for v in d.values())
+    back = apply_delta(causal, d)
+    for k, v in student.state_dict().items():
+        step = float(d[k]["scale"])
+        assert (back[k] - v).abs().max() <= step / 2 + 1e-7  # rounding to the nearest level, no more
+    torch.save({"record": {"times": [0.0, 0.5], "policy": "retrieval", "memory": 2}, "delta": d}, tmp_path / "s.pt")
+    loaded = load_world_student(tmp_path / "s.pt", teacher, WSC)
+    assert loaded.policy == "retrieval" and torch.allclose(loaded.net.embed.weight, back["embed.weight"])
+    other = VideoTransformer(dataclasses.replace(SMALL, depth=2), "full").as_causal(2)
+    with pytest.raises(ValueError, match="another one"):
+        apply_delta(other, d)
