@@ -60,37 +60,50 @@ def training_times(n: int, frames: int, device="cpu", per_frame: float = 0.5) ->
     return torch.where(torch.rand(n, 1, device=device) < per_frame, frame_t, clip_t)
 
 
-def train_teacher(vsc: VideoScale, seed: int = 0, steps: int | None = None, device: str = "cpu",
-                  progress: bool = True, deadline: float | None = None) -> tuple[VideoTransformer, dict]:
-    """Flow-match a bidirectional :class:`VideoTransformer` on fresh clips (see the module docstring);
-    returns ``(ema_net, info)`` with ``info = {"steps", "train_seconds", "final_loss", "history"}``
-    (``final_loss``: the mean of the last 10 logged losses)."""
-    steps = steps or vsc.teacher_steps
-    seed_everything(seed)
-    net = VideoTransformer(vsc.net, "full").to(device).train()
+def fit_teacher(net: VideoTransformer, batch_loss, steps: int, lr: float, ema_decay: float, desc: str,
+                progress: bool = True, deadline: float | None = None) -> tuple[VideoTransformer, dict]:
+    """The video track's teacher loop, shared by the bidirectional teacher and the world model: Adam at ``lr``
+    with a warm-up of a fiftieth of the steps and cosine decay, ``batch_loss(i) -> loss`` on a fresh batch
+    each step, gradients clipped at norm 1, and an exponential moving average of the weights (decay
+    ``min(ema_decay, (1 + i) / (10 + i))``), which is returned as the teacher: ``(ema_net, info)`` with
+    ``info = {"steps", "train_seconds", "final_loss", "history"}`` (``final_loss``: the mean of the last 10
+    logged losses)."""
     ema = clone_frozen(net)
-    opt = torch.optim.Adam(net.parameters(), lr=vsc.teacher_lr)
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
     warm = max(1, steps // 50)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda i: min(1.0, (i + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(i, steps) / steps)))
 
     def step(i):
-        x1 = vsc.world.clips(vsc.teacher_batch, vsc.frames, vsc.resolution, device)
-        t = training_times(x1.shape[0], vsc.frames, device)
-        loss = flow_matching_loss(net, x1, t=t)
+        loss = batch_loss(i)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         gn = torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
         opt.step()
         sched.step()
-        ema_update(ema, net, min(vsc.teacher_ema, (1 + i) / (10 + i)))
+        ema_update(ema, net, min(ema_decay, (1 + i) / (10 + i)))
         return {"loss": loss, "grad_norm": gn}
 
-    hist = fit(step, steps, desc="video teacher", log_every=50, progress=progress, deadline=deadline)
+    hist = fit(step, steps, desc=desc, log_every=50, progress=progress, deadline=deadline)
     losses = hist.get("loss", [])[-10:]
     final = float(sum(losses) / len(losses)) if losses else None
     return ema.eval(), {"steps": hist["steps"], "train_seconds": hist["seconds"], "final_loss": final,
                         "history": hist}
+
+
+def train_teacher(vsc: VideoScale, seed: int = 0, steps: int | None = None, device: str = "cpu",
+                  progress: bool = True, deadline: float | None = None) -> tuple[VideoTransformer, dict]:
+    """Flow-match a bidirectional :class:`VideoTransformer` on fresh clips (see the module docstring) with
+    :func:`fit_teacher`; returns ``(ema_net, info)``."""
+    steps = steps or vsc.teacher_steps
+    seed_everything(seed)
+    net = VideoTransformer(vsc.net, "full").to(device).train()
+
+    def batch_loss(i):
+        x1 = vsc.world.clips(vsc.teacher_batch, vsc.frames, vsc.resolution, device)
+        return flow_matching_loss(net, x1, t=training_times(x1.shape[0], vsc.frames, device))
+
+    return fit_teacher(net, batch_loss, steps, vsc.teacher_lr, vsc.teacher_ema, "video teacher", progress, deadline)
 
 
 @torch.no_grad()

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shlex
 import sys
@@ -33,11 +32,12 @@ import torch
 from ..core.checkpoints import (TEACHERS_DIR, check_folder, committed_teacher, file_records, float32_state,
                                 fp16_state, training_record, update_manifest)
 from ..core.scale import Scale, get_scale
-from ..core.train import fit, seed_everything
-from ..nets.utils import clone_frozen, ema_update, n_params
+from ..core.train import seed_everything
+from ..nets.utils import n_params
 from .interactive import (InteractiveWorld, action_following_error, loop_closure_error, nearest_frames,
                           revisit_error, sprite_free, sprite_positions)
 from .nets import VideoNetConfig, VideoTransformer
+from .teacher import fit_teacher
 
 FILES = ("teacher.pt",)
 REBUILD = "python -m distill_lab.video.world_model"
@@ -280,36 +280,22 @@ def train_world_teacher(wsc: WorldModelScale, seed: int = 0, steps: int | None =
                         progress: bool = True, deadline: float | None = None) -> tuple[VideoTransformer, dict]:
     """Train the memory-augmented, conditioned base model (module docstring) on :func:`memory_sample` batches
     with :func:`layout_times` and :func:`base_model_loss` (a share ``reinject`` of the clips re-injected with
-    the model's own residuals); returns ``(ema_net, info)``."""
+    the model's own residuals), in the video teacher's loop (:func:`~distill_lab.video.teacher.fit_teacher`);
+    returns ``(ema_net, info)``."""
     steps = steps or wsc.teacher_steps
     seed_everything(seed)
     net = VideoTransformer(wsc.net, "full").to(device).train()
-    ema = clone_frozen(net)
-    opt = torch.optim.Adam(net.parameters(), lr=wsc.teacher_lr)
-    warm = max(1, steps // 50)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda i: min(1.0, (i + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(i, steps) / steps)))
     bank = ResidualBank()
 
-    def step(i):
+    def batch_loss(i):
         b = memory_sample(wsc, wsc.teacher_batch)
         x1, cond = b["x"].to(device), b["cond"].to(device)
         t = layout_times(x1.shape[0], wsc.frames, b["memory"], wsc.block).to(device)
         reinject = torch.rand(x1.shape[0], device=device) < wsc.reinject
-        loss, info = base_model_loss(net, x1, cond, t, bank=bank, reinject=reinject)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        gn = torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        ema_update(ema, net, min(wsc.teacher_ema, (1 + i) / (10 + i)))
-        return {"loss": loss, "grad_norm": gn}
+        return base_model_loss(net, x1, cond, t, bank=bank, reinject=reinject)[0]
 
-    hist = fit(step, steps, desc="world-model teacher", log_every=50, progress=progress, deadline=deadline)
-    losses = hist.get("loss", [])[-10:]
-    final = float(sum(losses) / len(losses)) if losses else None
-    return ema.eval(), {"steps": hist["steps"], "train_seconds": hist["seconds"], "final_loss": final,
-                        "history": hist}
+    return fit_teacher(net, batch_loss, steps, wsc.teacher_lr, wsc.teacher_ema, "world-model teacher", progress,
+                       deadline)
 
 
 # ---------------------------------------------------------------- streaming the base model, and its measures
