@@ -3,6 +3,8 @@ scene seen through the window, each against its closed form."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -215,3 +217,16 @@ def test_at_constant_memory_a_spread_policy_keeps_the_start_a_sliding_window_for
         CameraMemory().read(cam[:, 0])
     with pytest.raises(ValueError, match="k must"):
         recent.read(cam[:, 0], k=4)
+
+
+def test_the_push_gain_is_one_for_the_world_and_zero_for_a_sprite_that_ignores_pushes():
+    from distill_lab.video.interactive import push_gain
+
+    a = W.random_actions(16, 12, torch.Generator().manual_seed(3))
+    sim = W.simulate(16, 12, actions=a, seed=3)
+    pos = sim["states"][..., :2]
+    assert push_gain(W, pos, a) == pytest.approx(1.0, abs=0.05)  # below 1 only where the speed bound clips
+    steady = pos[:, :1] + torch.arange(12, dtype=torch.float64)[None, :, None, None] * 0.01  # constant velocity
+    assert push_gain(W, steady, a) == pytest.approx(0.0, abs=1e-9)
+    assert push_gain(W, pos, -a) < 0  # pushed the other way: the slope's sign turns
+    assert math.isnan(push_gain(W, pos, torch.zeros_like(a)))

@@ -353,3 +353,17 @@ def test_a_compressed_frame_is_attended_as_the_mean_of_its_tokens(monkeypatch):
     with pytest.raises(ValueError, match="compressed frames"):
         with net.conditioned(c), net.compressed(9):
             net(x, t)
+
+
+def test_holding_the_last_frame_is_the_baseline_that_ignores_actions():
+    from distill_lab.video.world_model import eval_trajectories, hold_last, stream_measures
+
+    wsc = _wsc(eval_frames=16, frames=4, block=1, memory=1, history=4)
+    data = eval_trajectories(wsc, 4)
+    held = hold_last(data, 4)
+    assert torch.equal(held[:, :4], data["frames"][:, :4]) and (held[:, 4:] == held[:, 3:4]).all()
+    m = stream_measures(wsc, data, held, 4)
+    exact = stream_measures(wsc, data, data["frames"], 4)
+    assert exact["frame_error"] == 0 and m["frame_error"] > 0.01
+    assert exact["action_following"] == m["action_following_data"] < m["action_following"]
+    assert abs(exact["push_gain"] - 1) < 0.2 and abs(m["push_gain"]) < 0.05  # the world takes up its pushes, held frames none

@@ -332,6 +332,30 @@ def action_following_error(world: InteractiveWorld, positions: torch.Tensor, act
     return float((d[:, 1:] - want).abs().sum(-1)[ok].mean())
 
 
+def push_gain(world: InteractiveWorld, positions: torch.Tensor, actions: torch.Tensor,
+              wall_gap: float | None = None) -> float:
+    """How much of each push the sprite's motion takes up: the least-squares slope of the change of sprite 0's
+    displacement, ``d_t - d_{t-1}``, on the clipped push between the two, over the frames
+    :func:`action_following_error` keeps (away from the walls). 1 for the world (where no velocity bound is
+    reached), 0 for a model that ignores the pushes, a frozen sprite included (which
+    :func:`action_following_error` scores only as far off as the pushes are small). ``nan`` if no frame
+    qualifies or no push was given."""
+    p = positions[:, :, 0].double()
+    if p.shape[1] < 3:
+        raise ValueError("the push gain needs clips of at least 3 frames")
+    gap = world.max_speed if wall_gap is None else wall_gap
+    d = p[:, 1:] - p[:, :-1]
+    push = actions[:, 1:-1, 2:].double().clamp(-world.max_push, world.max_push)
+    lo, hi = world.world.margin + gap, 1 - world.world.margin - gap
+    inside = ((p > lo) & (p < hi)).all(-1)
+    ok = (inside[:, :-2] & inside[:, 1:-1] & inside[:, 2:])[..., None].expand_as(push)
+    change = d[:, 1:] - d[:, :-1]
+    den = (push ** 2)[ok].sum()
+    if not ok.any() or den <= 0:
+        return float("nan")
+    return float((change * push)[ok].sum() / den)
+
+
 def sync_error(world: InteractiveWorld, audio: torch.Tensor, positions: torch.Tensor) -> float:
     """Audio-video sync: the mean ``|audio height - sprite 0's height in the video|`` at the audio stream's
     frames (``0, audio_every, ...``). ``audio [B, F_a, 2]`` (generated or true), ``positions [B, F, S, 2]``

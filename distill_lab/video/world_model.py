@@ -34,7 +34,7 @@ from ..core.checkpoints import (TEACHERS_DIR, check_folder, committed_teacher, f
 from ..core.scale import Scale, get_scale
 from ..core.train import seed_everything
 from ..nets.utils import n_params
-from .interactive import (InteractiveWorld, action_following_error, loop_closure_error, nearest_frames,
+from .interactive import (InteractiveWorld, action_following_error, loop_closure_error, nearest_frames, push_gain,
                           revisit_error, sprite_free, sprite_positions)
 from .nets import VideoNetConfig, VideoTransformer
 from .teacher import fit_teacher
@@ -343,21 +343,36 @@ def stream_base_model(net: VideoTransformer, wsc: WorldModelScale, data: dict, p
     return out.cpu()
 
 
+def hold_last(data: dict, given: int) -> torch.Tensor:
+    """The world model that does nothing: every frame after the ``given`` ones repeats the last given frame
+    (the baseline every stream is read against: it ignores the actions and remembers nothing)."""
+    out = data["frames"].clone()
+    out[:, given:] = out[:, given - 1:given]
+    return out
+
+
 def stream_measures(wsc: WorldModelScale, data: dict, stream: torch.Tensor, given: int) -> dict:
     """A world model's stream measured against the world: ``revisit`` (:func:`revisit_error` over the scene's
     pixels), ``loop_closure`` (the last frame against the first, for loop-closed clips), ``action_following``
     (sprite 0's motion against the pushes, :func:`action_following_error`), ``frame_error`` (mean squared
-    difference to the true frames over the frames made, which the world fixes: no kicks), each also for the
-    true frames (``*_data``: 0 up to float rounding)."""
+    difference to the true frames over the frames made, which the world fixes: no kicks), and the first three
+    for the true frames (``*_data``: the floor; revisit and loop closure 0 up to float rounding, action
+    following the error of reading positions off frames where a landmark overlaps the sprite), and
+    ``push_gain`` (:func:`~distill_lab.video.interactive.push_gain`: 1 follows every push, 0 none; the data's
+    beside it)."""
     w, R = wsc.world, wsc.resolution
     free = sprite_free(w, data["states"], R)
     made = slice(given, None)
     pos = sprite_positions(w, stream, data["camera"], data["landmarks"])
+    pos_data = sprite_positions(w, data["frames"], data["camera"], data["landmarks"])
     out = {"revisit": revisit_error(stream, data["camera"], free),
            "revisit_data": revisit_error(data["frames"], data["camera"], free),
            "loop_closure": loop_closure_error(stream, free),
            "loop_closure_data": loop_closure_error(data["frames"], free),
            "action_following": action_following_error(w, pos[:, made], data["actions"][:, made]),
+           "action_following_data": action_following_error(w, pos_data[:, made], data["actions"][:, made]),
+           "push_gain": push_gain(w, pos[:, made], data["actions"][:, made]),
+           "push_gain_data": push_gain(w, pos_data[:, made], data["actions"][:, made]),
            "frame_error": float((stream[:, made] - data["frames"][:, made]).pow(2).mean())}
     return out
 
