@@ -171,3 +171,28 @@ def test_a_stored_student_is_its_base_plus_int8_deltas(tmp_path):
     other = VideoTransformer(dataclasses.replace(SMALL, depth=2), "full").as_causal(2)
     with pytest.raises(ValueError, match="another one"):
         apply_delta(other, d)
+
+
+def test_committed_students_load_when_their_hashes_match_and_are_trained_when_not(tmp_path, monkeypatch, capsys):
+    import json
+
+    import distill_lab.video.world_students as ws
+    from distill_lab.core.checkpoints import file_records
+
+    wsc = dataclasses.replace(WSC, student_steps=1)
+    teacher = base()
+    monkeypatch.setattr(ws, "students_dir", lambda scale: tmp_path)
+    manifest = {"teacher_sha256": "abc"}
+    got = ws.committed_world_students(teacher, {"files": {"teacher.pt": {"sha256": "abc"}}}, wsc, "retrieval", seeds=(0,))
+    assert "no manifest" in capsys.readouterr().out and got[0].policy == "retrieval"
+    student = got[0]
+    torch.save({"record": {"times": student.times, "policy": "retrieval", "memory": 2},
+                "delta": ws.delta_state(student.net, teacher.as_causal(2))}, tmp_path / "retrieval_seed0.pt")
+    manifest["students"] = {"retrieval_seed0.pt": file_records(tmp_path, ["retrieval_seed0.pt"])["retrieval_seed0.pt"]}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    loaded = ws.committed_world_students(teacher, {"files": {"teacher.pt": {"sha256": "abc"}}}, wsc, "retrieval", seeds=(0,))
+    assert capsys.readouterr().out == "" and torch.allclose(loaded[0].net.embed.weight, student.net.embed.weight, atol=1e-3)
+    ws.committed_world_students(teacher, {"files": {"teacher.pt": {"sha256": "other"}}}, wsc, "retrieval", seeds=(0,))
+    assert "another base model" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="unknown committed"):
+        ws.committed_world_students(teacher, {}, wsc, "everything")

@@ -313,6 +313,38 @@ def load_world_student(path, teacher: VideoTransformer, wsc: WorldModelScale) ->
     return WorldStudent(net.eval(), wsc, times=r["times"], policy=r["policy"], memory=r["memory"])
 
 
+def committed_world_students(teacher: VideoTransformer, teacher_manifest: dict, wsc: WorldModelScale, name: str,
+                             seeds=SEEDS, scale: str = "ci", quiet: bool = False) -> list[WorldStudent]:
+    """The committed ``name`` students of ``seeds`` (:data:`VARIANTS`), each checked against the manifest's sha256
+    and against the base model it was distilled from; one that is missing or does not match is trained here
+    with the same call as the script (a printed line says why: minutes at ``ci``)."""
+    import json
+
+    from ..core.checkpoints import sha256
+
+    if name not in VARIANTS:
+        raise ValueError(f"unknown committed world student {name!r}; known: {', '.join(VARIANTS)}")
+    folder = students_dir(scale)
+    mf = folder / "manifest.json"
+    manifest = json.loads(mf.read_text()) if mf.is_file() else None
+    want = teacher_manifest["files"]["teacher.pt"]["sha256"]
+    out = []
+    for seed in seeds:
+        f = f"{name}_seed{seed}.pt"
+        rec = None if manifest is None else manifest["students"].get(f)
+        why = ("no manifest" if manifest is None else "not in the manifest" if rec is None
+               else "distilled from another base model" if manifest.get("teacher_sha256") != want
+               else "missing" if not (folder / f).is_file()
+               else "its sha256 differs from the manifest's" if sha256(folder / f) != rec["sha256"] else None)
+        if why is None:
+            out.append(load_world_student(folder / f, teacher, wsc))
+            continue
+        if not quiet:
+            print(f"committed world student {f} unusable ({why}): training it ({STUDENTS_REBUILD} rebuilds them all)")
+        out.append(train_world_student(copy.deepcopy(teacher), wsc, seed=seed, progress=not quiet, **VARIANTS[name]))
+    return out
+
+
 def main(argv=None) -> dict:
     """Train the committed world students (:data:`VARIANTS` x :data:`SEEDS`) from the committed base model and
     write them with a manifest (command, machine, seconds, the base model's sha256, each file's sha256 and
