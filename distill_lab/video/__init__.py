@@ -6,6 +6,10 @@ ablations).
 * :mod:`.interactive` -- the interactive world: a scene larger than the frame, a camera and a pushed sprite
   driven by actions, a sparse second stream (issue 14);
 * :mod:`.dual_stream` -- OmniForcing's asymmetric block-causal mask for two streams, a global prefix and a sink;
+* :mod:`.world_model`, :mod:`.world_students` -- the action- and camera-conditioned base model with a memory,
+  and the few-step world students distilled from it (recent, retrieved or compressed memory);
+* :mod:`.mcm`, :mod:`.represent` -- lab 37: the Motion Consistency Model; UniSurg's video self-distillation
+  and FFP-300K's first-frame propagation; :mod:`.ssl_bench` -- their bench tracks ``video_mcm``, ``video_repr``;
 * :mod:`.nets` -- the video transformer: full or block-causal attention, RoPE over frames, a KV cache;
 * :mod:`.config` -- the track's sizes per scale;
 * :mod:`.teacher` -- the committed bidirectional teacher (``python -m distill_lab.video.teacher``);
@@ -17,3 +21,4 @@ ablations).
 """
 
 from .bench import VideoWorld, run_video  # noqa: F401  (registers the track and its recipes)
+from . import ssl_bench  # noqa: F401,E402  (registers the video_mcm and video_repr tracks)
