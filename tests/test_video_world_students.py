@@ -196,3 +196,13 @@ def test_committed_students_load_when_their_hashes_match_and_are_trained_when_no
     assert "another base model" in capsys.readouterr().out
     with pytest.raises(ValueError, match="unknown committed"):
         ws.committed_world_students(teacher, {}, wsc, "everything")
+
+
+def test_training_rollouts_draw_fresh_noise_and_sampling_is_fixed():
+    s = WorldStudent(base().as_causal(2), WSC, policy="recent")
+    data = eval_trajectories(WSC, 2)
+    torch.manual_seed(0)
+    a, _ = s.stream(data)
+    b, _ = s.stream(data)
+    assert not torch.equal(a, b)  # the global generator moves on: each training step its own noise
+    assert torch.equal(s.sample(data), s.sample(data))  # an evaluation streams from the same noise

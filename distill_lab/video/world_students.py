@@ -117,7 +117,7 @@ class WorldStudent(nn.Module):
         if L <= first or (L - first) % b:
             raise ValueError(f"a stream of {L} frames cannot continue {first} given frames in blocks of {b}")
         device = next(self.net.parameters()).device
-        g = generator or torch.Generator().manual_seed(0)
+        g = generator  # None: the global generator (training rollouts draw fresh noise each step)
         out = frames.clone().to(device)
         cond = data["cond"].to(device)
         starts = list(range(first, L, b))
@@ -141,8 +141,10 @@ class WorldStudent(nn.Module):
 
     @torch.no_grad()
     def sample(self, data: dict, generator: torch.Generator | None = None, progress: bool = False) -> torch.Tensor:
+        """The stream of :meth:`stream` without gradients, from fixed noise (``generator``, default seeded 0)."""
         self.net.eval()
-        return self.stream(data, generator=generator, progress=progress)[0]
+        g = generator if generator is not None else torch.Generator().manual_seed(0)
+        return self.stream(data, generator=g, progress=progress)[0]
 
 
 def window_velocity(net: VideoTransformer, window: torch.Tensor, cond: torch.Tensor):
