@@ -1,8 +1,9 @@
-"""Bench tracks of lab 37: ``video_mcm`` (motion from video, looks from stills) and ``video_repr`` (video
-self-distillation for representations, and first-frame propagation).
+"""Bench tracks of lab 37: ``video_mcm`` (motion from video, looks from stills), ``video_repr`` (video
+self-distillation for representations) and ``video_ffp`` (first-frame propagation).
 
     python -m distill_lab bench video_mcm --scale ci --seeds 0 1 2
     python -m distill_lab bench video_repr --scale ci --seeds 0 1 2
+    python -m distill_lab bench video_ffp --scale ci --seeds 0 1 2
 
 Each variant of :mod:`distill_lab.video.mcm` and :mod:`distill_lab.video.represent` is a recipe of its track
 (so ``--list`` and ``--methods`` work as on every track); a row is the mean over the seeds, beside its
@@ -13,8 +14,8 @@ baseline's, measured as lab 37 measures it:
   teacher's and its floor, the dynamic degree beside the teacher's and the data's, the error against a clean
   sharp sprite.
 * ``video_repr``: the encoders' linear-probe accuracy of the direction of motion (``value``) and effective
-  rank, beside masked latent prediction alone (the baseline) and an untrained encoder (the floor); the two
-  first-frame propagators' error past the trained horizon, beside copying the source.
+  rank, beside masked latent prediction alone (the baseline) and an untrained encoder (the floor);
+* ``video_ffp``: the two first-frame propagators' error past the trained horizon, beside copying the source.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from ..core.scale import get_scale
 from . import mcm
 from . import represent as rp
 
-MCM_TRACK, REPR_TRACK = ("video_mcm",), ("video_repr",)
+MCM_TRACK, REPR_TRACK, FFP_TRACK = ("video_mcm",), ("video_repr",), ("video_ffp",)
 MCM_PAPER = "Zhai et al. 2024, Motion Consistency Model: Accelerating Video Diffusion with Disentangled Motion-Appearance Distillation"
 UNISURG = "UniSurg: A Video-Native Foundation Model for Universal Understanding of Surgical Videos (2026)"
 FFP = "FFP-300K: Scaling First-Frame Propagation for Generalizable Video Editing (2026)"
@@ -58,7 +59,7 @@ def _repr_recipe(name: str, variant: str, baseline: bool = False):
 
 
 def _ffp_recipe(name: str, identity: bool, baseline: bool = False):
-    @recipe(name, tracks=REPR_TRACK, family="first-frame propagation", paper=FFP, metric="late_error_x1000",
+    @recipe(name, tracks=FFP_TRACK, family="first-frame propagation", paper=FFP, metric="late_error_x1000",
             baseline=baseline)
     def train(settings, seed: int = 0):
         """A first-frame propagator trained from ``seed`` on the few edit pairs, with FFP-300K's identity task at
@@ -110,37 +111,36 @@ def run_mcm(exp, methods=None, seeds=(0, 1, 2), cfg=None) -> list[dict]:
 
 
 def run_repr(settings, methods=None, seeds=(0, 1, 2)) -> list[dict]:
-    """One row a ``video_repr`` recipe (default all): the encoders' probe and effective rank beside masked
-    latent prediction alone and an untrained encoder, the propagators' error past the horizon beside copying
-    the source; every seed pre-trains the chosen encoders on the same clips."""
-    wanted = list(methods or (*REPR_RECIPES, *FFP_RECIPES))
-    enc = ["vjepa"] + [m for m in wanted if m in REPR_RECIPES and m != "vjepa"]
-    rows, t0 = [], time.perf_counter()
+    """One row a ``video_repr`` recipe (default all): the encoders' probe and effective rank beside masked latent
+    prediction alone (the baseline) and an untrained encoder (the floor); every seed pre-trains the chosen
+    encoders on the same clips."""
+    enc = ["vjepa"] + [m for m in (methods or REPR_RECIPES) if m != "vjepa"]
+    t0 = time.perf_counter()
     per = [rp.run_seed(settings, s, {REPR_RECIPES[m]: rp.VARIANTS[REPR_RECIPES[m]] for m in enc}) for s in seeds]
-    enc_secs = (time.perf_counter() - t0) / max(1, len(enc)) / len(seeds)
+    enc_secs = (time.perf_counter() - t0) / len(enc) / len(seeds)
     probe = {m: [100 * p[REPR_RECIPES[m]]["probe"] for p in per] for m in enc}
     floor = mean_spread(100 * p["random init (floor)"]["probe"] for p in per)[0]
-    for m in enc:
-        rows.append({"method": m, "metric": "probe", "value": mean_spread(probe[m])[0], "spread": mean_spread(probe[m])[1],
-                     "baseline": mean_spread(probe["vjepa"])[0], "paired": paired(probe[m], probe["vjepa"]),
-                     "floor": floor, "seeds": list(seeds), "train_seconds": enc_secs,
-                     "extra": {"effective_rank": mean_spread(p[REPR_RECIPES[m]]["erank"] for p in per)[0],
-                               "pixel_probe": mean_spread(100 * p["raw pixels"]["probe"] for p in per)[0]}})
-    ffp = [m for m in wanted if m in FFP_RECIPES]
-    if ffp:
-        t0 = time.perf_counter()
-        runs = [rp.run_ffp_seed(settings, s) for s in seeds]
-        secs = (time.perf_counter() - t0) / 2 / len(seeds)
-        late = {n: [1000 * rp.late_error(r[n], settings.ffp_frames) for r in runs]
-                for n in (*FFP_RECIPES.values(), "copy the source (ignores the edit)")}
-        for m in ["ffp"] + [m for m in ffp if m != "ffp"]:
-            v = late[FFP_RECIPES[m]]
-            rows.append({"method": m, "metric": "late_error_x1000", "value": mean_spread(v)[0],
-                         "spread": mean_spread(v)[1], "baseline": mean_spread(late["edit pairs only"])[0],
-                         "paired": paired(v, late["edit pairs only"]), "floor": None, "seeds": list(seeds),
-                         "train_seconds": secs,
-                         "extra": {"copy_source": mean_spread(late["copy the source (ignores the edit)"])[0]}})
-    return rows
+    return [{"method": m, "metric": "probe", "value": mean_spread(probe[m])[0], "spread": mean_spread(probe[m])[1],
+             "baseline": mean_spread(probe["vjepa"])[0], "paired": paired(probe[m], probe["vjepa"]), "floor": floor,
+             "seeds": list(seeds), "train_seconds": enc_secs,
+             "extra": {"effective_rank": mean_spread(p[REPR_RECIPES[m]]["erank"] for p in per)[0],
+                       "pixel_probe": mean_spread(100 * p["raw pixels"]["probe"] for p in per)[0]}} for m in enc]
+
+
+def run_ffp(settings, methods=None, seeds=(0, 1, 2)) -> list[dict]:
+    """The ``video_ffp`` rows: the propagators' error past the trained horizon (x 1000), with the identity task
+    and without (the baseline), beside copying the source."""
+    names = ["ffp"] + [m for m in (methods or FFP_RECIPES) if m != "ffp"]
+    t0 = time.perf_counter()
+    runs = [rp.run_ffp_seed(settings, s) for s in seeds]
+    secs = (time.perf_counter() - t0) / 2 / len(seeds)
+    late = {n: [1000 * rp.late_error(r[n], settings.ffp_frames) for r in runs]
+            for n in (*FFP_RECIPES.values(), "copy the source (ignores the edit)")}
+    return [{"method": m, "metric": "late_error_x1000", "value": mean_spread(late[FFP_RECIPES[m]])[0],
+             "spread": mean_spread(late[FFP_RECIPES[m]])[1], "baseline": mean_spread(late["edit pairs only"])[0],
+             "paired": paired(late[FFP_RECIPES[m]], late["edit pairs only"]), "floor": None, "seeds": list(seeds),
+             "train_seconds": secs, "extra": {"copy_source": mean_spread(late["copy the source (ignores the edit)"])[0]}}
+            for m in names]
 
 
 def _f(v, nd=4):
@@ -169,7 +169,7 @@ def _prepare_mcm(args, scale):
 
 def _prepare_repr(args, scale):
     s = rp.SETTINGS[get_scale(scale).name]
-    print(f"bench video_repr: {s}")
+    print(f"bench {args.track}: {s}")
     return s
 
 
@@ -180,7 +180,12 @@ register_track(BenchTrack(
     run=lambda exp, methods, args: run_mcm(exp, methods, tuple(args.seeds or (0, 1, 2)), exp.mcm_cfg),
     table=format_table))
 register_track(BenchTrack(
-    name="video_repr", summary="video self-distillation (UniSurg's terms against masked latent prediction: a motion "
-                               "probe) and FFP-300K's identity regulariser (error past the horizon)",
+    name="video_repr", summary="video self-distillation: UniSurg's terms against masked latent prediction (a linear "
+                               "probe of the direction of motion)",
     row_keys=ROW_KEYS, prepare=_prepare_repr,
     run=lambda s, methods, args: run_repr(s, methods, tuple(args.seeds or (0, 1, 2))), table=format_table))
+register_track(BenchTrack(
+    name="video_ffp", summary="first-frame propagation with and without FFP-300K's identity task (error past the "
+                              "trained horizon)",
+    row_keys=ROW_KEYS, prepare=_prepare_repr,
+    run=lambda s, methods, args: run_ffp(s, methods, tuple(args.seeds or (0, 1, 2))), table=format_table))
