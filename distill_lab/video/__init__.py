@@ -9,7 +9,8 @@ ablations).
 * :mod:`.world_model`, :mod:`.world_students` -- the action- and camera-conditioned base model with a memory,
   and the few-step world students distilled from it (recent, retrieved or compressed memory);
 * :mod:`.mcm`, :mod:`.represent` -- lab 37: the Motion Consistency Model; UniSurg's video self-distillation
-  and FFP-300K's first-frame propagation; :mod:`.ssl_bench` -- their bench tracks ``video_mcm``, ``video_repr``, ``video_ffp``;
+  and FFP-300K's first-frame propagation; :mod:`.ssl_bench` -- their bench tracks ``video_mcm``,
+  ``video_repr``, ``video_ffp``;
 * :mod:`.nets` -- the video transformer: full or block-causal attention, RoPE over frames, a KV cache;
 * :mod:`.config` -- the track's sizes per scale;
 * :mod:`.teacher` -- the committed bidirectional teacher (``python -m distill_lab.video.teacher``);
