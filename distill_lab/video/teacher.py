@@ -134,17 +134,18 @@ def _net_from_state(cfg: dict, state: dict) -> VideoTransformer:
     return net.eval()
 
 
-def save_teacher(net: VideoTransformer, out: str | os.PathLike, vsc: VideoScale, info: dict,
-                 command: str | None = None, scale=None) -> dict:
-    """Write the fp16 weights and ``manifest.json`` to ``out``; return the manifest."""
+def write_teacher(net: VideoTransformer, out: str | os.PathLike, what: str, settings: dict, info: dict,
+                  command: str | None = None, scale=None) -> dict:
+    """Write a video-track teacher's fp16 weights (``teacher.pt``) and ``manifest.json`` to ``out``: ``what`` it is,
+    the scale, ``settings`` (e.g. ``{"video_scale": ...}``), the network's config and size, the training record
+    and each file's sha256; return the manifest. Shared by this teacher and the world model."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    state = fp16_state(net)
-    torch.save(state, out / "teacher.pt")
+    torch.save(fp16_state(net), out / "teacher.pt")
     manifest = {
-        "what": "the bidirectional flow-matching video teacher of distill-lab's streaming-video track",
+        "what": what,
         "scale": get_scale(scale).name,
-        "video_scale": video_scale_dict(vsc),
+        **settings,
         "net": asdict(net.config),
         "n_params": n_params(net),
         **training_record(info, command or shlex.join(["python"] + sys.argv)),
@@ -152,6 +153,13 @@ def save_teacher(net: VideoTransformer, out: str | os.PathLike, vsc: VideoScale,
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
+
+
+def save_teacher(net: VideoTransformer, out: str | os.PathLike, vsc: VideoScale, info: dict,
+                 command: str | None = None, scale=None) -> dict:
+    """Write the fp16 weights and ``manifest.json`` to ``out`` (:func:`write_teacher`); return the manifest."""
+    return write_teacher(net, out, "the bidirectional flow-matching video teacher of distill-lab's streaming-video track",
+                         {"video_scale": video_scale_dict(vsc)}, info, command, scale)
 
 
 def load_teacher(path: str | os.PathLike | None = None, verify: bool = True, missing_ok: bool = False) -> dict | None:

@@ -29,15 +29,13 @@ from pathlib import Path
 
 import torch
 
-from ..core.checkpoints import (TEACHERS_DIR, check_folder, committed_teacher, file_records, float32_state,
-                                fp16_state, training_record, update_manifest)
+from ..core.checkpoints import TEACHERS_DIR, check_folder, committed_teacher, update_manifest
 from ..core.scale import Scale, get_scale
 from ..core.train import seed_everything
-from ..nets.utils import n_params
 from .interactive import (InteractiveWorld, action_following_error, loop_closure_error, nearest_frames, push_gain,
                           revisit_error, sprite_free, sprite_positions)
 from .nets import VideoNetConfig, VideoTransformer
-from .teacher import fit_teacher
+from .teacher import _net_from_state, fit_teacher, write_teacher
 
 FILES = ("teacher.pt",)
 REBUILD = "python -m distill_lab.video.world_model"
@@ -397,21 +395,10 @@ def teacher_quality(net: VideoTransformer, wsc: WorldModelScale, n: int | None =
 
 def save_teacher(net: VideoTransformer, out: str | os.PathLike, wsc: WorldModelScale, info: dict,
                  command: str | None = None, scale=None) -> dict:
-    """Write the fp16 weights and ``manifest.json`` to ``out``; return the manifest."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.save(fp16_state(net), out / "teacher.pt")
-    manifest = {
-        "what": "the action- and camera-conditioned bidirectional world model of distill-lab's interactive track",
-        "scale": get_scale(scale).name,
-        "world_model_scale": asdict(wsc),
-        "net": asdict(net.config),
-        "n_params": n_params(net),
-        **training_record(info, command or shlex.join(["python"] + sys.argv)),
-        "files": file_records(out, FILES),
-    }
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    return manifest
+    """Write the fp16 weights and ``manifest.json`` to ``out`` (the video teacher's
+    :func:`~distill_lab.video.teacher.write_teacher`); return the manifest."""
+    return write_teacher(net, out, "the action- and camera-conditioned bidirectional world model of distill-lab's "
+                         "interactive track", {"world_model_scale": asdict(wsc)}, info, command, scale)
 
 
 def load_teacher(path: str | os.PathLike | None = None, verify: bool = True, missing_ok: bool = False) -> dict | None:
@@ -423,9 +410,8 @@ def load_teacher(path: str | os.PathLike | None = None, verify: bool = True, mis
                             required=("net",))
     if manifest is None:
         return None
-    net = VideoTransformer(VideoNetConfig(**manifest["net"]), "full")
-    net.load_state_dict(float32_state(torch.load(path / "teacher.pt", map_location="cpu", weights_only=True)))
-    return {"model": net.eval(), "manifest": manifest}
+    state = torch.load(path / "teacher.pt", map_location="cpu", weights_only=True)
+    return {"model": _net_from_state(manifest["net"], state), "manifest": manifest}
 
 
 def main(argv=None) -> dict:
