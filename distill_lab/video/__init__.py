@@ -6,6 +6,8 @@ ablations).
 * :mod:`.interactive` -- the interactive world: a scene larger than the frame, a camera and a pushed sprite
   driven by actions, a sparse second stream (issue 14);
 * :mod:`.dual_stream` -- OmniForcing's asymmetric block-causal mask for two streams, a global prefix and a sink;
+* :mod:`.audio_visual` -- lab 36: a sparse audio stream that follows the video, the joint teacher, the streaming
+  student with a sink and a rolling cache a stream, joint Self Forcing; :mod:`.av_bench` -- its track ``video_av``;
 * :mod:`.world_model`, :mod:`.world_students` -- the action- and camera-conditioned base model with a memory,
   and the few-step world students distilled from it (recent, retrieved or compressed memory);
 * :mod:`.mcm`, :mod:`.represent` -- lab 37: the Motion Consistency Model; UniSurg's video self-distillation
@@ -23,3 +25,4 @@ ablations).
 
 from .bench import VideoWorld, run_video  # noqa: F401  (registers the track and its recipes)
 from . import ssl_bench  # noqa: F401,E402  (registers the video_mcm, video_repr and video_ffp tracks)
+from . import av_bench  # noqa: F401,E402  (registers the video_av track)
