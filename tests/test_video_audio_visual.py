@@ -266,3 +266,17 @@ def test_the_committed_joint_teacher_reproduces_its_manifests_sync_error():
     assert got["sync"] == pytest.approx(q["sync"], rel=1e-3, abs=1e-5)
     assert got["shuffled"] == pytest.approx(q["shuffled"], rel=1e-3)
     assert got["sync"] < got["shuffled"] / 4
+
+
+def test_a_committed_student_is_refused_with_the_reason_when_its_record_or_file_does_not_match(tmp_path):
+    from distill_lab.core.checkpoints import sha256, stored_student_problem
+
+    (tmp_path / "a.pt").write_bytes(b"weights")
+    index = {"teacher_sha256": "T", "students": {"a.pt": {"sha256": sha256(tmp_path / "a.pt")}, "b.pt": {"sha256": "x"}}}
+    assert stored_student_problem(tmp_path, index, "a.pt", "T") is None
+    assert stored_student_problem(tmp_path, None, "a.pt", "T", "students.json") == "no students.json"
+    assert stored_student_problem(tmp_path, index, "c.pt", "T") == "not in the manifest"
+    assert stored_student_problem(tmp_path, index, "a.pt", "U") == "distilled from another teacher"
+    assert stored_student_problem(tmp_path, index, "b.pt", "T") == "missing"
+    (tmp_path / "a.pt").write_bytes(b"altered")
+    assert "sha256 differs" in stored_student_problem(tmp_path, index, "a.pt", "T")

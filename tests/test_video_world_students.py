@@ -193,7 +193,7 @@ def test_committed_students_load_when_their_hashes_match_and_are_trained_when_no
     loaded = ws.committed_world_students(teacher, {"files": {"teacher.pt": {"sha256": "abc"}}}, wsc, "retrieval", seeds=(0,))
     assert capsys.readouterr().out == "" and torch.allclose(loaded[0].net.embed.weight, student.net.embed.weight, atol=1e-3)
     ws.committed_world_students(teacher, {"files": {"teacher.pt": {"sha256": "other"}}}, wsc, "retrieval", seeds=(0,))
-    assert "another base model" in capsys.readouterr().out
+    assert "distilled from another teacher" in capsys.readouterr().out
     with pytest.raises(ValueError, match="unknown committed"):
         ws.committed_world_students(teacher, {}, wsc, "everything")
 

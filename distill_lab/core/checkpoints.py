@@ -52,6 +52,26 @@ def file_records(folder: Path, files) -> dict:
     return {name: {"sha256": sha256(folder / name), "bytes": (folder / name).stat().st_size} for name in files}
 
 
+def stored_student_problem(folder: Path, index: dict | None, file: str, teacher_sha256: str,
+                           index_name: str = "the manifest") -> str | None:
+    """Why the committed student ``file`` in ``folder`` cannot be loaded, or ``None`` when it can: ``index`` (the
+    folder's record of its students, ``{"teacher_sha256", "students": {file: {"sha256", ...}}}``, or ``None`` when
+    there is none) is missing or does not list it, it was distilled from another teacher than ``teacher_sha256``,
+    the file is missing, or its sha256 is not the recorded one."""
+    rec = None if index is None else index["students"].get(file)
+    if index is None:
+        return f"no {index_name}"
+    if rec is None:
+        return f"not in {index_name}"
+    if index.get("teacher_sha256") != teacher_sha256:
+        return "distilled from another teacher"
+    if not (Path(folder) / file).is_file():
+        return "missing"
+    if sha256(Path(folder) / file) != rec["sha256"]:
+        return f"its sha256 differs from {index_name}'s"
+    return None
+
+
 def machine() -> dict:
     """What trained a checkpoint: CPU model, torch threads, core count, platform, Python, GPU (or None)."""
     cpu = platform.processor() or "unknown"

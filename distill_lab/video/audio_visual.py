@@ -828,7 +828,7 @@ def committed_av_students(teacher: DualStreamNet, teacher_manifest: dict, asc: A
     says why). Each carries its training record (``record``: the logged gradient norms)."""
     import json
 
-    from ..core.checkpoints import sha256
+    from ..core.checkpoints import stored_student_problem
 
     if name not in AV_VARIANTS:
         raise ValueError(f"unknown audio-video student {name!r}; known: {', '.join(AV_VARIANTS)}")
@@ -839,14 +839,10 @@ def committed_av_students(teacher: DualStreamNet, teacher_manifest: dict, asc: A
     out = []
     for seed in seeds:
         f = f"{name}_seed{seed}.pt"
-        rec = None if manifest is None else manifest["students"].get(f)
-        why = ("no students.json" if manifest is None else "not in students.json" if rec is None
-               else "distilled from another teacher" if manifest.get("teacher_sha256") != want
-               else "missing" if not (folder / f).is_file()
-               else "its sha256 differs from the record's" if sha256(folder / f) != rec["sha256"] else None)
+        why = stored_student_problem(folder, manifest, f, want, "students.json")
         if why is None:
             s = load_av_student(folder / f, teacher)
-            s.record = rec
+            s.record = manifest["students"][f]
         else:
             if not quiet:
                 print(f"committed audio-video student {f} unusable ({why}): training it ({REBUILD} rebuilds them all)")

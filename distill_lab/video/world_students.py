@@ -322,7 +322,7 @@ def committed_world_students(teacher: VideoTransformer, teacher_manifest: dict, 
     with the same call as the script (a printed line says why: minutes at ``ci``)."""
     import json
 
-    from ..core.checkpoints import sha256
+    from ..core.checkpoints import stored_student_problem
 
     if name not in VARIANTS:
         raise ValueError(f"unknown committed world student {name!r}; known: {', '.join(VARIANTS)}")
@@ -333,11 +333,7 @@ def committed_world_students(teacher: VideoTransformer, teacher_manifest: dict, 
     out = []
     for seed in seeds:
         f = f"{name}_seed{seed}.pt"
-        rec = None if manifest is None else manifest["students"].get(f)
-        why = ("no manifest" if manifest is None else "not in the manifest" if rec is None
-               else "distilled from another base model" if manifest.get("teacher_sha256") != want
-               else "missing" if not (folder / f).is_file()
-               else "its sha256 differs from the manifest's" if sha256(folder / f) != rec["sha256"] else None)
+        why = stored_student_problem(folder, manifest, f, want)
         if why is None:
             out.append(load_world_student(folder / f, teacher, wsc))
             continue
