@@ -275,7 +275,7 @@ def test_a_committed_student_is_refused_with_the_reason_when_its_record_or_file_
     index = {"teacher_sha256": "T", "students": {"a.pt": {"sha256": sha256(tmp_path / "a.pt")}, "b.pt": {"sha256": "x"}}}
     assert stored_student_problem(tmp_path, index, "a.pt", "T") is None
     assert stored_student_problem(tmp_path, None, "a.pt", "T", "students.json") == "no students.json"
-    assert stored_student_problem(tmp_path, index, "c.pt", "T") == "not in the manifest"
+    assert stored_student_problem(tmp_path, index, "c.pt", "T") == "not listed in the manifest"
     assert stored_student_problem(tmp_path, index, "a.pt", "U") == "distilled from another teacher"
     assert stored_student_problem(tmp_path, index, "b.pt", "T") == "missing"
     (tmp_path / "a.pt").write_bytes(b"altered")

@@ -53,7 +53,7 @@ def file_records(folder: Path, files) -> dict:
 
 
 def stored_student_problem(folder: Path, index: dict | None, file: str, teacher_sha256: str,
-                           index_name: str = "the manifest") -> str | None:
+                           index_name: str = "manifest") -> str | None:
     """Why the committed student ``file`` in ``folder`` cannot be loaded, or ``None`` when it can: ``index`` (the
     folder's record of its students, ``{"teacher_sha256", "students": {file: {"sha256", ...}}}``, or ``None`` when
     there is none) is missing or does not list it, it was distilled from another teacher than ``teacher_sha256``,
@@ -62,13 +62,13 @@ def stored_student_problem(folder: Path, index: dict | None, file: str, teacher_
     if index is None:
         return f"no {index_name}"
     if rec is None:
-        return f"not in {index_name}"
+        return f"not listed in the {index_name}"
     if index.get("teacher_sha256") != teacher_sha256:
         return "distilled from another teacher"
     if not (Path(folder) / file).is_file():
         return "missing"
     if sha256(Path(folder) / file) != rec["sha256"]:
-        return f"its sha256 differs from {index_name}'s"
+        return f"its sha256 differs from the one in the {index_name}"
     return None
 
 
