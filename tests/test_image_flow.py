@@ -74,6 +74,37 @@ def test_evaluate_reports_value_beside_floor(exp):
         exp.evaluate(lambda z: z[:, :, :4])
 
 
+def test_eval_batch_changes_the_chunks_not_the_numbers(exp):
+    torch.manual_seed(0)
+    small = CifarFlow("ci", teacher=exp.teacher, data=synthetic_data(), feature_fn=pooled_features,
+                      image_scale=TINY, progress=False, eval_batch=7)  # 40 images: chunks of 7, the last of 5
+    sizes = []
+
+    def euler(z, nfe):
+        sizes.append(len(z))
+        return sample_ode(exp.velocity, z, nfe)
+
+    a, b = exp.evaluate(euler, 2), small.evaluate(euler, 2)
+    assert sizes == [40] + [7] * 5 + [5]
+    assert b["value"] == pytest.approx(a["value"], rel=1e-4) and b["coupled"] == pytest.approx(a["coupled"], rel=1e-4)
+    assert torch.allclose(small.eval_teacher, exp.eval_teacher, atol=1e-5)
+    assert small.teacher_curve((2,))[2] == pytest.approx(a["value"], rel=1e-4)
+    with pytest.raises(ValueError, match="eval_batch"):
+        CifarFlow("ci", teacher=exp.teacher, image_scale=TINY, progress=False, eval_batch=0)
+
+
+def test_evaluate_images_scores_samples_already_drawn(exp):
+    """The reference solution scored as it is (coupled error 0) equals scoring its sampler again."""
+    ref = exp.evaluate_images(exp.eval_teacher)
+    again = exp.evaluate(lambda z: exp.teacher_sample(z))
+    assert ref["coupled"] == 0.0 and ref["value"] == pytest.approx(again["value"])
+    x = sample_ode(exp.velocity, exp.eval_noise, 2)
+    assert exp.evaluate_images(x)["value"] == pytest.approx(exp.evaluate(lambda z, n: sample_ode(exp.velocity, z, n),
+                                                                          2)["value"])
+    with pytest.raises(ValueError, match="shape"):
+        exp.evaluate_images(x[:5])
+
+
 @pytest.mark.parametrize("name,kw", [("trajectory", dict(steps=3, pool=16)), ("cd", dict(steps=3))])
 def test_toy_recipes_run_unchanged_on_images(exp, name, kw):
     torch.manual_seed(0)

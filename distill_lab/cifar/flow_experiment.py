@@ -77,6 +77,12 @@ class CifarFlow(StepExperiment):
     image_scale : override the scale's :class:`ImageScale` (tests use a tiny one).
     variant : ``"attn"`` for the softmax-attention teacher of the architecture-distillation section
         (:func:`image_scale`; committed under ``cifar10_flow_attn_<scale>``); default the plain one.
+    eval_batch : how many images a sampler is given at a time in :meth:`evaluate`, :meth:`teacher_curve`
+        and the reference :attr:`eval_teacher` (default 500). With a deterministic sampler only the speed
+        depends on it (each image is computed on its own; a sampler that draws fresh noise, like CD's
+        multistep one, draws it chunk by chunk). Smaller chunks pay on a CPU when the network attends
+        over every pixel: softmax attention forms a ``chunk x N x N`` weight tensor (131 MB for 500
+        images of 256 tokens, far beyond the cache).
 
     ``exp.recipe_defaults`` (from ``ImageScale.recipes``) holds the options a registered recipe
     defaults to on images; see :mod:`distill_lab.core.registry`.
@@ -94,7 +100,7 @@ class CifarFlow(StepExperiment):
                  teacher_dir: str | Path | None = None, data: dict | None = None,
                  feature_fn: Callable[[torch.Tensor], torch.Tensor] | None = None, seed: int = 0,
                  eval_n: int | None = None, image_scale: ImageScale | None = None, progress: bool = True,
-                 variant: str | None = None):
+                 variant: str | None = None, eval_batch: int = 500):
         base = get_scale(scale)
         self.variant = check_variant(variant)
         if teacher is None and teacher_dir is None:
@@ -109,6 +115,9 @@ class CifarFlow(StepExperiment):
                            student_steps=isc.student_steps, eval_n=eval_n or isc.eval_n, n_proj=0,
                            device=base.device)
         self.seed, self.progress = seed, progress
+        if eval_batch < 1:
+            raise ValueError(f"eval_batch must be a positive number of images, got {eval_batch}")
+        self.eval_batch = int(eval_batch)
         self.recipe_defaults = {k: dict(v) for k, v in isc.recipes.items()}
         self.resolution = isc.resolution
         self.name = f"cifar10-{isc.resolution}px"
@@ -220,7 +229,7 @@ class CifarFlow(StepExperiment):
 
     @cached_property
     def eval_teacher(self) -> torch.Tensor:
-        return self.teacher_sample(self.eval_noise)
+        return self.teacher_sample(self.eval_noise, batch_size=self.eval_batch)
 
     def distance(self, x: torch.Tensor) -> float:
         """Fréchet distance (classifier features) of images ``x`` to the held-out reference half."""
@@ -246,8 +255,17 @@ class CifarFlow(StepExperiment):
         """
         t0 = time.perf_counter()
         z = self.eval_noise
-        xs = [sample(z[i:i + 500]) if nfe is None else sample(z[i:i + 500], nfe) for i in range(0, len(z), 500)]
-        x = torch.cat(xs)
+        b = self.eval_batch
+        xs = [sample(z[i:i + b]) if nfe is None else sample(z[i:i + b], nfe) for i in range(0, len(z), b)]
+        return self.evaluate_images(torch.cat(xs), t0)
+
+    @torch.no_grad()
+    def evaluate_images(self, x: torch.Tensor, t0: float | None = None) -> dict:
+        """:meth:`evaluate` of images ``x`` already sampled from :attr:`eval_noise`, row ``i`` from noise
+        ``i`` (e.g. :attr:`eval_teacher` itself, so that the reference solution is not solved twice).
+        ``seconds`` counts from ``t0`` when given, else only this evaluation."""
+        t0 = time.perf_counter() if t0 is None else t0
+        z = self.eval_noise
         if x.shape != z.shape:
             raise ValueError(f"a sampler must return shape {tuple(z.shape)}, got {tuple(x.shape)}")
         if not torch.isfinite(x).all():
@@ -263,7 +281,8 @@ class CifarFlow(StepExperiment):
         out = {}
         for n in nfes:
             z = self.eval_noise
-            x = torch.cat([sample_ode(self.velocity, z[i:i + 500], n, method) for i in range(0, len(z), 500)])
+            b = self.eval_batch
+            x = torch.cat([sample_ode(self.velocity, z[i:i + b], n, method) for i in range(0, len(z), b)])
             out[n] = self.distance(x)
         return out
 
