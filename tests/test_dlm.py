@@ -109,9 +109,9 @@ def test_the_trajectory_pool_is_the_teacher_views_decoding_one_token_a_pass(exp,
     calls = []
     real = dlm.unmask_sample
 
-    def spy(model, prompts, n, mask_id, tpf, temperature=0.0, generator=None):
+    def spy(model, prompts, n, mask_id, tpf, temperature=0.0, generator=None, **kept):
         calls.append((prompts.clone(), tpf, temperature))
-        return real(model, prompts, n, mask_id, tpf, temperature, generator=generator)
+        return real(model, prompts, n, mask_id, tpf, temperature, generator=generator, **kept)
 
     monkeypatch.setattr(dlm, "unmask_sample", spy)
     fresh = DiffusionLMTask("ci", dscale=TINY, base=exp.base(), progress=False)
@@ -146,24 +146,97 @@ def test_tad_trains_the_student_view_on_trajectory_states_against_the_teacher_vi
 
     monkeypatch.setattr(dlm, "tad_loss", spy)
     monkeypatch.setattr(dlm, "denoiser_logits", logits_spy)
+    exp.trajectories()
+    exp._soft.clear()  # the teacher view scores each state when first drawn (the decoding's table: the next test)
+    calls.clear()
     torch.manual_seed(1)
     student = get_recipe("tad", track="llm_dlm").train(exp, k=3)
     assert len(seen) == TINY.steps and student.train_info["steps"] == TINY.steps
     probs, traj = exp.trajectories()
     pool_rows = {tuple(r) for r in traj.tokens.tolist()}
     mark = exp.tok.encode("#")[0]
-    for (s_grad, t_grad, tokens, to_reveal, k, masked), i in zip(seen, range(0, 2 * len(seen), 2)):
+    # a step's student-view pass, then the teacher view's on the states of that step it has not scored before
+    # (a state: a problem's prompt and a partly revealed completion)
+    P = exp.task.prompt_len  # the start token and the student prompt: the teacher prompt's first tokens
+    steps = []
+    for prompts, x in calls:
+        if (prompts == mark).any():
+            assert (prompts == mark).any(1).all() and steps  # the teacher view, after a student pass
+            steps[-1][1].append((prompts, x))
+        else:
+            steps.append(((prompts, x), []))
+    assert len(steps) == len(seen) and any(t for _, t in steps)
+    scored = set()
+    for (s_grad, t_grad, tokens, to_reveal, k, masked), ((s_prompts, s_state), teacher_passes) in zip(seen, steps):
         assert s_grad and not t_grad and k == 3
         assert all(tuple(r) in pool_rows for r in tokens.tolist())
-        s_prompts, s_state = calls[i]
-        t_prompts, t_state = calls[i + 1]
-        assert torch.equal(t_state, s_state)  # both views read the same state
-        assert (t_prompts == mark).any(1).all() and not (s_prompts == mark).any()  # the teacher view, the student view
+        assert s_prompts.shape[1] == P
+        rows = {(tuple(p), tuple(r)) for p, r in zip(s_prompts.tolist(), s_state.tolist())}
+        for t_prompts, t_state in teacher_passes:  # both views read the same states, each scored once
+            new = {(tuple(p[:P]), tuple(r)) for p, r in zip(t_prompts.tolist(), t_state.tolist())}
+            assert new <= rows and not new & scored
+            scored |= new
+        assert rows <= scored
         assert torch.equal(s_state == exp.mask_id, masked) and torch.equal(s_state[~masked], tokens[~masked])
         assert (to_reveal[masked] >= 1).all()
     calls.clear()  # cross-entropy only needs no teacher pass: one forward a step, the student view's
     get_recipe("tad", track="llm_dlm").train(exp, k=math.inf)
     assert len(calls) == TINY.steps and not any((p == mark).any() for p, _ in calls)
+
+
+def test_tads_teacher_targets_are_scored_once_a_state_and_equal_the_teacher_views(exp):
+    """The teacher view's logits at a state of the pool's trajectories are kept from the teacher view's own
+    decoding of the pool, or else from their first scoring: the lookup equals scoring the batch, a state is
+    never scored twice, and a run gives the same student as one that scores every batch."""
+    given = exp.base()
+    fresh = DiffusionLMTask("ci", dscale=TINY, base=given, progress=False)
+    probs, traj = fresh.trajectories()
+    assert traj.logits is None and bool(fresh._soft[(1.0, "given")][0].all())  # every state, from the decoding
+    teacher = fresh.teacher()
+    idx, s = torch.tensor([0, 3, 3, 5, 0]), torch.tensor([0, 4, 4, 14, 0])
+    state, _, _ = trajectory_state(traj.tokens[idx], traj.reveal_step[idx], s, fresh.mask_id)
+    with torch.no_grad():
+        direct = dlm.denoiser_logits(teacher, fresh.prompts([probs[j] for j in idx.tolist()], True), state)
+    calls = []
+    hook = teacher.register_forward_hook(lambda *a: calls.append(1))
+    torch.testing.assert_close(fresh.trajectory_teacher_logits(teacher, idx, s), direct, rtol=0, atol=1e-6)
+    torch.manual_seed(3)
+    cached = get_recipe("tad", track="llm_dlm").train(fresh, k=2).state_dict()
+    assert not calls  # TAD's teacher passes were all made by the decoding
+    hook.remove()
+    lazy = DiffusionLMTask("ci", dscale=TINY, base=given, progress=False)
+    lazy.trajectories()
+    lazy._soft.clear()  # no table: each state is scored the first time it is drawn
+    torch.testing.assert_close(lazy.trajectory_teacher_logits(teacher, idx, s), direct, rtol=0, atol=1e-6)
+    assert int(lazy._soft[(1.0, "given")][0].sum()) == 3  # three distinct states
+    hook = teacher.register_forward_hook(lambda *a: calls.append(1))
+    lazy.trajectory_teacher_logits(teacher, idx[:2], s[:2])
+    assert not calls
+    hook.remove()
+
+    def every_batch(self, teacher, idx, s, rho=1.0):
+        probs, traj = self.trajectories(rho)
+        state, _, _ = trajectory_state(traj.tokens[idx], traj.reveal_step[idx], s, self.mask_id)
+        with torch.no_grad():
+            return dlm.denoiser_logits(teacher, self.prompts([probs[j] for j in idx.tolist()], True), state)
+
+    other = DiffusionLMTask("ci", dscale=TINY, base=given, progress=False)
+    other.trajectory_teacher_logits = every_batch.__get__(other)
+    torch.manual_seed(3)
+    scored = get_recipe("tad", track="llm_dlm").train(other, k=2).state_dict()
+    assert all(torch.allclose(cached[k], scored[k], atol=1e-6, rtol=0) for k in cached)
+
+
+def test_a_curve_runs_the_first_pass_once_and_equals_decoding_at_each_speed(exp):
+    base = exp.base()
+    first = exp.first_pass(base, exp.eval_problems)
+    for tpf in (1, 3, 15):
+        a = exp.generate(base, exp.eval_problems, tpf)
+        b = exp.generate(base, exp.eval_problems, tpf, first=first)
+        assert torch.equal(a.tokens, b.tokens) and torch.equal(a.reveal_step, b.reveal_step) and a.forwards == b.forwards
+    assert exp.curve(base, (1, 3, 15)) == {t: exp.evaluate(base, t) for t in (1, 3, 15)}
+    with pytest.raises(ValueError, match="first_logits"):
+        exp.generate(base, exp.eval_problems, 1, first=[first[0][:2]])
 
 
 @pytest.mark.parametrize("k, share", [(0, 0.0), (math.inf, 1.0)])

@@ -302,3 +302,36 @@ def test_a_fixed_pool_is_every_students_only_data():
             parse_task(bad)
     with pytest.raises(ValueError, match="pool"):
         LLMTask("sort", "ci", teacher=exp.teacher, task_scale=ts, progress=False, pool=0)
+
+
+def test_a_fixed_pools_teacher_logits_are_scored_once_and_equal_the_teachers():
+    """On a fixed pool the off-policy recipes read the frozen teacher's logits on the pool's data from one
+    scoring of the whole pool: the same numbers as scoring the batch, the same student as scoring every
+    step, and the teacher runs once (not once a step) for ``word_kd``."""
+    from distill_lab.llm.recipes import pool_teacher_logits
+
+    ts = _tiny_scale("sort")
+    exp = LLMTask("sort", "ci", teacher=build_gpt(get_task("sort"), ts.teacher).eval(), task_scale=ts,
+                  progress=False, pool=5)
+    seed_everything(0)
+    probs = exp.problems(4)
+    c = from_data(exp.task, probs)
+    with torch.no_grad():
+        direct = score(exp.teacher, exp.task, c)
+    torch.testing.assert_close(pool_teacher_logits(exp, c), direct, rtol=0, atol=1e-6)
+    other = exp.task.problems(2, "train", torch.Generator().manual_seed(99))  # not in the pool
+    assert pool_teacher_logits(exp, from_data(exp.task, other)) is None
+    calls = []
+    hook = exp.teacher.register_forward_hook(lambda *a: calls.append(1))
+    exp._pool_teacher = None
+    seed_everything(0)
+    pooled = get_recipe("word_kd").train(exp)
+    assert len(calls) == 1 and pooled.train_info["steps"] == 3
+    hook.remove()
+    scored_each_step = LLMTask("sort", "ci", teacher=exp.teacher, task_scale=ts, progress=False, pool=5)
+    scored_each_step._warm = exp._warm
+    scored_each_step._pool_teacher = (exp.teacher, {}, None)  # no lookup: the loop scores every batch
+    seed_everything(0)
+    each = get_recipe("word_kd").train(scored_each_step)
+    a, b = pooled.state_dict(), each.state_dict()
+    assert all(torch.allclose(a[k], b[k], atol=1e-6, rtol=0) for k in a)

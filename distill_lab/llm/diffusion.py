@@ -85,23 +85,29 @@ def mdlm_loss(model, prompts: torch.Tensor, targets: torch.Tensor, mask_id: int,
 @dataclass
 class Trajectory:
     """An unmasking run: the completed ``tokens [B, N]``, the forward pass at which each position was
-    revealed ``reveal_step [B, N]`` (0-based), and ``forwards`` (passes made)."""
+    revealed ``reveal_step [B, N]`` (0-based), and ``forwards`` (passes made); ``logits [B, forwards, N, V]``,
+    the model's logits at every pass (the state before pass ``s`` read), only when the run was asked to keep
+    them."""
 
     tokens: torch.Tensor
     reveal_step: torch.Tensor
     forwards: int
+    logits: torch.Tensor | None = None
 
 
 @torch.no_grad()
 def unmask_sample(model, prompts: torch.Tensor, n: int, mask_id: int, tokens_per_forward: int = 1,
                   temperature: float = 0.0, order: str = "confidence",
-                  generator: torch.Generator | None = None) -> Trajectory:
+                  generator: torch.Generator | None = None, first_logits: torch.Tensor | None = None,
+                  keep_logits: bool = False) -> Trajectory:
     """Iterative unmasking (LLaDA's low-confidence remasking, without remasking): the completion of
     ``n`` positions starts fully masked; each forward pass predicts every masked position and reveals
     ``tokens_per_forward`` of them, the most confident (``order="confidence"``, the largest predicted
     probability) or random ones (``"random"``), so ``ceil(n / tokens_per_forward)`` passes in all. The
     mask token itself is never predicted. ``temperature`` 0 reveals the most likely token, otherwise a
-    sample. Returns the :class:`Trajectory`."""
+    sample. ``first_logits``: the model's logits on the all-masked completion, if already computed (the
+    first pass is the same at every ``tokens_per_forward``), used instead of that pass. ``keep_logits``:
+    the trajectory keeps the model's logits at every pass. Returns the :class:`Trajectory`."""
     if tokens_per_forward < 1:
         raise ValueError(f"tokens_per_forward must be >= 1, got {tokens_per_forward}")
     if order not in ("confidence", "random"):
@@ -111,8 +117,20 @@ def unmask_sample(model, prompts: torch.Tensor, n: int, mask_id: int, tokens_per
     x = torch.full((B, n), mask_id, dtype=torch.long, device=dev)
     reveal = torch.full((B, n), -1, dtype=torch.long, device=dev)
     forwards = math.ceil(n / tokens_per_forward)
+    kept = []
     for s in range(forwards):
-        logits = denoiser_logits(model, prompts, x).float()
+        if s == 0 and first_logits is not None:
+            if first_logits.shape[:2] != x.shape:
+                raise ValueError(f"first_logits must be [B, n, V] with [B, n] = {tuple(x.shape)}, got "
+                                 f"{tuple(first_logits.shape)}")
+            raw = first_logits
+        else:
+            raw = denoiser_logits(model, prompts, x)
+        if keep_logits:
+            kept.append(raw.clone())
+        logits = raw.float()
+        if logits is first_logits:  # the caller's tensor: the line below writes in place
+            logits = logits.clone()
         logits[..., mask_id] = float("-inf")
         logp = F.log_softmax(logits if temperature == 0 else logits / temperature, -1)
         if temperature == 0:
@@ -130,7 +148,7 @@ def unmask_sample(model, prompts: torch.Tensor, n: int, mask_id: int, tokens_per
         pick = torch.zeros_like(still).scatter_(1, top, True) & still
         x = torch.where(pick, pred, x)
         reveal = torch.where(pick, torch.full_like(reveal, s), reveal)
-    return Trajectory(x, reveal, forwards)
+    return Trajectory(x, reveal, forwards, torch.stack(kept, 1) if keep_logits else None)
 
 
 def tad_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, teacher_tokens: torch.Tensor,

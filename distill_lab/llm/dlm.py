@@ -27,7 +27,7 @@ Each student is measured by its exact match at several TPFs (:meth:`DiffusionLMT
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 
@@ -121,7 +121,7 @@ class DiffusionLMTask:
         self.steps, self.batch, self.lr = steps or self.ds.steps, self.ds.batch, self.ds.lr
         self.eval_n = eval_n or self.ds.eval_n
         self.seed, self.progress, self.device = seed, progress, self.scale.device
-        self._base_arg, self._bases, self._pools = base, {}, {}
+        self._base_arg, self._bases, self._pools, self._soft = base, {}, {}, {}
         self.name = "dlm:mult"
 
     # ---------------------------------------------------------------- the network and the base
@@ -160,8 +160,7 @@ class DiffusionLMTask:
     def base(self) -> GPT:
         """A fresh copy of the base, in eval mode (which base: see the class docstring; one trained here is
         trained once a seed)."""
-        key = "given" if isinstance(self._base_arg, GPT) else \
-            "committed" if self._base_arg == "committed" else torch.initial_seed()
+        key = self._base_key()
         if key not in self._bases:
             if isinstance(self._base_arg, GPT):
                 net = self._base_arg
@@ -182,6 +181,11 @@ class DiffusionLMTask:
             net = self.new_model().to(self.device)  # how many copies were made before it
         net.load_state_dict(self._bases[key])
         return net.eval()
+
+    def _base_key(self):
+        """Which base :meth:`base` copies: the given GPT, the committed one, or the one trained for this seed."""
+        return "given" if isinstance(self._base_arg, GPT) else \
+            "committed" if self._base_arg == "committed" else torch.initial_seed()
 
     def student(self) -> GPT:
         """A fresh copy of the base, in training mode (every recipe starts here)."""
@@ -218,41 +222,97 @@ class DiffusionLMTask:
     # ---------------------------------------------------------------- measuring
     @torch.no_grad()
     def generate(self, model, problems: list[Problem], tpf: int, privileged: bool = False, batch: int = 256,
-                 temperature: float = 0.0, generator: torch.Generator | None = None) -> Trajectory:
+                 temperature: float = 0.0, generator: torch.Generator | None = None,
+                 first: list[torch.Tensor] | None = None, keep_logits: bool = False) -> Trajectory:
         """Unmask the completions of ``problems`` (:func:`~distill_lab.llm.diffusion.unmask_sample`,
-        confidence order), ``batch`` problems at a time; one :class:`Trajectory` for all."""
+        confidence order), ``batch`` problems at a time; one :class:`Trajectory` for all. ``first``: the
+        logits of the first pass of each batch (:meth:`first_pass`), used instead of running that pass;
+        ``keep_logits``: the trajectory keeps every pass's logits."""
         was = model.training
         model.eval()
+        extra = {"keep_logits": True} if keep_logits else {}
         parts = [unmask_sample(model, self.prompts(problems[i:i + batch], privileged), self.n, self.mask_id, tpf,
-                               temperature, generator=generator) for i in range(0, len(problems), batch)]
+                               temperature, generator=generator,
+                               **({} if first is None else {"first_logits": first[i // batch]}), **extra)
+                 for i in range(0, len(problems), batch)]
         model.train(was)
         return Trajectory(torch.cat([p.tokens for p in parts]), torch.cat([p.reveal_step for p in parts]),
-                          parts[0].forwards)
+                          parts[0].forwards, torch.cat([p.logits for p in parts]) if keep_logits else None)
+
+    @torch.no_grad()
+    def first_pass(self, model, problems: list[Problem], privileged: bool = False, batch: int = 256) -> list[torch.Tensor]:
+        """The logits of decoding's first pass, on the all-masked completions of ``problems``, ``batch`` at a
+        time: the same at every tokens per forward (one pass is the whole decoding at ``tpf >= n``)."""
+        was = model.training
+        model.eval()
+        out = []
+        for i in range(0, len(problems), batch):
+            prompts = self.prompts(problems[i:i + batch], privileged)
+            x = torch.full((prompts.shape[0], self.n), self.mask_id, dtype=torch.long, device=prompts.device)
+            out.append(denoiser_logits(model, prompts, x))
+        model.train(was)
+        return out
 
     def rewards(self, problems: list[Problem], tokens: torch.Tensor) -> torch.Tensor:
         """1 for an exactly right completion, else 0 (the task's checker)."""
         texts = self.task.decode_completions(tokens)
         return torch.tensor([float(self.task.check(p, t)) for p, t in zip(problems, texts)], device=tokens.device)
 
-    def evaluate(self, model, tpf: int = 1, privileged: bool = False) -> float:
-        """Greedy exact match (percent) on the held-out problems at ``tpf`` tokens per forward."""
-        tr = self.generate(model, self.eval_problems, tpf, privileged)
+    def evaluate(self, model, tpf: int = 1, privileged: bool = False, first: list[torch.Tensor] | None = None) -> float:
+        """Greedy exact match (percent) on the held-out problems at ``tpf`` tokens per forward (``first``:
+        :meth:`first_pass` on them, if already run)."""
+        tr = self.generate(model, self.eval_problems, tpf, privileged, first=first)
         return 100.0 * float(self.rewards(self.eval_problems, tr.tokens).mean())
 
     def curve(self, model, tpfs=None, privileged: bool = False) -> dict[int, float]:
-        """Exact match at each of ``tpfs`` (default the scale's) tokens per forward."""
-        return {t: self.evaluate(model, t, privileged) for t in (tpfs or self.ds.tpfs)}
+        """Exact match at each of ``tpfs`` (default the scale's) tokens per forward. The first pass, the same
+        at every speed, runs once for all of them."""
+        tpfs = tpfs or self.ds.tpfs
+        first = self.first_pass(model, self.eval_problems, privileged) if len(tpfs) > 1 else None
+        return {t: self.evaluate(model, t, privileged, first) for t in tpfs}
 
     # ---------------------------------------------------------------- TAD's data
     def trajectories(self, rho: float = 1.0) -> tuple[list[Problem], Trajectory]:
         """TAD's data construction: ``pool`` training problems (fixed by the experiment's seed) decoded by
         the frozen base's **teacher view** reading the first ``rho`` of the reference (1: the whole of it),
-        one token a forward, most confident first; each position's reveal step is kept. Made once a ``rho``."""
+        one token a forward, most confident first; each position's reveal step is kept. Made once a ``rho``.
+        The teacher view's logits at every pass of this decoding are TAD's soft targets at those states: they
+        are kept for :meth:`trajectory_teacher_logits`."""
         if rho not in self._pools:
             g = torch.Generator().manual_seed(20_000 + self.seed)
             probs = [with_reference(p, rho, self.width) for p in self.task.problems(self.ds.pool, "train", g)]
-            self._pools[rho] = (probs, self.generate(self.teacher(), probs, 1, privileged=True))
+            tr = self.generate(self.teacher(), probs, 1, privileged=True, keep_logits=True)
+            # pass s read the state before pass s: the teacher view's logits there are the soft target
+            self._soft[(rho, self._base_key())] = (torch.ones(tr.logits.shape[:2], dtype=torch.bool,
+                                                              device=tr.logits.device), tr.logits)
+            self._pools[rho] = (probs, replace(tr, logits=None))
         return self._pools[rho]
+
+    @torch.no_grad()
+    def trajectory_teacher_logits(self, teacher, idx: torch.Tensor, s: torch.Tensor, rho: float = 1.0) -> torch.Tensor:
+        """TAD's soft targets ``[B, n, V]``: ``teacher``'s view (the frozen base, reading the first ``rho`` of
+        the reference) at state ``s [B]`` of the pool's trajectories ``idx [B]`` (:meth:`trajectories`). The
+        base and the states are fixed, so each (trajectory, state) is scored once, the first time a batch
+        draws it, and kept: a run draws the same states again, and so do the experiment's other runs (seeds,
+        ``k``); the teacher view's own decoding of the pool (:meth:`trajectories`) scored every one of them
+        already. The same numbers as scoring the batch (a row's logits do not depend on the other rows)."""
+        probs, traj = self.trajectories(rho)
+        key = (rho, self._base_key())
+        if key not in self._soft:
+            self._soft[key] = (torch.zeros(len(probs), traj.forwards, dtype=torch.bool, device=traj.tokens.device), None)
+        done, table = self._soft[key]
+        s = s.to(done.device)
+        new = ~done[idx, s]
+        if bool(new.any()):
+            ni, ns = idx[new], s[new]
+            state, _, _ = trajectory_state(traj.tokens[ni], traj.reveal_step[ni], ns, self.mask_id)
+            out = denoiser_logits(teacher, self.prompts([probs[j] for j in ni.tolist()], True), state)
+            if table is None:
+                table = torch.zeros(len(probs), traj.forwards, *out.shape[1:], dtype=out.dtype, device=out.device)
+            table[ni, ns] = out
+            done[ni, ns] = True
+            self._soft[key] = (done, table)
+        return table[idx, s]
 
     def fit(self, step, n_steps: int, desc: str) -> dict:
         return fit(step, n_steps, desc=f"{self.name} {desc}", progress=self.progress)
@@ -336,9 +396,8 @@ def tad(exp: DiffusionLMTask, **overrides):
         s_logits = denoiser_logits(student, exp.prompts(batch), state)
         if math.isinf(k):  # cross-entropy only: no soft position, the teacher pass is not needed
             t_logits = s_logits.detach()
-        else:
-            with torch.no_grad():
-                t_logits = denoiser_logits(teacher, exp.prompts(batch, True), state)
+        else:  # the teacher view at these states: its own decoding of the pool scored them, kept and looked up
+            t_logits = exp.trajectory_teacher_logits(teacher, idx, s, o["rho"])
         return tad_loss(s_logits, t_logits, tokens, to_reveal, k, masked)
 
     return _train(exp, "tad", f"tad k={k}", o["steps"] or exp.steps, o["lr"] or exp.lr, batch_loss)

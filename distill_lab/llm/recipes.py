@@ -74,6 +74,30 @@ def completions(exp, student, problems, source: str, mix_alpha: float = 0.2, tea
     raise ValueError(f"unknown source {source!r}; choose one of {', '.join(SOURCES)}")
 
 
+def pool_teacher_logits(exp, c: Completions) -> torch.Tensor | None:
+    """The frozen teacher's logits ``[B, N, V]`` on the data's completions ``c`` of problems drawn from
+    ``exp``'s fixed pool, looked up from one scoring of the whole pool (made at the first call, again if
+    ``exp.teacher`` is replaced): the same numbers :func:`score` gives, up to float rounding (the teacher is
+    causal, so the padding after a shorter target changes nothing before it). None when a problem of ``c``
+    is not in the pool or the pool's prompts differ in length (then the caller scores ``c`` itself)."""
+    cached = getattr(exp, "_pool_teacher", None)
+    if cached is None or cached[0] is not exp.teacher:
+        probs = exp.pool_problems
+        try:
+            pool = from_data(exp.task, probs, exp.device)
+            with torch.no_grad():
+                logits = score(exp.teacher, exp.task, pool, privileged=exp.privileged)
+        except ValueError:  # prompts of more than one length: no single batch to score
+            logits = None
+        cached = (exp.teacher, {id(p): i for i, p in enumerate(probs)}, logits)
+        exp._pool_teacher = cached
+    index, logits = cached[1], cached[2]
+    rows = [index.get(id(p)) for p in c.problems]
+    if logits is None or any(r is None for r in rows):
+        return None
+    return logits[torch.tensor(rows, device=logits.device), :c.tokens.shape[1]]
+
+
 def distill(exp, name: str, loss_fn, source: str = "data", lam: float = 0.0,
             steps: int | None = None, lr: float | None = None, batch: int | None = None, mix_alpha: float = 0.2,
             weigh=None, after_step=None, teacher_logits: bool = True, teacher=None, draw=None,
@@ -101,6 +125,9 @@ def distill(exp, name: str, loss_fn, source: str = "data", lam: float = 0.0,
                          f"{exp.task.name} the teacher writes another format (the full chain) than the student: "
                          "use a sequence-level recipe (seq_kd, or sft for the data alone), or the task 'mult'")
     steps, lr, batch = steps or exp.steps, lr or exp.lr, batch or exp.batch
+    # a fixed pool, its draw and the frozen teacher: the teacher's logits on the data's sequences are the
+    # same every time a problem comes round, so they are scored once (pool_teacher_logits)
+    pooled = teacher_logits and teacher is None and draw is None and bool(getattr(exp, "pool", None))
     student = exp.student()
     opt = torch.optim.AdamW(student.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.1)
     count = {"train_tokens": 0, "student_tokens": 0, "on_policy_steps": 0}
@@ -119,7 +146,9 @@ def distill(exp, name: str, loss_fn, source: str = "data", lam: float = 0.0,
             count["on_policy_steps"] += 1
         s_logits = score(student, exp.task, c)
         t_logits = None
-        if teacher_logits:
+        if teacher_logits and pooled and src == "data":
+            t_logits = pool_teacher_logits(exp, c)
+        if teacher_logits and t_logits is None:
             with torch.no_grad():
                 t_logits = score(tmodel, exp.task, c, privileged=exp.privileged)
         extra = {"model": student} if pass_model else {}
