@@ -6,6 +6,8 @@ import json
 import pytest
 import torch
 
+import distill_lab.llm.recipes as llm_recipes
+
 from distill_lab.core.registry import get_recipe, recipes
 from distill_lab.core.train import seed_everything
 from distill_lab.llm.config import NetSize, TaskScale, llm_scale
@@ -323,14 +325,14 @@ def test_a_fixed_pools_teacher_logits_are_scored_once_and_equal_the_teachers():
     assert pool_teacher_logits(exp, from_data(exp.task, other)) is None
     calls = []
     hook = exp.teacher.register_forward_hook(lambda *a: calls.append(1))
-    exp._pool_teacher = None
+    llm_recipes._POOL_TEACHER.pop(exp, None)
     seed_everything(0)
     pooled = get_recipe("word_kd").train(exp)
     assert len(calls) == 1 and pooled.train_info["steps"] == 3
     hook.remove()
     scored_each_step = LLMTask("sort", "ci", teacher=exp.teacher, task_scale=ts, progress=False, pool=5)
     scored_each_step._warm = exp._warm
-    scored_each_step._pool_teacher = (exp.teacher, {}, None)  # no lookup: the loop scores every batch
+    llm_recipes._POOL_TEACHER[scored_each_step] = (exp.teacher, {}, None)  # no lookup: the loop scores every batch
     seed_everything(0)
     each = get_recipe("word_kd").train(scored_each_step)
     a, b = pooled.state_dict(), each.state_dict()

@@ -275,6 +275,8 @@ class TokenExperiment(Experiment, Protocol):
     steps: int  # the students' optimiser steps
     batch: int  # sequences a step
     lr: float  # the students' learning rate
+    pool: int  # the size of the fixed training pool the problems are drawn from (0: fresh problems every draw)
+    pool_problems: list  # that pool's problems (empty without a pool): the same list, in the same order, on every read
 
     def student(self) -> nn.Module:
         """A fresh student GPT on ``device`` (the size is the experiment's), in training mode."""

@@ -131,7 +131,10 @@ class LLMTask(TokenExperiment):
 
     @cached_property
     def pool_problems(self) -> list:
-        """The fixed training pool (``pool`` problems, the same for every seed of this experiment)."""
+        """The fixed training pool (``pool`` problems, the same for every seed of this experiment); empty when the
+        experiment draws fresh problems (no pool)."""
+        if not self.pool:
+            return []
         return self.task.problems(self.pool, "train", torch.Generator().manual_seed(20_000 + self.seed))
 
     def fit(self, step: Callable, n_steps: int, desc: str) -> dict:

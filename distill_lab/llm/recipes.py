@@ -34,6 +34,8 @@ distribution).
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 
 from ..core.registry import recipe, with_options
@@ -74,13 +76,17 @@ def completions(exp, student, problems, source: str, mix_alpha: float = 0.2, tea
     raise ValueError(f"unknown source {source!r}; choose one of {', '.join(SOURCES)}")
 
 
+# one scoring of each experiment's pool by its teacher, dropped with the experiment (pool_teacher_logits)
+_POOL_TEACHER: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
 def pool_teacher_logits(exp, c: Completions) -> torch.Tensor | None:
     """The frozen teacher's logits ``[B, N, V]`` on the data's completions ``c`` of problems drawn from
     ``exp``'s fixed pool, looked up from one scoring of the whole pool (made at the first call, again if
     ``exp.teacher`` is replaced): the same numbers :func:`score` gives, up to float rounding (the teacher is
     causal, so the padding after a shorter target changes nothing before it). None when a problem of ``c``
     is not in the pool or the pool's prompts differ in length (then the caller scores ``c`` itself)."""
-    cached = getattr(exp, "_pool_teacher", None)
+    cached = _POOL_TEACHER.get(exp)
     if cached is None or cached[0] is not exp.teacher:
         probs = exp.pool_problems
         try:
@@ -90,7 +96,7 @@ def pool_teacher_logits(exp, c: Completions) -> torch.Tensor | None:
         except ValueError:  # prompts of more than one length: no single batch to score
             logits = None
         cached = (exp.teacher, {id(p): i for i, p in enumerate(probs)}, logits)
-        exp._pool_teacher = cached
+        _POOL_TEACHER[exp] = cached
     index, logits = cached[1], cached[2]
     rows = [index.get(id(p)) for p in c.problems]
     if logits is None or any(r is None for r in rows):
