@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from ..video.dual_stream import AUDIO, PREFIX, SINK, VIDEO
 from . import compare, implement, prediction
 
 
@@ -58,8 +59,6 @@ def _check_pitch(fn) -> str:
 
 
 # ---------------------------------------------------------------- lab 36: the asymmetric block-causal mask
-PREFIX, SINK, VIDEO, AUDIO = 0, 1, 2, 3
-
 
 def _mask_variant(same_stream=False, peek=0, global_reads_all=False, no_sink=False):
     """OmniForcing's asymmetric block-causal mask (exercise 36.mask) and its wrong variants: each stream causal on

@@ -661,11 +661,13 @@ def evaluate_av(video: torch.Tensor, audio: torch.Tensor, world: World, block: i
     block), the frame error (mean squared difference from a clean render of the sprite where the detector finds
     it) and the tone error (each audio token against the clean tone at its own pitch): how clean each stream is,
     apart from how well the two agree."""
-    per_clip = sync_error(video, audio, world, block)
-    pos = world.detect(video)
+    if video.shape[1] != audio.shape[1] * block:
+        raise ValueError(f"{video.shape[1]} frames and {audio.shape[1]} audio tokens: one token a block of {block}")
+    pos, heard = world.detect(video), pitch(audio, world)  # each read once: the sync and the cleanliness share them
+    gap = (heard - block_heights(pos, block)).abs()                                  # [B, blocks]
+    per_clip, per_block = gap.mean(1), gap.mean(0)
     clean_v = world.render(pos, video.shape[-1])
-    clean_a = tone(pitch(audio, world), world, audio.shape[-1])
-    per_block = (pitch(audio, world) - block_heights(pos, block)).abs().mean(0)
+    clean_a = tone(heard, world, audio.shape[-1])
     return {"sync": float(per_clip.mean()), "sync_se": float(per_clip.std() / math.sqrt(len(per_clip))),
             "sync_per_block": per_block.tolist(), "frame_error": float((video - clean_v).pow(2).mean()),
             "tone_error": float((audio - clean_a).pow(2).mean())}
