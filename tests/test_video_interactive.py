@@ -72,8 +72,15 @@ def test_frames_are_the_sprites_over_the_scene_and_the_closed_form_replays():
     frames = W.render(out["states"], out["camera"], 16)
     assert frames.shape == (2, 9, 1, 16, 16) and frames.min() >= -1 and frames.max() <= 1
     sprites = (W.world.render(out["states"], 16)[:, :, 0].double() + 1) / 2
-    want = 2 * (sprites + W.background(out["camera"], 16)).clamp(max=1) - 1
+    scene = W.background(out["camera"], 16)
+    want = 2 * (1 - (1 - sprites) * (1 - scene)) - 1  # the screen blend: a white sprite stays white, over any scene
     assert torch.allclose(frames[:, :, 0].double(), want, atol=1e-6)
+    added = 2 * (sprites + scene).clamp(max=1) - 1
+    assert (frames[:, :, 0].double() - added).abs().max() > 1e-3  # not intensities added and clipped
+    # sprite_positions inverts the blend: the true frames give back the true positions
+    from distill_lab.video.interactive import sprite_positions
+    pos = sprite_positions(W, frames, out["camera"])
+    assert torch.allclose(pos[:, :, 0], out["states"][:, :, 0, :2], atol=2e-3)
     # the replay from the states, the camera's start and the actions alone
     s = out["states"][:, 0]
     for t in range(8):
@@ -230,3 +237,24 @@ def test_the_push_gain_is_one_for_the_world_and_zero_for_a_sprite_that_ignores_p
     assert push_gain(W, steady, a) == pytest.approx(0.0, abs=1e-9)
     assert push_gain(W, pos, -a) < 0  # pushed the other way: the slope's sign turns
     assert math.isnan(push_gain(W, pos, torch.zeros_like(a)))
+
+
+def test_the_scene_image_tiles_the_windows_at_integer_cameras_and_revisits_by_frame():
+    from distill_lab.video.interactive import revisit_by_frame, revisit_error
+
+    w = InteractiveWorld()
+    lm = w.random_landmarks(1, torch.Generator().manual_seed(0))
+    img = w.scene_image(lm[0], 8)
+    assert img.shape == (16, 16)
+    win = w.background(torch.tensor([[[1.0, 0.0], [0.0, 1.0]]], dtype=torch.float64), 8, lm)[0]
+    assert torch.equal(img[:8, 8:], win[0]) and torch.equal(img[8:, :8], win[1])  # rows y, columns x
+    with pytest.raises(ValueError, match="integer"):
+        InteractiveWorld(scene_size=1.5).scene_image()
+    # frames that repeat their place exactly score 0 at each revisit, nan where no place is revisited
+    cam = torch.tensor([[[0.0, 0.0], [0.1, 0.0], [0.0, 0.0], [0.3, 0.0]]], dtype=torch.float64)
+    frames = torch.zeros(1, 4, 1, 4, 4)
+    frames[0, 1] = 1.0
+    per = revisit_by_frame(frames, cam)
+    assert per[2] == 0 and torch.isnan(per[[0, 1, 3]]).all()
+    frames[0, 2] = 0.5
+    assert float(revisit_by_frame(frames, cam)[2]) == pytest.approx(0.5) == revisit_error(frames, cam)

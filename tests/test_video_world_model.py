@@ -367,3 +367,48 @@ def test_holding_the_last_frame_is_the_baseline_that_ignores_actions():
     assert exact["frame_error"] == 0 and m["frame_error"] > 0.01
     assert exact["action_following"] == m["action_following_data"] < m["action_following"]
     assert abs(exact["push_gain"] - 1) < 0.2 and abs(m["push_gain"]) < 0.05  # the world takes up its pushes, held frames none
+
+
+# ------------------------------------------------------------------ lab 35: starting from the video teacher, reading conditions
+def test_the_base_model_starts_from_an_unconditioned_net_and_keeps_a_fresh_condition_mlp():
+    from distill_lab.video.world_model import init_from
+
+    plain = VideoTransformer(dataclasses.replace(COND, cond_dim=0), "full")
+    for p in plain.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    net = VideoTransformer(COND, "full")
+    fresh = {k: v.clone() for k, v in net.cond_mlp.state_dict().items()}
+    kept = init_from(net, plain.state_dict())
+    assert kept and all(k.startswith("cond_mlp.") for k in kept)
+    for k, v in plain.state_dict().items():
+        assert torch.equal(net.state_dict()[k], v), k
+    for k, v in net.cond_mlp.state_dict().items():
+        assert torch.equal(v, fresh[k])
+    other = VideoTransformer(dataclasses.replace(COND, cond_dim=0, dim=48, heads=2), "full")
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        init_from(VideoTransformer(COND, "full"), other.state_dict())
+    extra = {**plain.state_dict(), "surplus.weight": torch.zeros(1)}
+    with pytest.raises(ValueError, match="same VideoNetConfig"):
+        init_from(VideoTransformer(COND, "full"), extra)
+
+
+def test_condition_use_is_zero_for_a_model_that_ignores_conditions_and_positive_for_one_that_needs_them():
+    from distill_lab.video.world_model import WORLD_MODEL_SCALES, condition_use
+
+    wsc = dataclasses.replace(WORLD_MODEL_SCALES["ci"], frames=4, memory=1, history=2)
+    deaf = Spy(lambda x, tt, c: x * 0)
+    cu = condition_use(deaf, wsc, n=16)
+    assert cu["block_shuffled_minus_true"] == (0.0, 0.0) and cu["zero_minus_true"] == (0.0, 0.0)
+    assert cu["true"] == cu["block_shuffled"] == cu["zero"] > 0
+    # a stand-in whose velocity is shifted by how far its conditions are from those of its first call (the true ones):
+    # any other conditions must raise its loss, and the differences are the named way round (other minus true)
+    truth = {}
+
+    def knows(x, tt, c):
+        truth.setdefault("c", c.clone())
+        return x * 0 + 3.0 * (c - truth["c"]).abs().sum(-1)[..., None, None, None].to(x.dtype)
+    cu = condition_use(Spy(knows), wsc, n=16)
+    assert truth["c"].shape[1] == wsc.memory + wsc.frames
+    for k in ("block_shuffled", "zero"):
+        d, se = cu[f"{k}_minus_true"]
+        assert d > 0 and se > 0 and cu[k] == pytest.approx(cu["true"] + d)

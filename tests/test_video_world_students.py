@@ -206,3 +206,17 @@ def test_training_rollouts_draw_fresh_noise_and_sampling_is_fixed():
     b, _ = s.stream(data)
     assert not torch.equal(a, b)  # the global generator moves on: each training step its own noise
     assert torch.equal(s.sample(data), s.sample(data))  # an evaluation streams from the same noise
+
+
+def test_the_video_world_bench_track_has_a_recipe_a_variant_and_recent_as_its_baseline():
+    from distill_lab.core import registry
+    from distill_lab.core.bench import get_track
+    from distill_lab.video import world_bench
+    from distill_lab.video.world_students import MATRIX_GAME, REALCAM, RELIC, VARIANTS
+
+    names = [r.name for r in registry.recipes("video_world")]
+    assert names == list(world_bench.WORLD_RECIPES) and set(names) == set(VARIANTS)
+    assert {r.name for r in registry.recipes("video_world") if r.baseline} == {"recent"}
+    papers = {r.name: r.paper for r in registry.recipes("video_world")}
+    assert papers["retrieval"] == MATRIX_GAME and papers["compressed"] == RELIC and papers["retrieval_loop"] == REALCAM
+    assert get_track("video_world").row_keys[:3] == ("method", "metric", "value")

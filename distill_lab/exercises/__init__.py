@@ -40,8 +40,9 @@ from typing import Any, Callable
 
 STRICT_ENV = "DISTILL_LAB_STRICT"
 # the modules whose import registers exercises (a new track adds its module here): step (labs 00-03),
-# step_advanced (04-06), kd (10-13), images (20-23), video (30-34), llm (40-44, 46), dlm (45)
-TRACK_MODULES = ("step", "step_advanced", "kd", "images", "video", "llm", "dlm", "mcm", "video_ssl", "av")
+# step_advanced (04-06), kd (10-13), images (20-23), video (30-34), llm (40-44, 46), dlm (45), world (35),
+# av (36), mcm and video_ssl (37)
+TRACK_MODULES = ("step", "step_advanced", "kd", "images", "video", "llm", "dlm", "mcm", "video_ssl", "av", "world")
 
 
 class ExerciseFailed(AssertionError):

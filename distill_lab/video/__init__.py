@@ -9,7 +9,8 @@ ablations).
 * :mod:`.audio_visual` -- lab 36: a sparse audio stream that follows the video, the joint teacher, the streaming
   student with a sink and a rolling cache a stream, joint Self Forcing; :mod:`.av_bench` -- its track ``video_av``;
 * :mod:`.world_model`, :mod:`.world_students` -- the action- and camera-conditioned base model with a memory,
-  and the few-step world students distilled from it (recent, retrieved or compressed memory);
+  and the few-step world students distilled from it (recent, retrieved or compressed memory); :mod:`.world_bench`
+  -- lab 35's track ``video_world``;
 * :mod:`.mcm`, :mod:`.represent` -- lab 37: the Motion Consistency Model; UniSurg's video self-distillation
   and FFP-300K's first-frame propagation; :mod:`.ssl_bench` -- their bench tracks ``video_mcm``,
   ``video_repr``, ``video_ffp``;
@@ -26,3 +27,4 @@ ablations).
 from .bench import VideoWorld, run_video  # noqa: F401  (registers the track and its recipes)
 from . import ssl_bench  # noqa: F401,E402  (registers the video_mcm, video_repr and video_ffp tracks)
 from . import av_bench  # noqa: F401,E402  (registers the video_av track)
+from . import world_bench  # noqa: F401,E402  (registers the video_world track)

@@ -189,15 +189,30 @@ class InteractiveWorld:
         gy = torch.exp(-(c - rel[..., 1:2]) ** 2 / (2 * self.landmark_sigma ** 2))
         return (self.landmark_level * torch.einsum("bfki,bfkj->bfij", gy, gx)).clamp(max=1.0)
 
+    def scene_image(self, landmarks: torch.Tensor | None = None, resolution: int = 16) -> torch.Tensor:
+        """The whole scene ``[S R, S R]`` (``S = scene_size``, an integer; ``R`` pixels a frame's side), intensities in
+        [0, 1], row 0 at ``y = 0``: the windows at integer cameras laid side by side (``landmarks [K, 2]``: one
+        clip's scene, default the fixed one)."""
+        S = int(round(self.scene_size))
+        if abs(S - self.scene_size) > 1e-9:
+            raise ValueError(f"scene_image tiles whole windows: scene_size must be an integer, got {self.scene_size}")
+        cams = torch.tensor([[x, y] for y in range(S) for x in range(S)], dtype=torch.float64)[None]   # [1, S^2, 2]
+        lm = None if landmarks is None else landmarks[None]
+        tiles = self.background(cams, resolution, lm)[0].reshape(S, S, resolution, resolution)        # [y, x, r, c]
+        return tiles.permute(0, 2, 1, 3).reshape(S * resolution, S * resolution)
+
     def render(self, states: torch.Tensor, camera: torch.Tensor, resolution: int = 16,
                landmarks: torch.Tensor | None = None) -> torch.Tensor:
         """Frames ``[B, F, 1, R, R]`` in ``[-1, 1]``: the scene (``landmarks [B, K, 2]``, default the fixed one)
-        through the camera's window plus the sprites (:meth:`World.render`), intensities added and clipped at 1."""
+        through the camera's window and the sprites (:meth:`World.render`) in front of it, blended as light through
+        two filters: ``I = 1 - (1 - sprites)(1 - scene)`` (the "screen" blend: a sprite of intensity 1 is white
+        whatever lies behind it, and where the scene is below 1 the sprites' intensities are read back exactly
+        by :func:`sprite_positions`; adding and clipping at 1 would lose the part of a sprite over a bright place)."""
         if camera.shape[:2] != states.shape[:2]:
             raise ValueError(f"camera {tuple(camera.shape)} and states {tuple(states.shape)} must share [B, F]")
         sprites = (self.world.render(states, resolution)[:, :, 0].double() + 1) / 2
         scene = self.background(camera, resolution, landmarks)
-        return (2 * (sprites + scene).clamp(max=1.0) - 1).float().unsqueeze(2)
+        return (2 * (1 - (1 - sprites) * (1 - scene)) - 1).float().unsqueeze(2)
 
     # ---------------------------------------------------------------- what a world model is given
     COND_DIM = 7
@@ -266,6 +281,23 @@ def revisit_error(frames: torch.Tensor, camera: torch.Tensor, sprite_free: torch
     return float(((now - then).abs() * keep).sum() / keep.sum().clamp(min=1))
 
 
+def revisit_by_frame(frames: torch.Tensor, camera: torch.Tensor, sprite_free: torch.Tensor | None = None,
+                     tol: float = 1e-9) -> torch.Tensor:
+    """:func:`revisit_error` frame by frame ``[F]``: for each frame, the mean absolute difference to the frame that
+    first showed its place, over the pixels ``sprite_free`` marks in both, pooled over the clips that revisit a
+    place at that frame; ``nan`` where none does."""
+    first = first_visits(camera, tol)
+    out = torch.full((camera.shape[1],), float("nan"), dtype=torch.float64)
+    for t in range(camera.shape[1]):
+        b = (first[:, t] >= 0).nonzero(as_tuple=True)[0]
+        if len(b):
+            f = first[b, t]
+            now, then = frames[b, t, 0].double(), frames[b, f, 0].double()
+            keep = torch.ones_like(now, dtype=torch.bool) if sprite_free is None else sprite_free[b, t] & sprite_free[b, f]
+            out[t] = ((now - then).abs() * keep).sum() / keep.sum().clamp(min=1)
+    return out
+
+
 def nearest_frames(history: torch.Tensor, query: torch.Tensor, k: int) -> torch.Tensor:
     """Camera-aware retrieval (Matrix-Game 3.0): the indices ``[B, k]`` of the ``k`` history frames whose camera
     ``history [B, H, 2]`` lies nearest (max norm) to any of the poses ``query [B, Q, 2]`` of the frames about
@@ -304,9 +336,11 @@ def loop_closure_error(frames: torch.Tensor, sprite_free: torch.Tensor | None = 
 def sprite_positions(world: InteractiveWorld, frames: torch.Tensor, camera: torch.Tensor,
                      landmarks: torch.Tensor | None = None) -> torch.Tensor:
     """The sprites' positions ``[B, F, S, 2]`` read off frames whose camera (and scene, ``landmarks [B, K, 2]``)
-    is known: the scene through the window is taken away, then :meth:`World.detect` on what is left."""
+    is known: the scene through the window is taken away (the inverse of :meth:`InteractiveWorld.render`'s blend,
+    ``sprites = (I - scene) / (1 - scene)``; 0 where the scene is white), then :meth:`World.detect` on what is left."""
     scene = world.background(camera, frames.shape[-1], landmarks)
-    sprites = ((frames[:, :, 0].double() + 1) / 2 - scene).clamp(0, 1)
+    inten = (frames[:, :, 0].double() + 1) / 2
+    sprites = torch.where(scene < 1 - 1e-6, (inten - scene) / (1 - scene).clamp(min=1e-6), 0.0).clamp(0, 1)
     return world.world.detect((2 * sprites - 1).unsqueeze(2))
 
 
@@ -428,3 +462,51 @@ class CameraMemory:
         items = torch.gather(self.items, 1, idx.view(*idx.shape, *([1] * (self.items.dim() - 2))).expand(
             -1, -1, *self.items.shape[2:]))
         return items, dist
+
+
+# ---------------------------------------------------------------- pictures
+def plot_scene(world: InteractiveWorld, data: dict, i: int = 0, ax=None, resolution: int = 16):
+    """Clip ``i`` of ``data`` (:meth:`InteractiveWorld.clips` or a world model's trajectories): its whole scene
+    with the camera's window at the first frame (white) and the path of the window's centre (coloured by
+    time, the first frame's end marked)."""
+    import matplotlib.pyplot as plt
+
+    ax = ax or plt.gca()
+    img = world.scene_image(data["landmarks"][i], resolution)
+    S = world.scene_size
+    ax.imshow(img.numpy(), cmap="gray", vmin=0, vmax=1, origin="lower", extent=(0, S, 0, S))
+    cam = data["camera"][i].numpy()
+    ax.scatter(cam[:, 0] + 0.5, cam[:, 1] + 0.5, c=range(len(cam)), cmap="viridis", s=12, zorder=3)
+    ax.plot(cam[:, 0] + 0.5, cam[:, 1] + 0.5, "-", color="C1", lw=1, zorder=2)
+    ax.add_patch(plt.Rectangle(tuple(cam[0]), 1, 1, fill=False, ec="w", lw=1.5))
+    ax.set_xlim(0, S)
+    ax.set_ylim(0, S)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    return ax
+
+
+def plot_streams(streams: dict, i: int = 0, frames=None, given: int | None = None, title: str = ""):
+    """Clip ``i`` of each stream of ``streams`` (name -> ``[B, F, 1, R, R]``), one row a stream, at ``frames``
+    (default all); a red edge marks the frames after the ``given`` ones (made by the model)."""
+    import matplotlib.pyplot as plt
+
+    first = next(iter(streams.values()))
+    frames = list(range(first.shape[1])) if frames is None else list(frames)
+    fig, axes = plt.subplots(len(streams), len(frames), figsize=(0.75 * len(frames), 0.85 * len(streams)),
+                             squeeze=False)
+    for r, (name, x) in enumerate(streams.items()):
+        for c, f in enumerate(frames):
+            ax = axes[r, c]
+            ax.imshow(x[i, f, 0].numpy(), cmap="gray", vmin=-1, vmax=1, origin="lower")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if given is not None and f >= given and r > 0:
+                for sp in ax.spines.values():
+                    sp.set_edgecolor("C3")
+            if r == 0:
+                ax.set_title(str(f), fontsize=6)
+        axes[r, 0].set_ylabel(name, fontsize=6, rotation=0, ha="right", va="center")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return fig

@@ -52,7 +52,8 @@ class WorldModelScale:
     ``frames``: the teacher's clip (its attention span); ``block``: frames a streaming student makes at once;
     ``teacher_*``: the flow-matching run; ``teacher_nfe``: Euler steps of the teacher's sampler;
     ``batch``, ``student_steps``, ``student_nfe``: the students' defaults; ``eval_n``: clips of an evaluation,
-    ``eval_frames``: their length (a loop out and back)."""
+    ``eval_frames``: their length (a loop out and back); ``init_video``: the base model starts from the first
+    video track's committed teacher of the same network (it knows the sprites and their motion already)."""
 
     world: InteractiveWorld
     net: VideoNetConfig
@@ -71,6 +72,7 @@ class WorldModelScale:
     memory: int = 2
     history: int = 8
     reinject: float = 0.25
+    init_video: bool = False
     notes: str = field(default="", compare=False)
 
     def __post_init__(self):
@@ -92,16 +94,20 @@ class WorldModelScale:
 
 
 _NET = dict(resolution=16, patch=8, heads=4, cond_dim=InteractiveWorld.COND_DIM)
+#: the world of the interactive track: a dense scene (24 wide, dim landmarks: a smooth field that fills the frame,
+#: so that every pan moves most pixels and a model that ignores the camera pays for it; a pilot with six small
+#: landmarks left the conditions unused), pans up to 0.15 of the frame a frame
+WORLD = InteractiveWorld(n_landmarks=24, landmark_sigma=0.2, landmark_level=0.22, max_pan=0.15)
 WORLD_MODEL_SCALES = {
-    "ci": WorldModelScale(world=InteractiveWorld(), net=VideoNetConfig(dim=96, depth=4, **_NET), frames=8, block=2,
-                          teacher_steps=16000, teacher_batch=32, teacher_lr=1e-3, teacher_ema=0.999, teacher_nfe=16,
+    "ci": WorldModelScale(world=WORLD, net=VideoNetConfig(dim=96, depth=4, **_NET), frames=8, block=2,
+                          teacher_steps=10000, teacher_batch=32, teacher_lr=1e-3, teacher_ema=0.999, teacher_nfe=16,
                           batch=16, student_steps=200, student_nfe=2, eval_n=64, eval_frames=24, reinject=0.15,
-                          notes="16x16, one sprite, a scene a clip, one CPU thread"),
-    "default": WorldModelScale(world=InteractiveWorld(), net=VideoNetConfig(dim=128, depth=6, **_NET), frames=8,
+                          init_video=True, notes="16x16, one sprite, a scene a clip, one CPU thread"),
+    "default": WorldModelScale(world=WORLD, net=VideoNetConfig(dim=128, depth=6, **_NET), frames=8,
                                block=2, teacher_steps=12000, teacher_batch=32, teacher_lr=1e-3, teacher_ema=0.999,
                                teacher_nfe=32, batch=32, student_steps=1000, student_nfe=4, eval_n=256,
                                eval_frames=32, notes="16x16, a laptop"),
-    "gpu": WorldModelScale(world=InteractiveWorld(), net=VideoNetConfig(dim=192, depth=6, resolution=32, patch=4,
+    "gpu": WorldModelScale(world=WORLD, net=VideoNetConfig(dim=192, depth=6, resolution=32, patch=4,
                                                                          heads=6, cond_dim=InteractiveWorld.COND_DIM),
                            frames=16, block=4, teacher_steps=30000, teacher_batch=64, teacher_lr=5e-4,
                            teacher_ema=0.9995, teacher_nfe=32, batch=64, student_steps=4000, student_nfe=4,
@@ -271,18 +277,34 @@ def base_model_loss(net: VideoTransformer, x1: torch.Tensor, cond: torch.Tensor,
             late = (t >= 0.5) & ~clean
             if late.any():
                 bank.add((xt + (1 - te) * v - x1)[late][:, None])
-    return loss, {"fm": float(loss.detach()), "to_make": float(make.mean())}
+    per_clip = ((per * make).sum(1) / make.sum(1).clamp(min=1)).detach()
+    return loss, {"fm": float(loss.detach()), "to_make": float(make.mean()), "per_clip": per_clip}
+
+
+def init_from(net: VideoTransformer, state: dict) -> list[str]:
+    """Load ``state`` (the weights of an unconditioned :class:`VideoTransformer` of the same shape, e.g. the
+    first video track's teacher) into the conditioned ``net``; the condition stream's MLP keeps its fresh
+    weights. Returns the names it kept; any other mismatch raises (the shapes differ: another network)."""
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    if unexpected or any(not k.startswith("cond_mlp.") for k in missing):
+        raise ValueError(f"the weights do not fit this world model's network (missing {missing}, unexpected "
+                         f"{unexpected}): they must come from a VideoTransformer of the same VideoNetConfig")
+    return missing
 
 
 def train_world_teacher(wsc: WorldModelScale, seed: int = 0, steps: int | None = None, device: str = "cpu",
-                        progress: bool = True, deadline: float | None = None) -> tuple[VideoTransformer, dict]:
+                        progress: bool = True, deadline: float | None = None,
+                        init: dict | None = None) -> tuple[VideoTransformer, dict]:
     """Train the memory-augmented, conditioned base model (module docstring) on :func:`memory_sample` batches
     with :func:`layout_times` and :func:`base_model_loss` (a share ``reinject`` of the clips re-injected with
     the model's own residuals), in the video teacher's loop (:func:`~distill_lab.video.teacher.fit_teacher`);
-    returns ``(ema_net, info)``."""
+    ``init``: start from these weights (:func:`init_from`: the first video track's teacher, which already
+    knows the sprites and their motion). Returns ``(ema_net, info)``."""
     steps = steps or wsc.teacher_steps
     seed_everything(seed)
     net = VideoTransformer(wsc.net, "full").to(device).train()
+    if init is not None:
+        init_from(net, init)
     bank = ResidualBank()
 
     def batch_loss(i):
@@ -294,6 +316,33 @@ def train_world_teacher(wsc: WorldModelScale, seed: int = 0, steps: int | None =
 
     return fit_teacher(net, batch_loss, steps, wsc.teacher_lr, wsc.teacher_ema, "world-model teacher", progress,
                        deadline)
+
+
+@torch.no_grad()
+def condition_use(net: VideoTransformer, wsc: WorldModelScale, n: int = 256, seed: int = 0) -> dict:
+    """Does the base model read its conditions? Its flow-matching loss (:func:`base_model_loss`) on ``n`` fresh
+    ``[memory | clip]`` batches in the streaming layout (every frame clean but the last block, at a time uniform in
+    [0.2, 1)), under the true conditions, under the last block's conditions (the actions into it and the camera's
+    poses) taken from another clip, and under all conditions zero; the same noise and times for the three.
+    Returns the mean losses and, for the two changes, the paired difference to the true conditions with its
+    standard error over the clips (a model that ignores the actions and poses: zero within a few errors)."""
+    g = torch.Generator().manual_seed(seed + 35)
+    b = memory_sample(wsc, n, g)
+    x1, cond = b["x"], b["cond"]
+    device = next(net.parameters()).device
+    t = torch.ones(n, x1.shape[1])
+    t[:, -wsc.block:] = 0.2 + 0.8 * torch.rand(n, 1, generator=g)
+    x0 = torch.randn(x1.shape, generator=g)
+    other = torch.roll(torch.arange(n), 1)                       # each clip's block gets its neighbour's conditions
+    shuffled = cond.clone()
+    shuffled[:, -wsc.block:] = cond[other, -wsc.block:]
+    per = {k: base_model_loss(net, x1.to(device), c.to(device), t.to(device), x0=x0.to(device))[1]["per_clip"].cpu()
+           for k, c in (("true", cond), ("block_shuffled", shuffled), ("zero", torch.zeros_like(cond)))}
+    out = {k: float(v.mean()) for k, v in per.items()}
+    for k in ("block_shuffled", "zero"):
+        d = (per[k] - per["true"]).double()
+        out[f"{k}_minus_true"] = (float(d.mean()), float(d.std() / n ** 0.5))
+    return out
 
 
 # ---------------------------------------------------------------- streaming the base model, and its measures
@@ -430,11 +479,22 @@ def main(argv=None) -> dict:
     command = f"{REBUILD} " + shlex.join(sys.argv[1:] if argv is None else argv)
     print(f"world-model teacher {wsc.net} on clips of {wsc.frames} frames, {args.steps or wsc.teacher_steps} steps, "
           f"scale {sc.name}, {torch.get_num_threads()} thread(s)", flush=True)
+    init = None
+    if wsc.init_video:
+        from .config import teacher_for as video_teacher_for
+        from .teacher import load_teacher as load_video_teacher
+
+        vdir = video_teacher_for(sc)[1]
+        init = load_video_teacher(vdir)["model"].state_dict()
+        print(f"starting from the video teacher at {vdir}", flush=True)
     t0 = time.perf_counter()
     net, info = train_world_teacher(wsc, seed=args.seed, steps=args.steps, device=sc.device,
-                                    progress=not args.no_progress)
+                                    progress=not args.no_progress, init=init)
     print(f"trained in {time.perf_counter() - t0:.0f} s", flush=True)
     save_teacher(net, out, wsc, info, command=command, scale=sc)
+    if init is not None:
+        vman = json.loads((vdir / "manifest.json").read_text())
+        update_manifest(out, init={"video_teacher": vdir.name, "sha256": vman["files"]["teacher.pt"]["sha256"]})
     manifest = update_manifest(out, quality=teacher_quality(load_teacher(out)["model"], wsc))
     print(json.dumps({k: manifest[k] for k in ("train_seconds", "n_params", "final_loss", "quality", "files")}, indent=2))
     return manifest

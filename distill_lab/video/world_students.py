@@ -312,7 +312,9 @@ def load_world_student(path, teacher: VideoTransformer, wsc: WorldModelScale) ->
     net.load_state_dict(apply_delta(net, blob["delta"]))
     for p in net.parameters():
         p.requires_grad_(False)
-    return WorldStudent(net.eval(), wsc, times=r["times"], policy=r["policy"], memory=r["memory"])
+    student = WorldStudent(net.eval(), wsc, times=r["times"], policy=r["policy"], memory=r["memory"])
+    student.train_seconds = r.get("train_seconds", float("nan"))
+    return student
 
 
 def committed_world_students(teacher: VideoTransformer, teacher_manifest: dict, wsc: WorldModelScale, name: str,
@@ -383,7 +385,8 @@ def main(argv=None) -> dict:
                                           **VARIANTS[name])
             f = f"{name}_seed{seed}.pt"
             base = teacher.as_causal(wsc.block)
-            record = {"times": student.times, "policy": student.policy, "memory": student.memory}
+            record = {"times": student.times, "policy": student.policy, "memory": student.memory,
+                      "train_seconds": round(student.train_seconds, 1)}
             torch.save({"record": record, "delta": delta_state(student.net, base)}, out / f)
             reloaded = load_world_student(out / f, teacher, wsc)
             m = {k: v for k, v in evaluate_world_student(reloaded).items() if k != "stream"}
