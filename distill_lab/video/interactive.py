@@ -36,6 +36,11 @@ import torch
 
 from .world import World
 
+#: the papers of the interactive track (named once; the world students and the bench rows cite them)
+RELIC = "RELIC: Interactive Video World Model with Long-Horizon Memory (2025)"
+MATRIX_GAME = "Matrix-Game 3.0: Real-Time and Streaming Interactive World Model with Long-Horizon Memory (2026)"
+REALCAM = "RealCam: real-time camera-controlled video-to-video generation, its loop-closed data augmentation"
+
 
 @dataclass(frozen=True)
 class InteractiveWorld:

@@ -17,14 +17,17 @@ from __future__ import annotations
 
 from ..core.bench import BenchTrack, mean_spread, paired, register_track
 from ..core.registry import recipe
-from . import world_students as ws
+from .interactive import MATRIX_GAME, REALCAM, RELIC
 from .ssl_bench import ROW_KEYS, format_table
+
+# world_model and world_students are imported where they are used: importing distill_lab.video must not load the
+# modules that `python -m distill_lab.video.world_model` and `... .world_students` run as scripts
 
 WORLD_TRACK = ("video_world",)
 #: recipe name -> (paper, baseline?)
 WORLD_RECIPES = {"recent": ("Huang et al. 2025, Self Forcing (the most recent frames as the memory)", True),
-                 "retrieval": (ws.MATRIX_GAME, False), "compressed": (ws.RELIC, False),
-                 "retrieval_loop": (ws.REALCAM, False)}
+                 "retrieval": (MATRIX_GAME, False), "compressed": (RELIC, False),
+                 "retrieval_loop": (REALCAM, False)}
 EXTRA = ("loop_closure", "action_following", "push_gain", "frame_error", "frames_per_second", "memory_bytes")
 
 
@@ -35,6 +38,8 @@ def _world_recipe(name: str, paper: str, baseline: bool):
         """One world student of :data:`~distill_lab.video.world_students.VARIANTS` from the base model
         (:func:`~distill_lab.video.world_students.train_world_student`); ``exp`` a :class:`WorldBench`."""
         import copy
+
+        from . import world_students as ws
 
         return ws.train_world_student(copy.deepcopy(exp.teacher), exp.wsc, steps=steps, seed=seed,
                                       progress=exp.progress, **ws.VARIANTS[name])
@@ -67,6 +72,7 @@ class WorldBench:
 
 def run_world(exp: WorldBench, methods=None, seeds=(0, 1, 2)) -> list[dict]:
     """One row a ``video_world`` recipe (default all), the baseline (recent) first."""
+    from . import world_students as ws
     from .world_model import POLICIES, teacher_quality
 
     names = ["recent"] + [m for m in (methods or WORLD_RECIPES) if m != "recent"]

@@ -38,15 +38,13 @@ from ..core.registry import with_options
 from ..core.train import fit, seed_everything
 from ..methods.step.dmd import dmd_loss, fake_score_loss
 from .nets import VideoTransformer
+from .interactive import MATRIX_GAME, REALCAM, RELIC  # noqa: F401  (the papers, named once)
 from .rollout import uniform_times
 from .world_model import (POLICIES, WorldModelScale, choose_memory, eval_trajectories, gather_frames, memory_cond,
                           stream_measures, trajectories)
 
 DMD_BETAS = (0.0, 0.99)
 STUDENT_POLICIES = POLICIES + ("compressed",)
-RELIC = "RELIC: Interactive Video World Model with Long-Horizon Memory (2025)"
-MATRIX_GAME = "Matrix-Game 3.0: Real-Time and Streaming Interactive World Model with Long-Horizon Memory (2026)"
-REALCAM = "RealCam: real-time camera-controlled video-to-video generation, its loop-closed data augmentation"
 
 
 class WorldStudent(nn.Module):
