@@ -245,7 +245,7 @@ class InteractiveWorld:
     def clips(self, n: int, frames: int, resolution: int = 16, generator: torch.Generator | None = None,
               random_scene: bool = True, actions: torch.Tensor | None = None) -> dict:
         """``n`` clips of a world model's data: :meth:`simulate` (a scene a clip by default) plus ``"frames"``
-        ``[n, F, 1, R, R]`` and ``"cond"`` ``[n, F, 6]`` (:meth:`conditions`), float32. ``generator``: default
+        ``[n, F, 1, R, R]`` and ``"cond"`` ``[n, F, 7]`` (:meth:`conditions`), float32. ``generator``: default
         one seeded off the global random stream (a seeded training run draws the same clips)."""
         g = generator or torch.Generator().manual_seed(int(torch.randint(0, 2**31 - 1, (1,))))
         if actions is None:

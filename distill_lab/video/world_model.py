@@ -3,14 +3,17 @@
     python -m distill_lab.video.world_model --scale ci        # writes datasets/teachers/worldmodel_ci
 
 The teacher is the first video track's bidirectional :class:`~distill_lab.video.nets.VideoTransformer` with
-a condition stream (``VideoNetConfig(cond_dim=6)``): each frame reads the action that led into it and the
+a condition stream (``VideoNetConfig(cond_dim=7)``): each frame reads the action that led into it and the
 camera's pose (:meth:`~distill_lab.video.interactive.InteractiveWorld.conditions`). It is trained by
 conditional flow matching (linear path, Lipman et al. 2023; :func:`distill_lab.core.flows.flow_matching_loss`)
 on clips of :class:`~distill_lab.video.interactive.InteractiveWorld` in which every clip has a scene of its
 own, so what the camera will see again can be known only from the frames that showed it. As the first
 video teacher, half the clips are noised with one time for the clip and half with a time per frame
 (:func:`~distill_lab.video.teacher.training_times`), so it also extends a clip from clean context frames;
-Adam with warm-up and cosine decay, gradients clipped at norm 1, and the EMA of the weights is the teacher.
+Adam with warm-up and cosine decay, gradients clipped at norm 1, and the EMA of the weights is the teacher. Where
+the scale says so (``init_video``: at ci), training starts from the committed video teacher of the same network
+(:func:`init_from`), which knows the sprites and their motion; :func:`condition_use` measures whether the trained
+model reads its actions and poses.
 
 The folder holds ``teacher.pt`` (fp16 EMA weights) and ``manifest.json`` (the command, machine, seconds,
 settings, each file's sha256, and the teacher's measured quality: :func:`teacher_quality`).
