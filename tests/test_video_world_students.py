@@ -220,3 +220,17 @@ def test_the_video_world_bench_track_has_a_recipe_a_variant_and_recent_as_its_ba
     papers = {r.name: r.paper for r in registry.recipes("video_world")}
     assert papers["retrieval"] == MATRIX_GAME and papers["compressed"] == RELIC and papers["retrieval_loop"] == REALCAM
     assert get_track("video_world").row_keys[:3] == ("method", "metric", "value")
+
+
+def test_seed_rows_average_each_method_over_its_seeds_and_pair_it_with_the_baseline():
+    from distill_lab.video.ssl_bench import seed_rows
+
+    res = {"base": [{"m": 1.0, "x": 0.0, "seconds": 2.0}, {"m": 3.0, "x": 2.0, "seconds": 4.0}],
+           "new": [{"m": 0.5, "x": 1.0, "seconds": 1.0}, {"m": 2.0, "x": 3.0, "seconds": 3.0}]}
+    rows = seed_rows(res, "base", "m", 0.1, (0, 1), fixed={"teacher": 7.0}, extra_keys=("x",))
+    assert [r["method"] for r in rows] == ["base", "new"]
+    base, new = rows
+    assert base["value"] == 2.0 and new["value"] == 1.25 and new["baseline"] == base["baseline"] == 2.0
+    assert new["paired"][0] == -0.75 and base["paired"] == (0.0, 0.0)  # seed by seed: (0.5 - 1, 2 - 3) / 2, row minus baseline
+    assert new["floor"] == 0.1 and new["seeds"] == [0, 1] and new["train_seconds"] == 2.0
+    assert new["extra"] == {"teacher": 7.0, "x": 2.0} and base["extra"]["x"] == 1.0

@@ -14,10 +14,10 @@ same call, :func:`~distill_lab.video.audio_visual.committed_av_students`).
 
 from __future__ import annotations
 
-from ..core.bench import BenchTrack, mean_spread, paired, register_track
+from ..core.bench import BenchTrack, register_track
 from ..core.registry import recipe
 from . import audio_visual as av
-from .ssl_bench import ROW_KEYS, format_table
+from .ssl_bench import ROW_KEYS, format_table, seed_rows
 
 AV_TRACK = ("video_av",)
 #: recipe name -> the variant it trains
@@ -76,18 +76,8 @@ def run_av(exp: AVBench, methods=None, seeds=(0, 1, 2)) -> list[dict]:
                               "long_last": long["sync_per_horizon"][-1],
                               "grad_audio_max": max(s.record["grad_audio_params"]),
                               "seconds": s.record["train_seconds"]})
-    base = [r["sync"] for r in res["no_sink"]]
-    rows = []
-    for name in names:
-        v = [r["sync"] for r in res[name]]
-        m, sp = mean_spread(v)
-        rows.append({"method": name, "metric": "sync", "value": m, "spread": sp, "baseline": mean_spread(base)[0],
-                     "paired": paired(v, base), "floor": tq["sync_data"], "seeds": list(seeds),
-                     "train_seconds": mean_spread(r["seconds"] for r in res[name])[0],
-                     "extra": {"teacher": tq["sync"], **{k: mean_spread(r[k] for r in res[name])[0]
-                                                         for k in ("shuffled", "long_last", "grad_audio_max",
-                                                                   "frame_error", "tone_error", "fps")}}})
-    return rows
+    return seed_rows(res, "no_sink", "sync", tq["sync_data"], seeds, fixed={"teacher": tq["sync"]},
+                     extra_keys=("shuffled", "long_last", "grad_audio_max", "frame_error", "tone_error", "fps"))
 
 
 def _prepare(args, scale):

@@ -147,6 +147,24 @@ def _f(v, nd=4):
     return "-" if v is None else f"{v:.{nd}f}"
 
 
+def seed_rows(res: dict, baseline: str, metric: str, floor: float, seeds, fixed: dict | None = None,
+              extra_keys=()) -> list[dict]:
+    """One bench row a method of ``res`` (name -> one measurement dict a seed, the same seeds for every name, each
+    with ``metric`` and ``"seconds"``): the mean and spread of ``metric`` over the seeds, beside ``baseline``'s mean
+    and paired seed by seed against it, ``floor``; ``extra`` holds ``fixed`` (figures that are the same for every
+    row) and the mean of each of ``extra_keys`` over the seeds. Rows in the order of ``res``."""
+    base = [r[metric] for r in res[baseline]]
+    rows = []
+    for name, rs in res.items():
+        v = [r[metric] for r in rs]
+        m, sp = mean_spread(v)
+        rows.append({"method": name, "metric": metric, "value": m, "spread": sp, "baseline": mean_spread(base)[0],
+                     "paired": paired(v, base), "floor": floor, "seeds": list(seeds),
+                     "train_seconds": mean_spread(r["seconds"] for r in rs)[0],
+                     "extra": {**(fixed or {}), **{k: mean_spread(r[k] for r in rs)[0] for k in extra_keys}}})
+    return rows
+
+
 def format_table(rows: list[dict]) -> str:
     head = ["method", "metric", "value", "+-", "baseline", "paired", "+-", "floor", "also", "seeds"]
     body = []

@@ -15,10 +15,10 @@ committed ones where a seed's is committed and matches the base model, trained o
 
 from __future__ import annotations
 
-from ..core.bench import BenchTrack, mean_spread, paired, register_track
+from ..core.bench import BenchTrack, register_track
 from ..core.registry import recipe
 from .interactive import MATRIX_GAME, REALCAM, RELIC
-from .ssl_bench import ROW_KEYS, format_table
+from .ssl_bench import ROW_KEYS, format_table, seed_rows
 
 # world_model and world_students are imported where they are used: importing distill_lab.video must not load the
 # modules that `python -m distill_lab.video.world_model` and `... .world_students` run as scripts
@@ -83,17 +83,8 @@ def run_world(exp: WorldBench, methods=None, seeds=(0, 1, 2)) -> list[dict]:
                                                quiet=not exp.progress)
         res[name] = [{**{k: v for k, v in ws.evaluate_world_student(s).items() if k != "stream"},
                       "seconds": s.train_seconds} for s in students]
-    base = [r["revisit"] for r in res["recent"]]
-    rows = []
-    for name in names:
-        v = [r["revisit"] for r in res[name]]
-        m, sp = mean_spread(v)
-        rows.append({"method": name, "metric": "revisit", "value": m, "spread": sp, "baseline": mean_spread(base)[0],
-                     "paired": paired(v, base), "floor": res[name][0]["revisit_data"], "seeds": list(seeds),
-                     "train_seconds": mean_spread(r["seconds"] for r in res[name])[0],
-                     "extra": {**{f"base_model_{p}": base_model[p]["revisit"] for p in POLICIES},
-                               **{k: mean_spread(r[k] for r in res[name])[0] for k in EXTRA}}})
-    return rows
+    return seed_rows(res, "recent", "revisit", res["recent"][0]["revisit_data"], seeds,
+                     fixed={f"base_model_{p}": base_model[p]["revisit"] for p in POLICIES}, extra_keys=EXTRA)
 
 
 def _prepare(args, scale):
