@@ -56,3 +56,16 @@ def pytest_runtest_makereport(item, call):
         report.longrepr = ("this cell's output shows a warning a student cannot act on; avoid it where it "
                            "arises, or silence that one warning with a filter that names it:\n  "
                            + "\n  ".join(stray))
+
+
+# nbval waits a fixed 5 s for a cell's outputs after the kernel says the cell is done (IPyNbCell.output_timeout);
+# on a loaded 2-core machine the outputs of a cell that drew a figure arrived later than that once, and the cell
+# failed with "Timeout of 5 seconds exceeded waiting for output" although it had run. The cell's own time limit
+# (--nbval-cell-timeout) is untouched: this is only how long to wait for what a finished cell printed.
+NBVAL_OUTPUT_WAIT = 120
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if hasattr(item, "output_timeout"):
+            item.output_timeout = NBVAL_OUTPUT_WAIT

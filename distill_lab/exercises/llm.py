@@ -494,10 +494,9 @@ def _check_agreement(fn) -> str:
     return "equals agreement_target on two shapes, 1 where all views agree, 1/n where none does, and no gradient"
 
 
-prediction("44.unisd_vs_opsd", "the same warm start, steps and batch, three seeds: which student view ends more accurate "
-           "on average (a paired gap under a point: about the same), OPSD with the whole reference as its one teacher "
-           "view, or UniSD's pipeline (three views, their agreement, the representation terms, clipping)?",
-           ("UniSD", "about the same", "OPSD"), solution="UniSD")
+prediction("44.unisd_gain", "UniSD's pipeline (three views, their agreement, the representation terms, clipping), three "
+           "seeds: its student view against its own warm start, paired (about the same: within the seeds' spread)",
+           ("higher", "about the same", "lower"), solution="higher")
 prediction("44.ema_teacher", "UniSD with an EMA of the student's weights as the teacher instead of the frozen warm "
            "start: what happens to the student view?",
            ("it collapses", "about the same", "it improves"), solution="it collapses")
