@@ -55,12 +55,12 @@ def _check_camera(fn) -> str:
 
 
 # ---------------------------------------------------------------- lab 35: camera-aware retrieval
-def _retrieval_variant(norm="max", reduce="min", nearest=True, first_query_only=False):
+def _retrieval_variant(nearest=True, first_query_only=False, mean_pose=False):
     """Camera-aware retrieval (exercise 35.retrieval) and its wrong variants: the farthest frames, the distance
     to the first pose to be made only, the distance to the mean of the query poses."""
     def retrieve(history, query, k):
         q = query[:, :1] if first_query_only else query
-        if reduce == "mean_pose":
+        if mean_pose:
             q = q.mean(1, keepdim=True)
         d = (history.double()[:, :, None] - q.double()[:, None]).abs().amax(-1).amin(-1)
         return d.topk(k, dim=1, largest=not nearest).indices
@@ -72,7 +72,7 @@ def _retrieval_variant(norm="max", reduce="min", nearest=True, first_query_only=
            solution=_retrieval_variant(),
            wrong={"the k farthest frames": _retrieval_variant(nearest=False),
                   "the distance to the first pose to be made only": _retrieval_variant(first_query_only=True),
-                  "the distance to the mean of the poses to be made": _retrieval_variant(reduce="mean_pose")})
+                  "the distance to the mean of the poses to be made": _retrieval_variant(mean_pose=True)})
 def _check_retrieval(fn) -> str:
     """``fn(history [B, H, 2], query [B, Q, 2], k) -> [B, k]`` indices, nearest first, must pick the frames
     :func:`~distill_lab.video.interactive.nearest_frames` picks (as sets of places: ties may be ordered either

@@ -270,20 +270,27 @@ def first_visits(camera: torch.Tensor, tol: float = 1e-9) -> torch.Tensor:
     return first
 
 
+def _revisits(frames: torch.Tensor, camera: torch.Tensor, sprite_free: torch.Tensor | None, tol: float):
+    """Every revisit of ``frames``: its frame index ``t [N]``, the summed absolute difference to the frame that first
+    showed its place over the pixels ``sprite_free`` marks in both ``[N]``, and how many pixels that is ``[N]``."""
+    first = first_visits(camera, tol)
+    b, t = (first >= 0).nonzero(as_tuple=True)
+    now, then = frames[b, t, 0].double(), frames[b, first[b, t], 0].double()
+    keep = torch.ones_like(now, dtype=torch.bool) if sprite_free is None else \
+        sprite_free[b, t] & sprite_free[b, first[b, t]]
+    return t, ((now - then).abs() * keep).flatten(1).sum(1), keep.flatten(1).sum(1).double()
+
+
 def revisit_error(frames: torch.Tensor, camera: torch.Tensor, sprite_free: torch.Tensor | None = None,
                   tol: float = 1e-9) -> float:
     """Revisit consistency: the mean absolute difference between each frame that shows a place again and the
     frame that first showed it (:func:`first_visits`), over the pixels ``sprite_free [B, F, R, R]`` marks in
     both (default: all), averaged over the revisits; ``nan`` when the camera never came back. ``frames``
     ``[B, F, 1, R, R]``. A memory that stores everything and a generator that draws the scene from it score 0."""
-    first = first_visits(camera, tol)
-    b, t = (first >= 0).nonzero(as_tuple=True)
-    if len(b) == 0:
+    t, diff, count = _revisits(frames, camera, sprite_free, tol)
+    if len(t) == 0:
         return float("nan")
-    now, then = frames[b, t, 0].double(), frames[b, first[b, t], 0].double()
-    keep = torch.ones_like(now, dtype=torch.bool) if sprite_free is None else \
-        sprite_free[b, t] & sprite_free[b, first[b, t]]
-    return float(((now - then).abs() * keep).sum() / keep.sum().clamp(min=1))
+    return float(diff.sum() / count.sum().clamp(min=1))
 
 
 def revisit_by_frame(frames: torch.Tensor, camera: torch.Tensor, sprite_free: torch.Tensor | None = None,
@@ -291,16 +298,13 @@ def revisit_by_frame(frames: torch.Tensor, camera: torch.Tensor, sprite_free: to
     """:func:`revisit_error` frame by frame ``[F]``: for each frame, the mean absolute difference to the frame that
     first showed its place, over the pixels ``sprite_free`` marks in both, pooled over the clips that revisit a
     place at that frame; ``nan`` where none does."""
-    first = first_visits(camera, tol)
-    out = torch.full((camera.shape[1],), float("nan"), dtype=torch.float64)
-    for t in range(camera.shape[1]):
-        b = (first[:, t] >= 0).nonzero(as_tuple=True)[0]
-        if len(b):
-            f = first[b, t]
-            now, then = frames[b, t, 0].double(), frames[b, f, 0].double()
-            keep = torch.ones_like(now, dtype=torch.bool) if sprite_free is None else sprite_free[b, t] & sprite_free[b, f]
-            out[t] = ((now - then).abs() * keep).sum() / keep.sum().clamp(min=1)
-    return out
+    t, diff, count = _revisits(frames, camera, sprite_free, tol)
+    F = camera.shape[1]
+    d = torch.zeros(F, dtype=torch.float64).index_add_(0, t, diff)
+    n = torch.zeros(F, dtype=torch.float64).index_add_(0, t, count)
+    seen = torch.zeros(F, dtype=torch.bool)
+    seen[t] = True
+    return torch.where(seen, d / n.clamp(min=1), float("nan"))
 
 
 def nearest_frames(history: torch.Tensor, query: torch.Tensor, k: int) -> torch.Tensor:
